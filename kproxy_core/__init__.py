@@ -1,0 +1,68 @@
+"""kproxy-core: kube-proxy's per-packet decision, offline, from ordinary manifests.
+
+>>> import kproxy_core as kp
+>>> cluster = kp.load("cluster.yaml")
+>>> engine = kp.Engine(cluster, node="worker-1", cluster_cidr="100.96.0.0/11")
+>>> engine.lookup("10.0.0.5", "100.68.181.31", 80, "TCP", sport=40000).verdict
+'DNAT'
+"""
+
+from __future__ import annotations
+
+from .engine import (
+    COMPILED_AVAILABLE,
+    FRONTEND_NAMES,
+    OUT6_DTYPE,
+    OUT_DTYPE,
+    VERDICT_NAMES,
+    ApplyResult,
+    Engine,
+    ServicePortInfo,
+)
+from .errors import (
+    EngineError,
+    KproxyError,
+    ManifestError,
+    NodeNotFoundError,
+    PacketError,
+    ServiceNotFoundError,
+)
+from .manifests import load
+from .model import Cluster, Endpoint, EndpointPort, EndpointSlice, Node, Service, ServicePort
+from .plan import PlanPort, ProxyConfig, ProxyPlan
+from .trace import Trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # engine
+    "COMPILED_AVAILABLE",
+    "FRONTEND_NAMES",
+    "OUT6_DTYPE",
+    "OUT_DTYPE",
+    "VERDICT_NAMES",
+    "ApplyResult",
+    "Engine",
+    "ServicePortInfo",
+    "Trace",
+    # model and input
+    "Cluster",
+    "Endpoint",
+    "EndpointPort",
+    "EndpointSlice",
+    "Node",
+    "Service",
+    "ServicePort",
+    "load",
+    # plan
+    "PlanPort",
+    "ProxyConfig",
+    "ProxyPlan",
+    # errors
+    "EngineError",
+    "KproxyError",
+    "ManifestError",
+    "NodeNotFoundError",
+    "PacketError",
+    "ServiceNotFoundError",
+]

@@ -1,0 +1,165 @@
+"""The compiled engine core (``src/_engine.pyx`` over ``src/kp_core.h``).
+
+An exact twin of :mod:`kproxy_core._engine_py`: the same API, the same results for
+every input (the same hash, the same flow and affinity tables, the same errors).
+Users go through :class:`kproxy_core.Engine`; this is the contract the facade relies on.
+
+Tracking modes (``track``): 0 = a pure function of the packet (no flow or affinity
+table is read or written); 1 = read and write (conntrack-like: a known 5-tuple keeps
+its endpoint, a new one is recorded); 2 = read only (``trace`` uses it). As in the
+twin, any true value other than 1 means read only.
+
+Threads: every method may be called from any thread. Batches run without the GIL;
+batches, per-call lookups, ``load``, ``clear`` and ``flow_count`` are serialised by
+one lock per Core, so a lookup sees the tables before a ``load`` or after it, never
+a mix.
+"""
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+from typing_extensions import disjoint_base
+
+from .tables import FamilyTables
+
+__all__ = ["Core", "Decision", "affinity_hash", "mix", "packet_hash", "pick"]
+
+@disjoint_base
+class Decision:
+    """What kube-proxy does with one packet (see ``kproxy_core.Engine.lookup``).
+
+    Compares equal to any object with the same six attributes (the twin's Decision
+    too); not hashable.
+    """
+
+    verdict: str
+    """"DNAT", "REJECT", "DROP" or "PASS" (not a service packet: untouched)."""
+    service: str | None
+    """kube-proxy's ServicePortName, e.g. "default/mynginx:http"; None for PASS."""
+    service_index: int
+    """Index into the ``services`` given to ``Core.load``; -1 for PASS."""
+    frontend: str | None
+    """"ClusterIP", "NodePort", "ExternalIP" or "LoadBalancer"; None for PASS."""
+    endpoint: tuple[str, int] | None
+    """(address, port) of the chosen endpoint for DNAT, else None."""
+    masquerade: bool
+    """Whether the packet is marked for SNAT."""
+
+    __hash__: ClassVar[None]  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        verdict: str,
+        service: str | None,
+        service_index: int,
+        frontend: str | None,
+        endpoint: tuple[str, int] | None,
+        masquerade: bool,
+    ) -> None: ...
+    def __eq__(self, other: object, /) -> bool: ...
+
+@disjoint_base
+class Core:
+    """Frontend, NodePort, endpoint, flow and affinity tables, and the decision.
+
+    ``seed`` (taken mod 2**64) seeds every hash. ``flow_capacity`` and
+    ``affinity_capacity`` bound the flow and ClientIP-affinity tables of each family:
+    buckets of 8 slots, the bucket count the smallest power of two with
+    ``buckets * 8 >= capacity``; a full bucket evicts an expired flow, else the
+    oldest entry. ``timeouts`` are the flow timeouts in seconds for TCP, UDP and SCTP
+    (other protocols: 30 s). Raises ValueError for a capacity below 1 or timeouts that
+    are not three positive numbers, MemoryError for tables too large to allocate.
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        flow_capacity: int = 262144,
+        affinity_capacity: int = 65536,
+        timeouts: Sequence[float] = (86400.0, 30.0, 432000.0),
+    ) -> None: ...
+    def load(self, t4: FamilyTables, t6: FamilyTables, services: Sequence[str]) -> int:
+        """Swap in new tables (IPv4, IPv6) and the service-port names their indices refer to.
+
+        A flow survives iff its endpoint (address, port) is still in a pool of its
+        service's port in the new tables (its endpoint index is re-pointed); the others
+        are dropped. Returns how many were dropped. Affinity entries are kept (they name
+        addresses, and are checked against the pool when used).
+
+        Inconsistent tables (an index out of range, a bad shape or dtype, an action
+        byte with pool code 3) raise ValueError and leave the core unchanged.
+        """
+
+    def lookup(
+        self,
+        src: object,
+        dst: object,
+        dport: int,
+        proto: object = "TCP",
+        sport: int = 0,
+        now: float | None = None,
+        track: int = 1,
+    ) -> Decision:
+        """Decide one packet.
+
+        ``src``/``dst``: addresses as text or int (both of one family); ``proto``:
+        "TCP"/"UDP"/"SCTP" (or lower case) or 6/17/132; ports: ints 0-65535; ``now``:
+        seconds (None: the wall clock). Bad addresses, ports, protocols or mixed
+        families raise PacketError.
+        """
+
+    def lookup_batch(
+        self,
+        src: Any,
+        dst: Any,
+        dport: Any,
+        proto: Any,
+        sport: Any,
+        out: np.ndarray,
+        now: float | None = None,
+        track: int = 1,
+    ) -> None:
+        """Decide a batch of IPv4 packets into ``out``, without the GIL.
+
+        ``out``: a writable 1-d array of ``engine.OUT_DTYPE`` (ValueError otherwise);
+        its length n is the batch size. Columns, each exactly n rows, any strides (the
+        Engine facade converts; the core does not): ``src``/``dst`` uint32, ``dport``
+        and ``sport`` uint16 (``sport`` None: all 0), ``proto`` uint8; anything else
+        raises PacketError. Each row gets verdict, service (index, -1 for none),
+        frontend, ep_ip, ep_port (0 unless DNAT) and masq.
+        """
+
+    def lookup_batch6(
+        self,
+        src: Any,
+        dst: Any,
+        dport: Any,
+        proto: Any,
+        sport: Any,
+        out: np.ndarray,
+        now: float | None = None,
+        track: int = 1,
+    ) -> None:
+        """As ``lookup_batch`` for IPv6: ``src``/``dst`` are (n, 16) uint8 arrays
+        (network byte order) and ``out`` is an ``engine.OUT6_DTYPE`` array."""
+
+    def flow_count(self) -> int:
+        """Entries in both flow tables (expired ones included until evicted)."""
+
+    def clear(self) -> None:
+        """Forget every flow and affinity entry."""
+
+def mix(z: int) -> int:
+    """The splitmix64 finaliser, for 0 <= z < 2**64 (OverflowError otherwise)."""
+
+def packet_hash(
+    seed: int, v6: bool, src: int, dst: int, sport: int, dport: int, proto: int
+) -> int:
+    """The flow hash of a 5-tuple (addresses as ints): bucket, tag and endpoint pick."""
+
+def affinity_hash(seed: int, v6: bool, service: int, src: int) -> int:
+    """The hash of a (service index, client address) affinity entry."""
+
+def pick(h: int, n: int) -> int:
+    """``((h >> 32) * n) >> 32``: an index in [0, n) from a hash, without modulo bias."""

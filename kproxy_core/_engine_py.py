@@ -1,0 +1,640 @@
+"""Pure-Python twin of the compiled core (``kproxy_core._engine``): the same API and results.
+
+It is the reference in differential tests and the baseline in benchmarks. The flow
+and affinity tables are the same bounded, bucketed hash tables as in C (same hash,
+same buckets, same eviction), so both twins agree packet for packet, also under
+table pressure.
+
+Hash of a packet (64-bit splitmix finaliser, seeded):
+  IPv4: h = mix(seed ^ (src << 32 | dst)); h = mix(h ^ (sport << 24 | dport << 8 | proto))
+  IPv6: the four 64-bit halves of src and dst, then the ports, folded the same way.
+Endpoint pick: ((h >> 32) * n) >> 32 (multiply-shift, no modulo bias).
+Flow bucket: (h >> 16) & (buckets - 1), tag h & 0xffff (0 -> 1); 8 slots per bucket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import operator
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import PacketError
+from .tables import FRONTENDS, VERDICTS, FamilyTables
+
+M64 = (1 << 64) - 1
+SLOTS = 8
+LOOP4 = 0x7F000000
+LOOP6 = 1
+PROTO_IN = {"TCP": 6, "UDP": 17, "SCTP": 132, "tcp": 6, "udp": 17, "sctp": 132}
+AFFINITY_SALT = 0x9E3779B97F4A7C15
+# engine.OUT_DTYPE / OUT6_DTYPE (engine imports this module, so they are spelled out here)
+OUT_DTYPE = np.dtype(
+    [("verdict", "u1"), ("service", "<i4"), ("frontend", "u1"), ("ep_ip", "<u4"),
+     ("ep_port", "<u2"), ("masq", "?")]
+)
+OUT6_DTYPE = np.dtype(
+    [("verdict", "u1"), ("service", "<i4"), ("frontend", "u1"), ("ep_ip", "u1", (16,)),
+     ("ep_port", "<u2"), ("masq", "?")]
+)
+
+
+def mix(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def packet_hash(seed: int, v6: bool, src: int, dst: int, sport: int, dport: int, proto: int) -> int:
+    ports = (sport << 24) | (dport << 8) | proto
+    if not v6:
+        return mix(mix(seed ^ ((src << 32) | dst)) ^ ports)
+    h = mix(seed ^ (src >> 64))
+    h = mix(h ^ (src & M64))
+    h = mix(h ^ (dst >> 64))
+    h = mix(h ^ (dst & M64))
+    return mix(h ^ ports)
+
+
+def affinity_hash(seed: int, v6: bool, service: int, src: int) -> int:
+    base = (seed + AFFINITY_SALT) & M64
+    if not v6:
+        return mix(base ^ ((service << 32) | src))
+    return mix(mix(mix(base ^ service) ^ (src >> 64)) ^ (src & M64))
+
+
+def pick(h: int, n: int) -> int:
+    return ((h >> 32) * n) >> 32
+
+
+class Decision:
+    """What kube-proxy does with one packet (see ``kproxy_core.Engine.lookup``)."""
+
+    __slots__ = ("endpoint", "frontend", "masquerade", "service", "service_index", "verdict")
+
+    def __init__(
+        self,
+        verdict: str,
+        service: str | None,
+        service_index: int,
+        frontend: str | None,
+        endpoint: tuple[str, int] | None,
+        masquerade: bool,
+    ) -> None:
+        self.verdict = verdict
+        self.service = service
+        self.service_index = service_index
+        self.frontend = frontend
+        self.endpoint = endpoint
+        self.masquerade = masquerade
+
+    def __repr__(self) -> str:
+        return (
+            f"Decision(verdict={self.verdict!r}, service={self.service!r}, "
+            f"frontend={self.frontend!r}, endpoint={self.endpoint!r}, "
+            f"masquerade={self.masquerade!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not hasattr(other, "verdict"):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k, None) for k in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Bucketed:
+    """Bounded hash table: buckets of SLOTS slots, 16-bit tags, evict the oldest."""
+
+    def __init__(self, capacity: int) -> None:
+        nb = 1
+        while nb * SLOTS < capacity:
+            nb <<= 1
+            if nb > 1 << 34:  # as the compiled core (an infinite capacity looped forever)
+                raise MemoryError(f"table capacity {capacity!r} is too large")
+        self.nbuckets = nb
+        self.tags = [0] * (nb * SLOTS)
+        self.stamp = [0.0] * (nb * SLOTS)  # expiry (flows) or last use (affinity)
+        self.vals: list[Any] = [None] * (nb * SLOTS)
+        self.count = 0
+
+    def slot_range(self, h: int) -> tuple[range, int]:
+        b = (h >> 16) & (self.nbuckets - 1)
+        tag = (h & 0xFFFF) or 1
+        return range(b * SLOTS, b * SLOTS + SLOTS), tag
+
+    def find(self, h: int, key: tuple[int, ...]) -> int:
+        slots, tag = self.slot_range(h)
+        for s in slots:
+            if self.tags[s] == tag and self.vals[s][0] == key:
+                return s
+        return -1
+
+    def place(self, h: int, key: tuple[int, ...], now: float, live: bool) -> int:
+        """A slot for key: its own, else empty, else stale, else the oldest one."""
+        slots, tag = self.slot_range(h)
+        free = stale = -1
+        oldest = slots.start
+        for s in slots:
+            t = self.tags[s]
+            if t == 0:
+                if free < 0:
+                    free = s
+                continue
+            if t == tag and self.vals[s][0] == key:
+                return s
+            if stale < 0 and not live and self.stamp[s] <= now:
+                stale = s
+            if self.stamp[s] < self.stamp[oldest]:
+                oldest = s
+        s = free if free >= 0 else stale if stale >= 0 else oldest
+        if self.tags[s] == 0:
+            self.count += 1
+        self.tags[s] = tag
+        return s
+
+    def clear(self) -> None:
+        n = len(self.tags)
+        self.tags = [0] * n
+        self.stamp = [0.0] * n
+        self.vals = [None] * n
+        self.count = 0
+
+    def drop(self, s: int) -> None:
+        if self.tags[s]:
+            self.tags[s] = 0
+            self.vals[s] = None
+            self.count -= 1
+
+
+class _Family:
+    def __init__(self, t: FamilyTables, v6: bool, nservices: int) -> None:
+        c = check_tables(t, v6, nservices)
+        self.v6 = v6
+        conv = self._addrs
+        self.fe = {
+            (a, int(p), int(pr)): int(r)
+            for a, p, pr, r in zip(
+                conv(c["fe_addr"]), c["fe_port"], c["fe_proto"], c["fe_rec"], strict=True
+            )
+        }
+        self.np = {
+            (int(p), int(pr)): int(r)
+            for p, pr, r in zip(c["np_port"], c["np_proto"], c["np_rec"], strict=True)
+        }
+        self.rec_port = c["rec_port"].tolist()
+        self.rec_kind = c["rec_kind"].tolist()
+        self.rec_action = c["rec_action"].tolist()
+        self.rec_np_filter = c["rec_np_filter"].tolist()
+        self.port_service = c["port_service"].tolist()
+        self.port_affinity = c["port_affinity"].tolist()
+        self.pool_start = c["port_pool_start"].tolist()
+        self.pool_len = c["port_pool_len"].tolist()
+        self.pool_ep: list[int] = c["pool_ep"].tolist()
+        self.ep_addr = conv(c["ep_addr"])
+        self.ep_port = c["ep_port"].tolist()
+        self.ep_str = c["ep_str"]
+        self.local = set(conv(c["local_addrs"]))
+        self.np_addrs = set(conv(c["np_addrs"]))
+        self.np_match_all = c["np_match_all"]
+        self.np_loopback = c["np_loopback"]
+        self.det_on = c["det_on"]
+        bits = 128 if self.v6 else 32
+        prefix = c["det_prefix"]
+        self.det_mask = ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1) if self.det_on else 0
+        self.det_net = conv(c["det_addr"])[0] if self.det_on else 0
+        self.service_port = {s: p for p, s in enumerate(self.port_service)}
+
+    def _addrs(self, arr: np.ndarray) -> list[int]:
+        if not self.v6:
+            return [int(x) for x in arr]
+        return [int.from_bytes(bytes(row), "big") for row in np.asarray(arr, dtype=np.uint8)]
+
+    def is_local(self, a: int) -> bool:
+        if a in self.local:
+            return True
+        return a == LOOP6 if self.v6 else (a >> 24) == 0x7F
+
+    def nodeport_accepts(self, a: int) -> bool:
+        if self.np_match_all:
+            if not self.is_local(a):
+                return False
+            if self.v6:
+                return a != LOOP6
+            return self.np_loopback or (a >> 24) != 0x7F
+        return a in self.np_addrs
+
+    def find_endpoint(self, port: int, ep_a: int, ep_p: int) -> int:
+        """The index of an endpoint in either pool of a port, or -1."""
+        for which in (0, 1):
+            start = self.pool_start[port][which]
+            for i in range(start, start + self.pool_len[port][which]):
+                e = self.pool_ep[i]
+                if self.ep_addr[e] == ep_a and self.ep_port[e] == ep_p:
+                    return e
+        return -1
+
+
+class Core:
+    """The engine core: frontend, NodePort, endpoint, flow and affinity tables."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        flow_capacity: int = 1 << 18,
+        affinity_capacity: int = 1 << 16,
+        timeouts: Sequence[float] = (86400.0, 30.0, 432000.0),
+    ) -> None:
+        if flow_capacity < 1 or affinity_capacity < 1:
+            raise ValueError("table capacities must be positive")
+        if len(timeouts) != 3 or any(not (t > 0) for t in timeouts):
+            raise ValueError("timeouts must be three positive numbers (TCP, UDP, SCTP)")
+        self.seed = seed & M64
+        self.timeouts = {6: float(timeouts[0]), 17: float(timeouts[1]), 132: float(timeouts[2])}
+        self.flows = (_Bucketed(flow_capacity), _Bucketed(flow_capacity))
+        self.aff = (_Bucketed(affinity_capacity), _Bucketed(affinity_capacity))
+        self.fam: tuple[_Family | None, _Family | None] = (None, None)
+        self.services: list[str] = []
+        # as the compiled core: lookups and batches see the tables before a load or
+        # after it, never a mix (a batch once read the new tables half way through)
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- loading
+    def load(self, t4: FamilyTables, t6: FamilyTables, services: Sequence[str]) -> int:
+        """Swap in new tables; drop flows whose endpoint left their service. Returns how many.
+
+        Inconsistent tables (an index out of range, a bad shape) raise ValueError and
+        leave the core as it was.
+        """
+        services = list(services)
+        new = (_Family(t4, False, len(services)), _Family(t6, True, len(services)))
+        with self._lock:
+            old = self.fam
+            self.fam = new
+            self.services = services
+            dropped = 0
+            for f, o, fl in zip(new, old, self.flows, strict=True):
+                for s in [i for i, tag in enumerate(fl.tags) if tag]:
+                    key, svc, fe, ep, masq = fl.vals[s]
+                    port = f.service_port.get(svc)
+                    e = -1 if port is None or o is None else f.find_endpoint(
+                        port, o.ep_addr[ep], o.ep_port[ep]
+                    )
+                    if e < 0:
+                        fl.drop(s)
+                        dropped += 1
+                    else:
+                        fl.vals[s] = (key, svc, fe, e, masq)
+        return dropped
+
+    def flow_count(self) -> int:
+        with self._lock:
+            return self.flows[0].count + self.flows[1].count
+
+    def clear(self) -> None:
+        with self._lock:
+            for t in (*self.flows, *self.aff):
+                t.clear()
+
+    # ---------------------------------------------------------------- lookups
+    def lookup(
+        self,
+        src: object,
+        dst: object,
+        dport: int,
+        proto: object = "TCP",
+        sport: int = 0,
+        now: float | None = None,
+        track: int = 1,
+    ) -> Decision:
+        s_addr, d_addr, v6 = _parse_pair(src, dst)
+        p = _proto(proto)
+        _check_port(dport, "dport")
+        _check_port(sport, "sport")
+        t = time.time() if now is None else float(now)
+        with self._lock:
+            verdict, svc, fe, ep_i, masq = self._decide(
+                v6, s_addr, d_addr, int(sport), int(dport), p, t, track
+            )
+            fam = self.fam[v6]
+            services = self.services
+        endpoint = None
+        if verdict == 1 and fam is not None:
+            endpoint = (fam.ep_str[ep_i], fam.ep_port[ep_i])
+        return Decision(
+            VERDICTS[verdict],
+            services[svc] if svc >= 0 else None,
+            svc,
+            FRONTENDS[fe],
+            endpoint,
+            bool(masq),
+        )
+
+    def lookup_batch(
+        self,
+        src: Any,
+        dst: Any,
+        dport: Any,
+        proto: Any,
+        sport: Any,
+        out: np.ndarray,
+        now: float | None = None,
+        track: int = 1,
+    ) -> None:
+        self._batch(False, src, dst, dport, proto, sport, out, now, track)
+
+    def lookup_batch6(
+        self,
+        src: Any,
+        dst: Any,
+        dport: Any,
+        proto: Any,
+        sport: Any,
+        out: np.ndarray,
+        now: float | None = None,
+        track: int = 1,
+    ) -> None:
+        self._batch(True, src, dst, dport, proto, sport, out, now, track)
+
+    def _batch(
+        self, v6: bool, src: Any, dst: Any, dport: Any, proto: Any, sport: Any,
+        out: np.ndarray, now: float | None, track: int,
+    ) -> None:
+        t = time.time() if now is None else float(now)
+        src, dst, dport, proto, sport = batch_columns(v6, src, dst, dport, proto, sport, out)
+        n = len(out)
+        if v6:
+            srcs = [int.from_bytes(bytes(r), "big") for r in src]
+            dsts = [int.from_bytes(bytes(r), "big") for r in dst]
+        else:
+            srcs = src.tolist()
+            dsts = dst.tolist()
+        dports = dport.tolist()
+        protos = proto.tolist()
+        sports = [0] * n if sport is None else sport.tolist()
+        verdicts = out["verdict"]
+        services = out["service"]
+        frontends = out["frontend"]
+        ep_ips = out["ep_ip"]
+        ep_ports = out["ep_port"]
+        masqs = out["masq"]
+        with self._lock:
+            fam = self.fam[v6]
+            for i in range(n):
+                verdict, svc, fe, ep_i, masq = self._decide(
+                    v6, srcs[i], dsts[i], sports[i], dports[i], protos[i], t, track
+                )
+                verdicts[i] = verdict
+                services[i] = svc
+                frontends[i] = fe
+                masqs[i] = masq
+                if verdict == 1 and fam is not None:
+                    a = fam.ep_addr[ep_i]
+                    ep_ips[i] = np.frombuffer(a.to_bytes(16, "big"), np.uint8) if v6 else a
+                    ep_ports[i] = fam.ep_port[ep_i]
+                else:
+                    ep_ips[i] = 0
+                    ep_ports[i] = 0
+
+    # ---------------------------------------------------------------- the decision
+    def _decide(
+        self, v6: bool, src: int, dst: int, sport: int, dport: int, proto: int,
+        now: float, track: int,
+    ) -> tuple[int, int, int, int, int]:
+        """(verdict, service index, frontend, endpoint index, masquerade) as codes."""
+        fam = self.fam[v6]
+        if fam is None:
+            return 0, -1, 0, -1, 0
+        h = packet_hash(self.seed, v6, src, dst, sport, dport, proto)
+        flows = self.flows[v6]
+        key = (src, dst, sport, dport, proto)
+        if track:
+            s = flows.find(h, key)
+            if s >= 0 and flows.stamp[s] > now:
+                _, svc, fe, ep, masq = flows.vals[s]
+                if track == 1:
+                    flows.stamp[s] = now + self.timeouts.get(proto, 30.0)
+                return 1, svc, fe, ep, masq
+
+        rec = fam.fe.get((dst, dport, proto), -1)
+        if rec >= 0:
+            action = fam.rec_action[rec][self._cls(fam, src)]
+        elif fam.is_local(dst):
+            rec = fam.np.get((dport, proto), -1)
+            if rec < 0:
+                return 0, -1, 0, -1, 0
+            action = (
+                fam.rec_action[rec][self._cls(fam, src)]
+                if fam.nodeport_accepts(dst)
+                else fam.rec_np_filter[rec]
+            )
+        else:
+            return 0, -1, 0, -1, 0
+        verdict = action & 3
+        port = fam.rec_port[rec]
+        svc = fam.port_service[port]
+        fe = fam.rec_kind[rec]
+        if verdict != 1:
+            return verdict, (svc if verdict else -1), (fe if verdict else 0), -1, 0
+        which = ((action >> 2) & 3) - 1
+        start = fam.pool_start[port][which]
+        n = fam.pool_len[port][which]
+        if which < 0 or n <= 0:  # cannot happen for tables built by kproxy_core.tables
+            return 3, svc, fe, -1, 0
+        ep = -1
+        timeout = fam.port_affinity[port]
+        aff = self.aff[v6]
+        if timeout and track:
+            ah = affinity_hash(self.seed, v6, svc, src)
+            s = aff.find(ah, (svc, src))
+            if s >= 0 and now - aff.stamp[s] <= timeout:
+                _, a_addr, a_port = aff.vals[s]
+                for i in range(start, start + n):
+                    e = fam.pool_ep[i]
+                    if fam.ep_addr[e] == a_addr and fam.ep_port[e] == a_port:
+                        ep = e
+                        break
+        if ep < 0:
+            ep = fam.pool_ep[start + pick(h, n)]
+        masq = (action >> 4) & 1
+        if fam.ep_addr[ep] == src:
+            masq = 1
+        if track == 1:
+            if timeout:
+                ah = affinity_hash(self.seed, v6, svc, src)
+                s = aff.place(ah, (svc, src), now, live=True)
+                aff.vals[s] = ((svc, src), fam.ep_addr[ep], fam.ep_port[ep])
+                aff.stamp[s] = now
+            s = flows.place(h, key, now, live=False)
+            flows.vals[s] = (key, svc, fe, ep, masq)
+            flows.stamp[s] = now + self.timeouts.get(proto, 30.0)
+        return 1, svc, fe, ep, masq
+
+    @staticmethod
+    def _cls(fam: _Family, src: int) -> int:
+        pod = fam.det_on and (src & fam.det_mask) == fam.det_net
+        return int(pod) | (int(fam.is_local(src)) << 1)
+
+
+def _parse_pair(src: object, dst: object) -> tuple[int, int, bool]:
+    try:
+        s = ipaddress.ip_address(src if isinstance(src, str | int) else str(src))
+        d = ipaddress.ip_address(dst if isinstance(dst, str | int) else str(dst))
+    except ValueError as e:
+        raise PacketError(f"bad packet address: {e}") from None
+    if s.version != d.version:
+        raise PacketError(f"source {s} and destination {d} are of different IP families")
+    return int(s), int(d), s.version == 6
+
+
+def _proto(proto: object) -> int:
+    if isinstance(proto, str):
+        p = PROTO_IN.get(proto)
+        if p is not None:
+            return p
+    elif isinstance(proto, int) and proto in (6, 17, 132):
+        return proto
+    raise PacketError(f"protocol {proto!r} is not one of TCP, UDP, SCTP (or 6, 17, 132)")
+
+
+def _check_port(port: object, what: str) -> None:
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise PacketError(f"{what} {port!r} is not a port number (0-65535)")
+
+
+# ------------------------------------------------------------------ the Core's input contract
+# The compiled twin (src/_engine.pyx) checks exactly the same things, in the same order.
+
+
+def batch_columns(
+    v6: bool, src: Any, dst: Any, dport: Any, proto: Any, sport: Any, out: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Check a batch: ``out`` a writable 1-d OUT_DTYPE (OUT6_DTYPE) array of n rows; the
+    columns exactly uint32 (v4) or (n, 16) uint8 (v6) addresses, uint16 ports, uint8
+    protocols, n rows each (any strides). Bad columns raise PacketError, a bad ``out``
+    ValueError; nothing is converted (the Engine facade converts)."""
+    want = OUT6_DTYPE if v6 else OUT_DTYPE
+    if not isinstance(out, np.ndarray) or out.ndim != 1 or out.dtype != want:
+        raise ValueError(
+            f"out: expected a 1-d array of {'OUT6_DTYPE' if v6 else 'OUT_DTYPE'}, got "
+            f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}".rstrip()
+        )
+    if not out.flags.writeable:
+        raise ValueError("out: the array is read-only")
+    n = len(out)
+    addr: tuple[Any, tuple[int, ...]] = (np.uint8, (n, 16)) if v6 else (np.uint32, (n,))
+    return (
+        _column(src, "src", *addr),
+        _column(dst, "dst", *addr),
+        _column(dport, "dport", np.uint16, (n,)),
+        _column(proto, "proto", np.uint8, (n,)),
+        None if sport is None else _column(sport, "sport", np.uint16, (n,)),
+    )
+
+
+def _column(x: Any, name: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise PacketError(f"{name}: not an array ({e})") from None
+    if a.dtype != dtype or a.shape != shape:
+        raise PacketError(
+            f"{name}: expected a {np.dtype(dtype).name} array of shape {shape}, "
+            f"got {a.dtype} {a.shape}"
+        )
+    return a
+
+
+def check_tables(t: FamilyTables, v6: bool, nservices: int) -> dict[str, Any]:
+    """Validate one family's tables; every index in range, every shape consistent.
+
+    Returns the arrays as int64 (addresses: uint32, or (n, 16) uint8 for IPv6) and
+    the flags as bools. Raises ValueError naming the field.
+    """
+    if bool(t.v6) != v6:
+        raise ValueError(f"tables: expected {'IPv6' if v6 else 'IPv4'} tables, got v6={t.v6!r}")
+    c: dict[str, Any] = {}
+
+    def arr(name: str, lo: int, hi: int, width: int = 0, rows: int | None = None) -> np.ndarray:
+        a = _int_array(getattr(t, name), name, lo, hi, width)
+        if rows is not None and len(a) != rows:
+            raise ValueError(f"tables: {name} has {len(a)} rows, expected {rows}")
+        c[name] = a
+        return a
+
+    def addrs(name: str, rows: int | None = None) -> np.ndarray:
+        if v6:
+            return arr(name, 0, 255, 16, rows).astype(np.uint8)
+        return arr(name, 0, 0xFFFFFFFF, 0, rows).astype(np.uint32)
+
+    n_rec = len(_int_array(t.rec_port, "rec_port", -(1 << 63), (1 << 63) - 1, 0))
+    n_port = len(_int_array(t.port_service, "port_service", -(1 << 63), (1 << 63) - 1, 0))
+    n_pool = len(_int_array(t.pool_ep, "pool_ep", -(1 << 63), (1 << 63) - 1, 0))
+    n_ep = len(_int_array(t.ep_port, "ep_port", -(1 << 63), (1 << 63) - 1, 0))
+    n_fe = len(arr("fe_port", 0, 65535))
+    c["fe_addr"] = addrs("fe_addr", n_fe)
+    arr("fe_proto", 0, 255, rows=n_fe)
+    arr("fe_rec", 0, n_rec - 1, rows=n_fe)
+    n_np = len(arr("np_port", 0, 65535))
+    arr("np_proto", 0, 255, rows=n_np)
+    arr("np_rec", 0, n_rec - 1, rows=n_np)
+    arr("rec_port", 0, n_port - 1)
+    arr("rec_kind", 0, len(FRONTENDS) - 1, rows=n_rec)
+    for name, width in (("rec_action", 4), ("rec_np_filter", 0)):
+        a = arr(name, 0, 255, width, rows=n_rec)
+        if (((a >> 2) & 3) == 3).any():
+            raise ValueError(f"tables: {name} has an action byte with pool code 3")
+    arr("port_service", 0, nservices - 1)
+    arr("port_affinity", 0, 0xFFFFFFFF, rows=n_port)
+    start = arr("port_pool_start", 0, n_pool, 2, rows=n_port)
+    length = arr("port_pool_len", 0, n_pool, 2, rows=n_port)
+    if ((start + length) > n_pool).any():
+        raise ValueError(
+            f"tables: a pool (port_pool_start + port_pool_len) ends past pool_ep ({n_pool})"
+        )
+    arr("pool_ep", 0, n_ep - 1)
+    c["ep_addr"] = addrs("ep_addr", n_ep)
+    arr("ep_port", 0, 65535)
+    c["ep_str"] = list(t.ep_str)
+    if len(c["ep_str"]) != n_ep:
+        raise ValueError(f"tables: ep_str has {len(c['ep_str'])} entries, expected {n_ep}")
+    c["local_addrs"] = addrs("local_addrs")
+    c["np_addrs"] = addrs("np_addrs")
+    c["np_match_all"] = bool(t.np_match_all)
+    c["np_loopback"] = bool(t.np_loopback)
+    c["det_on"] = bool(t.det_on)
+    c["det_prefix"] = 0
+    if c["det_on"]:
+        c["det_addr"] = det = addrs("det_addr")
+        if len(det) < 1:
+            raise ValueError("tables: det_addr is empty but det_on is set")
+        try:
+            prefix = operator.index(t.det_prefix)
+        except TypeError:
+            raise ValueError(f"tables: det_prefix {t.det_prefix!r} is not an integer") from None
+        if not 0 <= prefix <= (128 if v6 else 32):
+            raise ValueError(f"tables: det_prefix {prefix} is out of range")
+        c["det_prefix"] = int(prefix)
+    return c
+
+
+def _int_array(x: Any, name: str, lo: int, hi: int, width: int) -> np.ndarray:
+    """``x`` as an int64 array of shape (n,) or (n, width), every value in lo..hi."""
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"tables: {name} is not an array ({e})") from None
+    if a.ndim >= 1 and a.shape[0] == 0 and a.size == 0:
+        return np.zeros((0, width) if width else (0,), dtype=np.int64)
+    if a.dtype.kind not in "ui" or a.ndim != (2 if width else 1) or (width and a.shape[1] != width):
+        shape = f"(n, {width})" if width else "(n,)"
+        raise ValueError(
+            f"tables: {name} must be an integer array of shape {shape}, got {a.dtype} {a.shape}"
+        )
+    if a.min() < lo or a.max() > hi:
+        raise ValueError(f"tables: {name} has values outside {lo}..{hi}")
+    return a.astype(np.int64)

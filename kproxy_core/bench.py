@@ -1,0 +1,232 @@
+"""Synthetic clusters and packets for ``kproxy bench`` and benchmarks/, and the numpy baseline.
+
+The numpy baseline is the same stateless decision (``track=False``) written as
+whole-array numpy operations over the engine's own tables: sorted frontend keys and
+``searchsorted``, the action byte per source class, and the same seeded hash for
+the endpoint pick. It is what a careful numpy user would write, and it must agree
+with the engine (the benchmarks assert it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .engine import Engine
+from .model import Cluster, Endpoint, EndpointPort, EndpointSlice, Node, Service, ServicePort
+from .tables import FamilyTables
+
+SERVICE_BASE = 0x0A600000  # 10.96.0.0
+POD_BASE = 0x64400000  # 100.64.0.0
+
+
+def _ip(n: int) -> str:
+    return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+
+
+def synthetic_cluster(services: int, endpoints: int, nodes: int = 3) -> Cluster:
+    """``services`` ClusterIP services of one TCP port each, ``endpoints`` ready endpoints each."""
+    node_objs = {
+        f"node-{i}": Node(
+            f"node-{i}", (("InternalIP", f"192.168.0.{i + 1}"),), (f"100.64.{i}.0/24",)
+        )
+        for i in range(nodes)
+    }
+    svcs: dict[tuple[str, str], Service] = {}
+    slices: dict[tuple[str, str], EndpointSlice] = {}
+    ep_ip = POD_BASE
+    for i in range(services):
+        name = f"svc-{i}"
+        svc = Service(
+            "bench", name, "ClusterIP", (_ip(SERVICE_BASE + i + 1),), ("IPv4",), False,
+            (ServicePort("http", "TCP", 80),), selector={"app": name},
+        )
+        eps = []
+        for j in range(endpoints):
+            eps.append(Endpoint((_ip(ep_ip),), node_name=f"node-{j % nodes}"))
+            ep_ip += 1
+        sl = EndpointSlice("bench", f"{name}-abc", name, "IPv4",
+                           (EndpointPort("http", "TCP", 8080),), tuple(eps))
+        svcs[svc.key] = svc
+        slices[sl.key] = sl
+    return Cluster(svcs, slices, node_objs)
+
+
+@dataclass
+class Packets:
+    src: npt.NDArray[np.uint32]
+    dst: npt.NDArray[np.uint32]
+    sport: npt.NDArray[np.uint16]
+    dport: npt.NDArray[np.uint16]
+    proto: npt.NDArray[np.uint8]
+
+
+def synthetic_packets(services: int, packets: int, flows: int | None = None, seed: int = 1) -> Packets:
+    """Packets to the synthetic services' ClusterIPs from pod addresses.
+
+    ``flows``: how many distinct 5-tuples the packets are drawn from (None: every
+    packet its own flow, the worst case for the flow table). 5% miss every service.
+    """
+    rng = np.random.default_rng(seed)
+    n = packets if flows is None else flows
+    svc = rng.integers(0, services, n)
+    dst = (SERVICE_BASE + 1 + svc).astype(np.uint32)
+    miss = rng.random(n) < 0.05
+    dst[miss] = rng.integers(0x0B000000, 0x0BFFFFFF, int(miss.sum()), dtype=np.uint32)
+    src = rng.integers(POD_BASE, POD_BASE + (1 << 20), n, dtype=np.uint32)
+    sport = rng.integers(1024, 65535, n, dtype=np.uint16)
+    dport = np.full(n, 80, dtype=np.uint16)
+    proto = np.full(n, 6, dtype=np.uint8)
+    if flows is not None:
+        idx = rng.integers(0, flows, packets)
+        src, dst, sport, dport, proto = src[idx], dst[idx], sport[idx], dport[idx], proto[idx]
+    return Packets(src, dst, sport, dport, proto)
+
+
+# --------------------------------------------------------------------------- numpy baseline
+
+M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _mix(z: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    out: npt.NDArray[np.uint64] = z ^ (z >> np.uint64(31))
+    return out
+
+
+class NumpyBaseline:
+    """Stateless IPv4 lookups (frontend table only: ClusterIP/externalIP) in numpy."""
+
+    def __init__(self, engine: Engine) -> None:
+        t: FamilyTables = engine.tables["IPv4"]
+        keys = (
+            (t.fe_addr.astype(np.uint64) << np.uint64(24))
+            | (t.fe_port.astype(np.uint64) << np.uint64(8))
+            | t.fe_proto.astype(np.uint64)
+        )
+        order = np.argsort(keys)
+        self.keys = keys[order]
+        self.rec = t.fe_rec[order]
+        self.t = t
+        self.seed = np.uint64(engine.seed & 0xFFFFFFFFFFFFFFFF)
+        self.det_on = t.det_on
+        self.det_mask = np.uint32(((1 << 32) - 1) ^ ((1 << (32 - t.det_prefix)) - 1)) if t.det_on else np.uint32(0)
+        self.det_net = np.uint32(t.det_addr[0]) if t.det_on else np.uint32(0)
+        self.local = t.local_addrs
+
+    def lookup(self, p: Packets) -> dict[str, Any]:
+        t = self.t
+        key = (
+            (p.dst.astype(np.uint64) << np.uint64(24))
+            | (p.dport.astype(np.uint64) << np.uint64(8))
+            | p.proto.astype(np.uint64)
+        )
+        pos = np.searchsorted(self.keys, key)
+        pos[pos >= len(self.keys)] = 0
+        hit = self.keys[pos] == key if len(self.keys) else np.zeros(len(key), bool)
+        rec = np.where(hit, self.rec[pos] if len(self.rec) else 0, 0)
+        pod = ((p.src & self.det_mask) == self.det_net) if self.det_on else np.zeros(len(key), bool)
+        local = np.isin(p.src, self.local) | ((p.src >> np.uint32(24)) == 127)
+        cls = pod.astype(np.intp) | (local.astype(np.intp) << 1)
+        action = np.where(hit, t.rec_action[rec, cls], 0)
+        verdict = (action & 3).astype(np.uint8)
+        port = t.rec_port[rec]
+        which = np.clip(((action >> 2) & 3).astype(np.intp) - 1, 0, 1)
+        start = t.port_pool_start[port, which]
+        n = t.port_pool_len[port, which].astype(np.uint64)
+        h = _mix(self.seed ^ ((p.src.astype(np.uint64) << np.uint64(32)) | p.dst.astype(np.uint64)))
+        ports = (
+            (p.sport.astype(np.uint64) << np.uint64(24))
+            | (p.dport.astype(np.uint64) << np.uint64(8))
+            | p.proto.astype(np.uint64)
+        )
+        h = _mix(h ^ ports)
+        with np.errstate(over="ignore"):
+            idx = (((h >> np.uint64(32)) * n) >> np.uint64(32)).astype(np.intp)
+        dnat = verdict == 1
+        ep = np.where(dnat, t.pool_ep[np.where(dnat, start + idx, 0)] if len(t.pool_ep) else 0, 0)
+        ep_ip = np.where(dnat, t.ep_addr[ep] if len(t.ep_addr) else 0, 0).astype(np.uint32)
+        masq = dnat & ((((action >> 4) & 1) == 1) | (ep_ip == p.src))
+        service = np.where(verdict > 0, t.port_service[port], -1).astype(np.int32)
+        return {"verdict": verdict, "service": service, "ep_ip": ep_ip, "masq": masq}
+
+
+def measure(fn: Any, *, min_time: float = 0.5, repeat: int = 3) -> float:
+    """Best-of-``repeat`` seconds per call, each repeat looping for at least ``min_time``."""
+    best = float("inf")
+    for _ in range(repeat):
+        n = 0
+        t0 = time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            el = time.perf_counter() - t0
+            if el >= min_time:
+                break
+        best = min(best, el / n)
+    return best
+
+
+def run_bench(
+    services: int = 10_000,
+    endpoints: int = 10,
+    packets: int = 1_000_000,
+    flows: int | None = 100_000,
+    python_packets: int = 20_000,
+    min_time: float = 0.5,
+) -> dict[str, Any]:
+    """Lookups/s of the compiled engine, the pure-Python twin and the numpy baseline, one run."""
+    cluster = synthetic_cluster(services, endpoints)
+    t0 = time.perf_counter()
+    compiled = Engine(cluster, node="node-0", cluster_cidr="100.64.0.0/10", seed=7, impl=None)
+    build_s = time.perf_counter() - t0
+    twin = Engine(cluster, node="node-0", cluster_cidr="100.64.0.0/10", seed=7, impl="python")
+    pk = synthetic_packets(services, packets, flows)
+    small = synthetic_packets(services, min(python_packets, packets), flows)
+    res: dict[str, Any] = {
+        "services": services,
+        "endpoints": endpoints,
+        "packets": packets,
+        "flows": flows,
+        "engine": "compiled" if compiled.compiled else "python (extension not built)",
+        "engine_build_seconds": round(build_s, 3),
+    }
+
+    def batch(e: Engine, p: Packets, track: bool) -> Any:
+        return e.lookup_batch(p.src, p.dst, p.dport, p.proto, p.sport, now=1000.0, track=track)
+
+    rate: dict[str, float] = {}
+    rate["compiled_batch_track"] = packets / measure(lambda: batch(compiled, pk, True), min_time=min_time)
+    rate["compiled_batch_stateless"] = packets / measure(lambda: batch(compiled, pk, False), min_time=min_time)
+    n_small = len(small.src)
+    rate["python_batch_track"] = n_small / measure(lambda: batch(twin, small, True), min_time=min_time, repeat=1)
+    base = NumpyBaseline(compiled)
+    out = batch(compiled, pk, False)
+    ref = base.lookup(pk)
+    if not (np.array_equal(ref["verdict"], out["verdict"]) and np.array_equal(ref["ep_ip"], out["ep_ip"])):
+        raise AssertionError("numpy baseline and engine disagree")
+    rate["numpy_batch_stateless"] = packets / measure(lambda: base.lookup(pk), min_time=min_time)
+    srcs = [_ip(int(x)) for x in small.src[:10_000]]
+    dsts = [_ip(int(x)) for x in small.dst[:10_000]]
+    sps = [int(x) for x in small.sport[:10_000]]
+
+    def per_call(e: Engine) -> None:
+        look = e.lookup
+        for s, d, sp in zip(srcs, dsts, sps, strict=True):
+            look(s, d, 80, "TCP", sp, 1000.0)
+
+    rate["compiled_per_call"] = len(srcs) / measure(lambda: per_call(compiled), min_time=min_time)
+    rate["python_per_call"] = len(srcs) / measure(lambda: per_call(twin), min_time=min_time, repeat=1)
+    res["lookups_per_second"] = {k: round(v) for k, v in rate.items()}
+    res["ratios"] = {
+        "batch_compiled_vs_python": round(rate["compiled_batch_track"] / rate["python_batch_track"], 1),
+        "batch_compiled_vs_numpy": round(rate["compiled_batch_stateless"] / rate["numpy_batch_stateless"], 1),
+        "per_call_compiled_vs_python": round(rate["compiled_per_call"] / rate["python_per_call"], 1),
+    }
+    return res

@@ -1,0 +1,418 @@
+"""``kproxy``: kube-proxy's decisions from the command line.
+
+Errors in the input are printed as ``kproxy: error: ...`` lines naming the object and
+field, with exit status 2; an internal failure exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import io
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from typing import IO, Any
+
+import numpy as np
+
+from .addresses import join_host_port, split_host_port
+from .engine import FRONTEND_NAMES, VERDICT_NAMES, Engine
+from .errors import KproxyError, ManifestError
+from .manifests import load
+from .model import PROTO_NUMBERS, Cluster
+
+PROG = "kproxy"
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit 2)."""
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def _add_cluster(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "-f", "--filename", dest="files", action="append", required=required, metavar="CLUSTER",
+        help="manifests: a file, a directory or - for stdin (repeatable)",
+    )
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("kube-proxy settings")
+    g.add_argument("--node", "--hostname-override", dest="node", metavar="NODE",
+                   help="whose view (default: the first Node in the input)")
+    g.add_argument("--cluster-cidr", metavar="CIDR[,CIDR]",
+                   help="pod CIDR(s) for the ClusterCIDR local detector")
+    g.add_argument("--detect-local-mode", choices=["ClusterCIDR", "NodeCIDR", "None"],
+                   help="local-traffic detector (default: ClusterCIDR when --cluster-cidr is set)")
+    g.add_argument("--masquerade-all", action="store_true",
+                   help="masquerade all cluster IP traffic")
+    g.add_argument("--nodeport-addresses", metavar="CIDR,...",
+                   help="node addresses that accept NodePorts (default: all)")
+    g.add_argument("--iptables-localhost-nodeports", default="true", choices=["true", "false"],
+                   help="accept NodePorts on 127.0.0.1 (IPv4; default true)")
+    g.add_argument("--seed", type=int, default=None, help="seed for the endpoint choice")
+
+
+def _load(files: Sequence[str]) -> Cluster:
+    return load(*files)
+
+
+def _engine(args: argparse.Namespace, cluster: Cluster) -> Engine:
+    node = args.node if args.node is not None else cluster.first_node
+    return Engine(
+        cluster,
+        node=node,
+        cluster_cidr=args.cluster_cidr,
+        detect_local_mode=args.detect_local_mode,
+        masquerade_all=args.masquerade_all,
+        nodeport_addresses=args.nodeport_addresses,
+        localhost_nodeports=args.iptables_localhost_nodeports == "true",
+        seed=args.seed,
+    )
+
+
+def _warn(cluster: Cluster, engine: Engine | None = None) -> None:
+    for w in (engine.warnings if engine else cluster.warnings):
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- trace
+
+
+def _endpoint_arg(text: str, what: str, need_port: bool) -> tuple[str, int]:
+    try:
+        host, port = split_host_port(text)
+    except ValueError as e:
+        raise UsageError(f"--{what}: {e}") from None
+    if port is None:
+        if need_port:
+            raise UsageError(f"--{what}: {text!r} needs a port (IP:PORT, [IPv6]:PORT)")
+        port = 0
+    if port > 65535:
+        raise UsageError(f"--{what}: {port} is not a valid port")
+    return host, port
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    cluster = _load(args.files)
+    engine = _engine(args, cluster)
+    _warn(cluster, engine)
+    src, sport = _endpoint_arg(args.src, "src", False)
+    dst, dport = _endpoint_arg(args.dst, "dst", True)
+    t = engine.trace(src, dst, dport, args.proto.upper(), sport=sport, now=0.0)
+    if args.json:
+        print(json.dumps(t.to_dict(), indent=2))
+    else:
+        print(t)
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def demo_cluster() -> Cluster:
+    text = resources.files("kproxy_core.examples").joinpath("mynginx.yaml").read_text()
+    import yaml
+
+    return Cluster.from_objects([d for d in yaml.safe_load_all(text) if d])
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    cluster = demo_cluster()
+    node = "worker-1"
+    engine = Engine(cluster, node=node, cluster_cidr="100.96.0.0/11", seed=1)
+    out = sys.stdout
+    out.write("The article cluster (examples/mynginx.yaml): kops on AWS, cluster CIDR 100.96.0.0/11\n\n")
+    for n in cluster.nodes.values():
+        out.write(f"  node {n.name:<9} {', '.join(ip for _, ip in n.addresses):<28} pods {', '.join(n.pod_cidrs)}\n")
+    for svc in cluster.services.values():
+        for sp in svc.ports:
+            np_txt = f", NodePort {sp.node_port}" if sp.node_port else ""
+            out.write(
+                f"  service {svc.ref} ({svc.type}): "
+                f"{join_host_port(svc.cluster_ips[0], sp.port)}/{sp.protocol}{np_txt}\n"
+            )
+    for pp in engine.plans["IPv4"].ports:
+        for ep in pp.endpoints:
+            out.write(f"  endpoint {ep.endpoint} on {ep.node} for {pp.spn}\n")
+    out.write(f"\nkube-proxy's view from {node} ({engine.plans['IPv4'].config.node_ips[0]}):\n")
+    pod_ip = "100.96.1.5"
+    internal = engine.trace(pod_ip, "100.68.181.31", 80, "TCP", sport=43122, now=0.0)
+    out.write(f"\n1. A pod on {node} ({pod_ip}) connects to the ClusterIP\n\n")
+    out.write(_indent(str(internal)) + "\n")
+    ext_ip = cluster.nodes[node].ips("IPv4")[-1]
+    external = engine.trace("203.0.113.77", ext_ip, 30379, "TCP", sport=51000, now=0.0)
+    out.write(f"\n2. A client on the internet connects to NodePort {ext_ip}:30379\n\n")
+    out.write(_indent(str(external)) + "\n")
+    out.write(
+        "\nTry it yourself: kproxy trace -f examples/mynginx.yaml --node worker-1 "
+        "--cluster-cidr 100.96.0.0/11 --src 100.96.1.5 --dst 100.68.181.31:80\n"
+    )
+    return 0
+
+
+def _indent(text: str) -> str:
+    return "\n".join("   " + line if line else line for line in text.splitlines())
+
+
+# --------------------------------------------------------------------------- classify
+
+COLUMNS = ("src", "sport", "dst", "dport", "proto")
+CHUNK = 65536
+
+
+def _open_packets(path: str) -> IO[str]:
+    if path == "-":
+        return sys.stdin
+    raw = open(path, "rb")  # noqa: SIM115 - closed by the TextIOWrapper
+    head = raw.read(2)
+    raw.seek(0)
+    stream: IO[bytes] = gzip.GzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw  # type: ignore[assignment]
+    return io.TextIOWrapper(stream, encoding="utf-8", newline="")
+
+
+def _rows(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    f = _open_packets(path)
+    with f:
+        first = f.readline()
+        lineno = 1
+        if first.lstrip().startswith("{"):
+            for lineno, line in enumerate([first, *f], 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as e:
+                    raise UsageError(f"{path}: line {lineno}: not JSON: {e}") from None
+                if not isinstance(obj, dict):
+                    raise UsageError(f"{path}: line {lineno}: expected an object")
+                yield lineno, obj
+            return
+        reader = csv.reader([first])
+        header = [h.strip().lower() for h in next(reader)]
+        missing = [c for c in COLUMNS if c not in header and c != "sport"]
+        if missing:
+            raise UsageError(f"{path}: line 1: CSV header lacks {', '.join(missing)} (need {', '.join(COLUMNS)})")
+        for lineno, row in enumerate(csv.reader(f), 2):
+            if not row or not "".join(row).strip():
+                continue
+            yield lineno, dict(zip(header, (c.strip() for c in row), strict=False))
+
+
+def _parse_packet(path: str, lineno: int, row: dict[str, Any]) -> tuple[bool, bytes | int, bytes | int, int, int, int]:
+    import ipaddress
+
+    where = f"{path}: line {lineno}"
+    try:
+        src = ipaddress.ip_address(str(row["src"]).strip())
+        dst = ipaddress.ip_address(str(row["dst"]).strip())
+    except KeyError as e:
+        raise UsageError(f"{where}: missing {e.args[0]}") from None
+    except ValueError as e:
+        raise UsageError(f"{where}: {e}") from None
+    if src.version != dst.version:
+        raise UsageError(f"{where}: src and dst are of different IP families")
+    ports = []
+    for col in ("sport", "dport"):
+        v = row.get(col, 0 if col == "sport" else None)
+        try:
+            n = int(v) if v not in (None, "") else (0 if col == "sport" else -1)
+        except (TypeError, ValueError):
+            n = -1
+        if not 0 <= n <= 65535:
+            raise UsageError(f"{where}: {col}: {v!r} is not a port")
+        ports.append(n)
+    p = str(row.get("proto", "")).strip()
+    proto = PROTO_NUMBERS.get(p.upper()) or (int(p) if p.isdigit() and int(p) in (6, 17, 132) else None)
+    if proto is None:
+        raise UsageError(f"{where}: proto: {p!r} is not TCP, UDP, SCTP or 6, 17, 132")
+    v6 = src.version == 6
+    return (v6, src.packed if v6 else int(src), dst.packed if v6 else int(dst), ports[0], ports[1], proto)
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    cluster = _load(args.files)
+    engine = _engine(args, cluster)
+    _warn(cluster, engine)
+    names = [s.name for s in engine.service_ports]
+    per_service: Counter[str] = Counter()
+    per_frontend: Counter[str] = Counter()
+    per_verdict: Counter[str] = Counter()
+    out_file: IO[str] | None = open(args.out, "w") if args.out else None  # noqa: SIM115
+    per_packet = out_file or (sys.stdout if args.json else None)
+    progress = sys.stderr.isatty() and not args.no_progress
+    total = 0
+
+    def flush(buf: list[tuple[bool, Any, Any, int, int, int]]) -> None:
+        nonlocal total
+        if not buf:
+            return
+        v6_mask = np.fromiter((r[0] for r in buf), dtype=bool, count=len(buf))
+        results: list[dict[str, Any] | None] = [None] * len(buf)
+        for v6 in (False, True):
+            idx = np.flatnonzero(v6_mask == v6)
+            if not len(idx):
+                continue
+            sel = [buf[i] for i in idx]
+            if v6:
+                src = np.frombuffer(b"".join(r[1] for r in sel), np.uint8).reshape(-1, 16)
+                dst = np.frombuffer(b"".join(r[2] for r in sel), np.uint8).reshape(-1, 16)
+            else:
+                src = np.fromiter((r[1] for r in sel), np.uint32, len(sel))
+                dst = np.fromiter((r[2] for r in sel), np.uint32, len(sel))
+            sport = np.fromiter((r[3] for r in sel), np.uint16, len(sel))
+            dport = np.fromiter((r[4] for r in sel), np.uint16, len(sel))
+            proto = np.fromiter((r[5] for r in sel), np.uint8, len(sel))
+            look = engine.lookup_batch6 if v6 else engine.lookup_batch
+            out = look(src, dst, dport, proto, sport, now=args.now)
+            cols = (out["verdict"].tolist(), out["service"].tolist(), out["frontend"].tolist())
+            for v, s, fe in zip(*cols, strict=True):
+                per_verdict[VERDICT_NAMES[v]] += 1
+                per_service[names[s] if s >= 0 else "(none)"] += 1
+                per_frontend[FRONTEND_NAMES[fe] or "(none)"] += 1
+            if per_packet is not None:
+                for i, row in zip(idx, engine.decode(out), strict=True):
+                    results[i] = row
+        if per_packet is not None:
+            for r, res in zip(buf, results, strict=True):
+                assert res is not None
+                pkt = _packet_dict(r)
+                per_packet.write(json.dumps({**pkt, **res}) + "\n")
+        total += len(buf)
+        if progress:
+            print(f"\r{PROG}: classified {total:,} packets", end="", file=sys.stderr, flush=True)
+
+    try:
+        buf: list[tuple[bool, Any, Any, int, int, int]] = []
+        for lineno, row in _rows(args.packets):
+            buf.append(_parse_packet(args.packets, lineno, row))
+            if len(buf) >= CHUNK:
+                flush(buf)
+                buf = []
+        flush(buf)
+    finally:
+        if out_file:
+            out_file.close()
+        if progress:
+            print(file=sys.stderr)
+    if args.json:
+        return 0
+    print(f"{total} packets")
+    for title, counter in (("verdict", per_verdict), ("frontend", per_frontend), ("service", per_service)):
+        print(f"\nby {title}")
+        width = max((len(k) for k in counter), default=0)
+        for k, v in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"  {k.ljust(width)}  {v:>10}  {100.0 * v / max(total, 1):6.2f}%")
+    return 0
+
+
+def _packet_dict(r: tuple[bool, Any, Any, int, int, int]) -> dict[str, Any]:
+    import ipaddress
+
+    v6, s, d, sp, dp, pr = r
+    addr = ipaddress.IPv6Address if v6 else ipaddress.IPv4Address
+    return {"src": str(addr(s)), "sport": sp, "dst": str(addr(d)), "dport": dp,
+            "proto": {6: "TCP", 17: "UDP", 132: "SCTP"}[pr]}
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    for name in ("services", "endpoints", "packets"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name}: must be at least 1")
+    res = run_bench(
+        services=args.services, endpoints=args.endpoints, packets=args.packets,
+        flows=None if args.flows == 0 else min(args.flows, args.packets),
+        min_time=args.min_time,
+    )
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"synthetic cluster: {res['services']} service ports x {res['endpoints']} endpoints; "
+          f"{res['packets']} packets from {res['flows'] or res['packets']} flows; engine: {res['engine']}")
+    rates = res["lookups_per_second"]
+    width = max(len(k) for k in rates)
+    for k, v in rates.items():
+        print(f"  {k.ljust(width)}  {v / 1e6:10.3f} M lookups/s")
+    for k, v in res["ratios"].items():
+        print(f"  {k.ljust(width)}  {v:10.1f} x")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="the article cluster: trace an in-cluster and an internet packet")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("trace", help="explain what kube-proxy does with one packet")
+    _add_cluster(t)
+    t.add_argument("--src", required=True, metavar="IP[:PORT]", help="source (port optional)")
+    t.add_argument("--dst", required=True, metavar="IP:PORT", help="destination; [IPv6]:PORT")
+    t.add_argument("--proto", default="tcp", type=str.lower, choices=["tcp", "udp", "sctp"])
+    t.add_argument("--json", action="store_true", help="print the trace as one JSON object")
+    _add_engine(t)
+    t.set_defaults(func=cmd_trace)
+
+    c = sub.add_parser("classify", help="count packets of a CSV/JSONL file by service, frontend, verdict")
+    _add_cluster(c)
+    c.add_argument("--packets", required=True, metavar="FILE",
+                   help="CSV with header src,sport,dst,dport,proto or JSONL; .gz is fine; - for stdin")
+    c.add_argument("--json", action="store_true", help="print one JSON line per packet instead of counts")
+    c.add_argument("--out", metavar="FILE.jsonl", help="also write one JSON line per packet to FILE")
+    c.add_argument("--now", type=float, default=0.0, help="clock for flow timeouts (seconds; default 0)")
+    c.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
+    _add_engine(c)
+    c.set_defaults(func=cmd_classify)
+
+    b = sub.add_parser("bench", help="lookups/s: compiled engine, pure-Python twin, numpy baseline")
+    b.add_argument("--services", type=int, default=10_000)
+    b.add_argument("--endpoints", type=int, default=10)
+    b.add_argument("--packets", type=int, default=1_000_000)
+    b.add_argument("--flows", type=int, default=100_000, help="distinct flows (0: every packet new)")
+    b.add_argument("--min-time", type=float, default=0.5, help="seconds per measurement")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ManifestError, UsageError) as e:
+        for line in str(e).splitlines() or [type(e).__name__]:
+            print(f"{PROG}: error: {line}", file=sys.stderr)
+        return 2
+    except KproxyError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # pragma: no cover - e.g. `kproxy classify ... | head`
+        return 0
+    except (OSError, UnicodeDecodeError, EOFError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover
+        return 130
+    except Exception as e:  # internal failure: still one line, exit 1
+        print(f"{PROG}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""The Engine: a node's kube-proxy decisions over a Cluster, per packet or per batch.
+
+The compiled core (``kproxy_core._engine``) and its pure-Python twin
+(``kproxy_core._engine_py``) implement the same ``Core`` API; ``KPROXY_NO_EXTENSIONS=1``
+or ``Engine(..., impl="python")`` selects the twin.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _engine_py
+from .addresses import FAMILIES, Family
+from .errors import PacketError
+from .manifests import apply_objects
+from .model import PROTO_NUMBERS, Cluster
+from .plan import PlanPort, ProxyConfig, ProxyPlan, make_config, plan_port
+from .tables import FRONTENDS, VERDICTS, FamilyTables, TableCache, build_tables
+
+try:
+    from . import _engine as _compiled
+
+    COMPILED_AVAILABLE = True
+except ImportError:  # pragma: no cover - only without a build
+    _compiled = None  # type: ignore[assignment]
+    COMPILED_AVAILABLE = False
+
+
+def _env_wants_python() -> bool:
+    return os.environ.get("KPROXY_NO_EXTENSIONS", "") not in ("", "0")
+
+
+def core_module(impl: str | None = None) -> ModuleType:
+    """The module providing ``Core``: ``"compiled"``, ``"python"`` or None (the default)."""
+    if impl is None:
+        impl = "python" if _env_wants_python() or not COMPILED_AVAILABLE else "compiled"
+    if impl == "python":
+        return _engine_py
+    if impl == "compiled":
+        if _compiled is None:
+            raise ImportError("kproxy_core._engine is not built; install the package or use impl='python'")
+        mod: ModuleType = _compiled
+        return mod
+    raise ValueError(f"impl must be 'compiled' or 'python', not {impl!r}")
+
+
+OUT_DTYPE: Final = np.dtype(
+    [("verdict", "u1"), ("service", "<i4"), ("frontend", "u1"), ("ep_ip", "<u4"),
+     ("ep_port", "<u2"), ("masq", "?")]
+)
+OUT6_DTYPE: Final = np.dtype(
+    [("verdict", "u1"), ("service", "<i4"), ("frontend", "u1"), ("ep_ip", "u1", (16,)),
+     ("ep_port", "<u2"), ("masq", "?")]
+)
+VERDICT_NAMES: Final = VERDICTS
+FRONTEND_NAMES: Final = FRONTENDS
+
+DEFAULT_TIMEOUTS: Final = {"TCP": 86400.0, "UDP": 30.0, "SCTP": 432000.0}
+
+
+@dataclass(frozen=True)
+class ServicePortInfo:
+    """One entry of ``Engine.service_ports`` (the ``service`` index of batch results)."""
+
+    name: str  # kube-proxy's ServicePortName, e.g. "default/mynginx" or "ns/svc:http"
+    namespace: str
+    service: str
+    port_name: str
+    protocol: str
+    port: int
+    present: bool = True  # False once deleted by apply(); the index stays reserved
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    services: tuple[str, ...]  # namespace/name of every Service that was recomputed
+    ports_before: int
+    ports_after: int
+    flows_dropped: int
+    full: bool
+
+
+class _FIRST:
+    pass
+
+
+FIRST_NODE: Final = _FIRST()
+
+
+class Engine:
+    """kube-proxy's decisions for one node (or an off-cluster observer with ``node=None``).
+
+    One plan per IP family, as kube-proxy runs one proxier per family; lookups go to
+    the family of the packet's addresses.
+    """
+
+    lookup: Callable[..., Any]
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        node: str | _FIRST | None = FIRST_NODE,
+        *,
+        cluster_cidr: str | Sequence[str] | None = None,
+        detect_local_mode: str | None = None,
+        masquerade_all: bool = False,
+        nodeport_addresses: str | Sequence[str] | None = None,
+        localhost_nodeports: bool = True,
+        mode: str = "iptables",
+        seed: int | None = None,
+        flow_capacity: int = 1 << 18,
+        affinity_capacity: int = 1 << 16,
+        timeouts: Mapping[str, float] | None = None,
+        impl: str | None = None,
+    ) -> None:
+        if mode not in ("iptables", "nftables"):
+            raise ValueError(f"mode must be 'iptables' or 'nftables', not {mode!r}")
+        if isinstance(node, _FIRST):
+            node = cluster.first_node
+        self.cluster = cluster
+        self.node = node
+        self.mode = mode
+        self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else seed
+        self._settings = dict(
+            cluster_cidr=cluster_cidr,
+            detect_local_mode=detect_local_mode,
+            masquerade_all=masquerade_all,
+            nodeport_addresses=nodeport_addresses,
+            localhost_nodeports=localhost_nodeports,
+        )
+        self.configs: dict[Family, ProxyConfig] = {
+            fam: make_config(cluster, fam, node, **self._settings)  # type: ignore[arg-type]
+            for fam in FAMILIES
+        }
+        t = dict(DEFAULT_TIMEOUTS)
+        t.update(timeouts or {})
+        self._impl = core_module(impl)
+        self.compiled = self._impl is not _engine_py
+        self._core = self._impl.Core(
+            self.seed & ((1 << 64) - 1), flow_capacity, affinity_capacity,
+            (t["TCP"], t["UDP"], t["SCTP"]),
+        )
+        self.lookup = self._core.lookup
+        self._lock = threading.Lock()
+        self._by_service: dict[Family, dict[tuple[str, str], list[PlanPort]]] = {}
+        self._service_index: dict[str, int] = {}
+        self.service_ports: list[ServicePortInfo] = []
+        self._cache: TableCache = {}
+        self.plans: dict[Family, ProxyPlan] = {}
+        for fam in FAMILIES:
+            self._by_service[fam] = {
+                key: self._plan_service(fam, key) for key in sorted(cluster.services)
+            }
+        self._publish()
+
+    # ------------------------------------------------------------------ building
+    def _plan_service(self, fam: Family, key: tuple[str, str]) -> list[PlanPort]:
+        svc = self.cluster.services.get(key)
+        if svc is None:
+            return []
+        out = []
+        for sp in svc.ports:
+            pp = plan_port(self.cluster, svc, sp, self.configs[fam])
+            if pp is not None:
+                out.append(pp)
+        return out
+
+    def _publish(self) -> int:
+        """Assemble plans, index service ports, build tables and swap them in."""
+        live: set[str] = set()
+        for fam in FAMILIES:
+            ports = tuple(
+                pp for key in sorted(self._by_service[fam]) for pp in self._by_service[fam][key]
+            )
+            self.plans[fam] = ProxyPlan(self.configs[fam], ports)
+            for pp in ports:
+                live.add(pp.spn)
+                if pp.spn not in self._service_index:
+                    self._service_index[pp.spn] = len(self.service_ports)
+                    self.service_ports.append(
+                        ServicePortInfo(pp.spn, pp.namespace, pp.service, pp.port_name,
+                                        pp.protocol, pp.port)
+                    )
+        for i, info in enumerate(self.service_ports):
+            if (info.name in live) != info.present:
+                self.service_ports[i] = ServicePortInfo(
+                    info.name, info.namespace, info.service, info.port_name, info.protocol,
+                    info.port, present=info.name in live,
+                )
+        t4 = build_tables(self.plans["IPv4"], self._service_index, self._cache)
+        t6 = build_tables(self.plans["IPv6"], self._service_index, self._cache)
+        self.tables: dict[Family, FamilyTables] = {"IPv4": t4, "IPv6": t6}
+        names = [s.name for s in self.service_ports]
+        dropped: int = self._core.load(t4, t6, names)
+        self.warnings = tuple(self.cluster.warnings) + t4.duplicates + t6.duplicates
+        return dropped
+
+    def apply(self, objects: Iterable[Mapping[str, Any]]) -> ApplyResult:
+        """Add, replace or delete objects (plain manifests, or watch events with
+        ``type: ADDED|MODIFIED|DELETED``); recompute only the affected service ports.
+
+        Flows whose endpoint is gone from its service are dropped, as kube-proxy's
+        conntrack cleanup does; lookups running in other threads see the old tables
+        or the new ones, never a mix.
+        """
+        with self._lock:
+            new_cluster, changes = apply_objects(self.cluster, objects)
+            before = sum(len(p.ports) for p in self.plans.values())
+            self.cluster = new_cluster
+            full = changes.all
+            if full:
+                self.configs = {
+                    fam: make_config(new_cluster, fam, self.node, **self._settings)  # type: ignore[arg-type]
+                    for fam in FAMILIES
+                }
+                keys: Iterable[tuple[str, str]] = sorted(new_cluster.services)
+                for fam in FAMILIES:
+                    self._by_service[fam] = {}
+            else:
+                keys = sorted(changes.services)
+            for fam in FAMILIES:
+                for key in keys:
+                    ports = self._plan_service(fam, key)
+                    if ports:
+                        self._by_service[fam][key] = ports
+                    else:
+                        self._by_service[fam].pop(key, None)
+            dropped = self._publish()
+            after = sum(len(p.ports) for p in self.plans.values())
+            return ApplyResult(
+                services=tuple(f"{ns}/{n}" for ns, n in sorted(keys)),
+                ports_before=before,
+                ports_after=after,
+                flows_dropped=dropped,
+                full=full,
+            )
+
+    # ------------------------------------------------------------------ batches
+    def lookup_batch(
+        self,
+        src: Any,
+        dst: Any,
+        dport: Any,
+        proto: Any,
+        sport: Any = None,
+        now: float | None = None,
+        track: bool = True,
+    ) -> npt.NDArray[Any]:
+        """Decide a batch of IPv4 packets (addresses as uint32, ports uint16, proto uint8).
+
+        Returns a structured array (``OUT_DTYPE``): verdict (index into VERDICT_NAMES),
+        service (index into ``service_ports``, -1 for none), frontend (index into
+        FRONTEND_NAMES), ep_ip, ep_port, masq. ``track=False`` skips the flow and
+        affinity tables (a pure function of the packet). The GIL is released.
+        """
+        cols = _columns(False, src, dst, dport, proto, sport)
+        out = np.zeros(len(cols[2]), dtype=OUT_DTYPE)
+        self._core.lookup_batch(*cols, out, now, 1 if track else 0)
+        return out
+
+    def lookup_batch6(
+        self,
+        src: Any,
+        dst: Any,
+        dport: Any,
+        proto: Any,
+        sport: Any = None,
+        now: float | None = None,
+        track: bool = True,
+    ) -> npt.NDArray[Any]:
+        """IPv6 batches: ``src``/``dst`` are (n, 16) uint8 arrays (network byte order)."""
+        cols = _columns(True, src, dst, dport, proto, sport)
+        out = np.zeros(len(cols[2]), dtype=OUT6_DTYPE)
+        self._core.lookup_batch6(*cols, out, now, 1 if track else 0)
+        return out
+
+    # ------------------------------------------------------------------ views
+    def trace(
+        self,
+        src: str,
+        dst: str,
+        dport: int,
+        proto: str | int = "TCP",
+        sport: int = 0,
+        now: float | None = None,
+    ) -> Any:
+        """Explain one packet: chain path, candidates and probabilities, reasons (a Trace)."""
+        from .trace import trace_packet
+
+        return trace_packet(self, src, dst, dport, proto, sport, now)
+
+    @property
+    def flow_count(self) -> int:
+        return int(self._core.flow_count())
+
+    def clear_flows(self) -> None:
+        """Forget every flow and affinity entry (as ``conntrack -F`` plus a fresh kube-proxy)."""
+        self._core.clear()
+
+    def service_index(self, name: str) -> int:
+        from .errors import ServiceNotFoundError
+
+        try:
+            return self._service_index[name]
+        except KeyError:
+            raise ServiceNotFoundError(f"no service port named {name!r}") from None
+
+    def decode(self, out: npt.NDArray[Any]) -> list[dict[str, Any]]:
+        """Batch results as dicts (verdict/service/frontend names, endpoint "ip:port")."""
+        from .addresses import join_host_port
+
+        v6 = out.dtype == OUT6_DTYPE
+        names = [s.name for s in self.service_ports]
+        rows = []
+        for r in out:
+            ep = None
+            if r["verdict"] == 1:
+                ip = (
+                    str(ipaddress.IPv6Address(bytes(r["ep_ip"])))
+                    if v6
+                    else str(ipaddress.IPv4Address(int(r["ep_ip"])))
+                )
+                ep = join_host_port(ip, int(r["ep_port"]))
+            rows.append({
+                "verdict": VERDICTS[r["verdict"]],
+                "service": names[r["service"]] if r["service"] >= 0 else None,
+                "frontend": FRONTENDS[r["frontend"]],
+                "endpoint": ep,
+                "masquerade": bool(r["masq"]),
+            })
+        return rows
+
+
+def _columns(v6: bool, src: Any, dst: Any, dport: Any, proto: Any, sport: Any) -> tuple[Any, ...]:
+    addr_dtype = np.uint8 if v6 else np.uint32
+    s = _as(src, addr_dtype, "src")
+    d = _as(dst, addr_dtype, "dst")
+    dp = _as(dport, np.uint16, "dport")
+    pr = _as(proto, np.uint8, "proto")
+    sp = None if sport is None else _as(sport, np.uint16, "sport")
+    n = len(dp)
+    if v6:
+        for name, a in (("src", s), ("dst", d)):
+            if a.ndim != 2 or a.shape[1] != 16:
+                raise PacketError(f"{name}: IPv6 addresses must be an (n, 16) uint8 array")
+    for name, col in (("src", s), ("dst", d), ("proto", pr), ("sport", sp)):
+        if col is not None and len(col) != n:
+            raise PacketError(f"{name}: length {len(col)} differs from dport's {n}")
+    return s, d, dp, pr, sp
+
+
+def _as(x: Any, dtype: Any, name: str) -> npt.NDArray[Any]:
+    a = np.asarray(x)
+    if a.dtype == dtype and a.flags.c_contiguous:
+        return a
+    if a.dtype.kind not in "ui":
+        raise PacketError(f"{name}: expected integers, got {a.dtype}")
+    info = np.iinfo(dtype)
+    if a.size and (a.min() < info.min or a.max() > info.max):
+        raise PacketError(f"{name}: values outside {info.min}..{info.max}")
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def proto_number(proto: str | int) -> int:
+    if isinstance(proto, int) and proto in (6, 17, 132):
+        return proto
+    if isinstance(proto, str) and proto.upper() in PROTO_NUMBERS:
+        return PROTO_NUMBERS[proto.upper()]
+    raise PacketError(f"protocol {proto!r} is not one of TCP, UDP, SCTP")

@@ -1,0 +1,195 @@
+"""The cluster as kube-proxy sees it: immutable, validated, typed objects.
+
+No kube-proxy logic lives here (that is :mod:`kproxy_core.plan`); objects hold the
+fields kube-proxy reads, already normalised (canonical addresses, defaults applied).
+:mod:`kproxy_core.manifests` builds them from manifests and reports bad input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from .addresses import Family
+
+DEFAULT_AFFINITY_TIMEOUT = 10800  # DefaultClientIPServiceAffinitySeconds
+MAX_AFFINITY_TIMEOUT = 86400  # MaxClientIPServiceAffinitySeconds
+
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
+PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    name: str
+    protocol: str
+    port: int
+    node_port: int = 0
+    target_port: int | str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancerIngress:
+    ip: str = ""
+    hostname: str = ""
+    ip_mode: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    namespace: str
+    name: str
+    type: str = "ClusterIP"
+    cluster_ips: tuple[str, ...] = ()
+    ip_families: tuple[str, ...] = ()
+    headless: bool = False
+    ports: tuple[ServicePort, ...] = ()
+    external_ips: tuple[str, ...] = ()
+    external_traffic_policy: str = "Cluster"
+    internal_traffic_policy: str = "Cluster"
+    session_affinity: str = "None"
+    affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT
+    health_check_node_port: int = 0
+    load_balancer_ingress: tuple[LoadBalancerIngress, ...] = ()
+    load_balancer_source_ranges: tuple[str, ...] = ()
+    allocate_load_balancer_node_ports: bool = True
+    external_name: str = ""
+    selector: Mapping[str, str] | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    spec: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def cluster_ip_for(self, family: Family) -> str | None:
+        """``GetClusterIPByFamily``: the ClusterIP this family's proxier uses, if any."""
+        if self.headless or not self.cluster_ips:
+            return None
+        if not self.ip_families:
+            ip = self.cluster_ips[0]
+            return ip if (":" in ip) == (family == "IPv6") else None
+        for fam, ip in zip(self.ip_families, self.cluster_ips, strict=False):
+            if fam == family:
+                return ip
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointPort:
+    name: str | None
+    protocol: str
+    port: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    addresses: tuple[str, ...]
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    node_name: str | None = None
+    zone: str | None = None
+    hostname: str | None = None
+    zone_hints: tuple[str, ...] = ()
+    node_hints: tuple[str, ...] = ()
+    target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSlice:
+    namespace: str
+    name: str
+    service_name: str
+    address_type: str
+    ports: tuple[EndpointPort, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+    mirrored_from: str | None = None  # "Endpoints ns/name" when converted from legacy Endpoints
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    name: str
+    addresses: tuple[tuple[str, str], ...] = ()  # (type, canonical IP), IP-valued types only
+    pod_cidrs: tuple[str, ...] = ()
+    zone: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def ips(self, family: Family | None = None) -> tuple[str, ...]:
+        """The node's own addresses (addrtype LOCAL), optionally of one family, in order."""
+        seen: list[str] = []
+        for _, ip in self.addresses:
+            if ip in seen:
+                continue
+            if family is None or (":" in ip) == (family == "IPv6"):
+                seen.append(ip)
+        return tuple(seen)
+
+    def pod_cidr_for(self, family: Family) -> str | None:
+        for cidr in self.pod_cidrs:
+            if (":" in cidr) == (family == "IPv6"):
+                return cidr
+        return None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Services, EndpointSlices and Nodes, keyed by namespace/name (Nodes by name).
+
+    Build one with :func:`kproxy_core.load` or :meth:`Cluster.from_objects`.
+    ``warnings`` lists what was accepted but deserves a look (one line each).
+    """
+
+    services: Mapping[tuple[str, str], Service] = field(default_factory=dict)
+    slices: Mapping[tuple[str, str], EndpointSlice] = field(default_factory=dict)
+    nodes: Mapping[str, Node] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    legacy_endpoints: Mapping[tuple[str, str], tuple[EndpointSlice, ...]] = field(
+        default_factory=dict, repr=False
+    )
+
+    @classmethod
+    def from_objects(cls, objects: Iterable[Mapping[str, Any]]) -> Cluster:
+        """Build a cluster from manifest dicts (as ``yaml.safe_load`` returns them)."""
+        from .manifests import cluster_from_objects
+
+        return cluster_from_objects(objects)
+
+    @cached_property
+    def _slices_by_service(self) -> dict[tuple[str, str], list[EndpointSlice]]:
+        index: dict[tuple[str, str], list[EndpointSlice]] = {}
+        for s in self.slices.values():
+            if s.service_name:
+                index.setdefault((s.namespace, s.service_name), []).append(s)
+        return index
+
+    def slices_for(self, namespace: str, service: str) -> list[EndpointSlice]:
+        """EndpointSlices attached to a Service (by the ``kubernetes.io/service-name`` label).
+
+        Legacy Endpoints are mirrored into slices only when the input has no real
+        EndpointSlice for that service (the EndpointSlice controller would have made
+        equivalent ones) or the Service has no selector (what the mirroring
+        controller mirrors).
+        """
+        own = list(self._slices_by_service.get((namespace, service), ()))
+        legacy = self.legacy_endpoints.get((namespace, service), ())
+        svc = self.services.get((namespace, service))
+        if legacy and (not own or (svc is not None and svc.selector is None)):
+            own.extend(legacy)
+        return sorted(own, key=lambda s: s.name)
+
+    @property
+    def first_node(self) -> str | None:
+        return next(iter(self.nodes), None)

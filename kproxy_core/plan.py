@@ -1,0 +1,690 @@
+"""kube-proxy's logic, once: from a Cluster to a per-node, per-family ProxyPlan.
+
+Everything kube-proxy decides before a packet arrives is computed here: which
+service ports exist for this family, their frontends, the endpoint lists after
+port matching, deduplication and string ordering, ``CategorizeEndpoints``, the
+policy flags of ``syncProxyRules`` and the chain names. :func:`walk` then follows
+one packet class through the chains kube-proxy writes, and is shared by the engine
+tables, the trace and (later) the renderers, so they agree by construction.
+
+References are to kubernetes/kubernetes pkg/proxy (see KUBE-PROXY.md §3-§8).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+from .addresses import Family, IPNetwork, join_host_port, parse_cidr
+from .errors import ManifestError, NodeNotFoundError
+from .model import Cluster, Node, Service, ServicePort
+
+Verdict = Literal["DNAT", "REJECT", "DROP", "PASS"]
+FrontendKind = Literal["ClusterIP", "NodePort", "ExternalIP", "LoadBalancer"]
+Pool = Literal["cluster", "local"]
+
+KUBE_SERVICES = "KUBE-SERVICES"
+KUBE_NODEPORTS = "KUBE-NODEPORTS"
+KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
+FILTER_PREFIX = "filter:"
+
+ZONE_LABEL = "topology.kubernetes.io/zone"
+
+
+def hash16(text: str) -> str:
+    """kube-proxy's chain hash: base32(sha256(text))[:16] (``portProtoHash``)."""
+    return base64.b32encode(hashlib.sha256(text.encode()).digest())[:16].decode()
+
+
+def service_port_name(namespace: str, name: str, port_name: str) -> str:
+    """``ServicePortName.String()``: ``ns/name`` plus ``:port`` when the port is named."""
+    return f"{namespace}/{name}:{port_name}" if port_name else f"{namespace}/{name}"
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class LocalDetector:
+    """kube-proxy's local-traffic detector (pkg/proxy/util/localdetector.go).
+
+    ``mode`` is ``ClusterCIDR`` or ``NodeCIDR`` (match ``-s cidr``), or ``None``
+    (no detector: ``IsImplemented() == false``).
+    """
+
+    mode: str = "None"
+    cidr: str | None = None
+
+    @property
+    def implemented(self) -> bool:
+        return self.cidr is not None
+
+    @cached_property
+    def network(self) -> IPNetwork | None:
+        return parse_cidr(self.cidr)[0] if self.cidr else None
+
+    def is_local(self, ip: str) -> bool:
+        net = self.network
+        return net is not None and ipaddress.ip_address(ip) in net
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """One proxier's settings: a node, an IP family and kube-proxy's flags."""
+
+    family: Family
+    node: str | None = None
+    node_ips: tuple[str, ...] = ()
+    node_zone: str | None = None
+    detector: LocalDetector = field(default_factory=LocalDetector)
+    masquerade_all: bool = False
+    nodeport_cidrs: tuple[str, ...] = ()  # this family's --nodeport-addresses; () = match all
+    localhost_nodeports: bool = True
+    prefer_same_node_hints: bool = True  # the PreferSameTrafficDistribution gate
+
+    @property
+    def nodeport_match_all(self) -> bool:
+        return not self.nodeport_cidrs or any(
+            c.endswith("/0") for c in self.nodeport_cidrs
+        )
+
+    @property
+    def localhost_nodeports_active(self) -> bool:
+        """IPv4 only, and forced off when --nodeport-addresses has no IPv4 loopback."""
+        if self.family != "IPv4" or not self.localhost_nodeports:
+            return False
+        if self.nodeport_match_all:
+            return True
+        return any(
+            ipaddress.ip_address("127.0.0.1") in ipaddress.ip_network(c)
+            for c in self.nodeport_cidrs
+        )
+
+    @property
+    def loopback(self) -> str:
+        return "127.0.0.1" if self.family == "IPv4" else "::1"
+
+    def is_local_address(self, ip: str) -> bool:
+        """``-m addrtype --src-type/--dst-type LOCAL``: the node's addresses and loopback."""
+        if ip in self.node_ips:
+            return True
+        addr = ipaddress.ip_address(ip)
+        return addr.is_loopback if self.family == "IPv4" else ip == "::1"
+
+    @cached_property
+    def nodeport_ips(self) -> tuple[str, ...]:
+        """Destinations the NodePort tail rule accepts when not matching all LOCAL addresses.
+
+        With --nodeport-addresses, kube-proxy writes one ``-d NODEIP`` rule per node
+        address inside the CIDRs; loopback counts only for IPv4 with localhost NodePorts.
+        """
+        nets = [ipaddress.ip_network(c) for c in self.nodeport_cidrs]
+        ips = [ip for ip in self.node_ips if any(ipaddress.ip_address(ip) in n for n in nets)]
+        if self.localhost_nodeports_active and any(
+            ipaddress.ip_address("127.0.0.1") in n for n in nets
+        ):
+            ips.append("127.0.0.1")
+        return tuple(ips)
+
+    def nodeport_accepts(self, dst: str) -> bool:
+        """Does the KUBE-SERVICES tail rule send a packet to ``dst`` into KUBE-NODEPORTS?"""
+        if self.nodeport_match_all:
+            if not self.is_local_address(dst):
+                return False
+            if self.family == "IPv6":
+                return dst != "::1"
+            return self.localhost_nodeports_active or not ipaddress.ip_address(dst).is_loopback
+        return dst in self.nodeport_ips
+
+
+# --------------------------------------------------------------------------- plan data
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointInfo:
+    ip: str
+    port: int
+    ready: bool
+    serving: bool
+    terminating: bool
+    node: str | None
+    zone: str | None
+    local: bool
+    zone_hints: tuple[str, ...] = ()
+    node_hints: tuple[str, ...] = ()
+    target: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return join_host_port(self.ip, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Frontend:
+    kind: FrontendKind
+    ip: str | None  # None for NodePort (any accepted node address)
+    port: int
+    protocol: str
+
+
+@dataclass(frozen=True)
+class PlanPort:
+    """One service port as one proxier sees it, after CategorizeEndpoints."""
+
+    spn: str
+    namespace: str
+    service: str
+    port_name: str
+    protocol: str
+    port: int
+    node_port: int
+    cluster_ip: str
+    external_ips: tuple[str, ...]
+    lb_ips: tuple[str, ...]
+    source_ranges: tuple[str, ...]
+    health_check_node_port: int
+    internal_local: bool
+    external_local: bool
+    affinity_timeout: int  # 0 = no ClientIP affinity
+    endpoints: tuple[EndpointInfo, ...]  # every endpoint, sorted by "IP:port" string
+    cluster: tuple[EndpointInfo, ...]
+    local: tuple[EndpointInfo, ...]
+    all_reachable: tuple[EndpointInfo, ...]
+    has_endpoints: bool
+    topology_mode: str
+    cluster_fallback: bool  # cluster list fell back to serving+terminating endpoints
+    local_fallback: bool
+
+    # ---- port-level predicates (serviceport.go)
+    @property
+    def proto(self) -> str:
+        return self.protocol.lower()
+
+    @property
+    def externally_accessible(self) -> bool:
+        return self.node_port != 0 or bool(self.lb_ips) or bool(self.external_ips)
+
+    @property
+    def uses_cluster_endpoints(self) -> bool:
+        return not self.internal_local or self.externally_accessible
+
+    @property
+    def uses_local_endpoints(self) -> bool:
+        return self.internal_local or (self.external_local and self.externally_accessible)
+
+    # ---- syncProxyRules decision variables (KUBE-PROXY.md §5)
+    @property
+    def uses_cluster_chain(self) -> bool:
+        return bool(self.cluster) and self.uses_cluster_endpoints
+
+    @property
+    def uses_local_chain(self) -> bool:
+        return bool(self.local) and self.uses_local_endpoints
+
+    @property
+    def has_internal_endpoints(self) -> bool:
+        return self.has_endpoints and not (self.internal_local and not self.local)
+
+    @property
+    def has_external_endpoints(self) -> bool:
+        return self.has_endpoints and not (self.external_local and not self.local)
+
+    @property
+    def uses_external_chain(self) -> bool:
+        return self.has_endpoints and self.externally_accessible
+
+    @property
+    def uses_fw_chain(self) -> bool:
+        return self.has_endpoints and bool(self.lb_ips) and bool(self.source_ranges)
+
+    # ---- chain names (KUBE-PROXY.md §1)
+    @cached_property
+    def chain_base(self) -> str:
+        return hash16(self.spn + self.proto)
+
+    @property
+    def svc_chain(self) -> str:
+        return "KUBE-SVC-" + self.chain_base
+
+    @property
+    def svl_chain(self) -> str:
+        return "KUBE-SVL-" + self.chain_base
+
+    @property
+    def ext_chain(self) -> str:
+        return "KUBE-EXT-" + self.chain_base
+
+    @property
+    def fw_chain(self) -> str:
+        return "KUBE-FW-" + self.chain_base
+
+    def sep_chain(self, ep: EndpointInfo) -> str:
+        return "KUBE-SEP-" + hash16(self.spn + self.proto + ep.endpoint)
+
+    def pool(self, which: Pool) -> tuple[EndpointInfo, ...]:
+        return self.cluster if which == "cluster" else self.local
+
+    def frontends(self) -> list[Frontend]:
+        out = [Frontend("ClusterIP", self.cluster_ip, self.port, self.protocol)]
+        out += [Frontend("ExternalIP", ip, self.port, self.protocol) for ip in self.external_ips]
+        out += [Frontend("LoadBalancer", ip, self.port, self.protocol) for ip in self.lb_ips]
+        if self.node_port:
+            out.append(Frontend("NodePort", None, self.node_port, self.protocol))
+        return out
+
+    def filter_reasons(self) -> list[tuple[EndpointInfo, str]]:
+        """Endpoints that are in no pool a packet can use, each with the reason."""
+        used = {e.endpoint for e in self.cluster} | {e.endpoint for e in self.local}
+        out = []
+        for ep in self.endpoints:
+            if ep.endpoint in used:
+                continue
+            if not ep.ready and not (ep.serving and ep.terminating):
+                why = "not ready" if not ep.terminating else "terminating and not serving"
+            elif ep.terminating:
+                why = "terminating (ready endpoints exist, so kube-proxy does not fall back to it)"
+            elif self.topology_mode == "PreferSameNode":
+                why = "topology: hinted for other nodes (PreferSameNode)"
+            elif self.topology_mode == "PreferSameZone":
+                why = "topology: hinted for other zones (PreferSameZone)"
+            elif not ep.local and not self.uses_cluster_endpoints:
+                why = "not local (internalTrafficPolicy=Local)"
+            else:
+                why = "not used"
+            out.append((ep, why))
+        return out
+
+
+@dataclass(frozen=True)
+class ProxyPlan:
+    """Everything one proxier (node, family) has decided, plus the config it used."""
+
+    config: ProxyConfig
+    ports: tuple[PlanPort, ...]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def family(self) -> Family:
+        return self.config.family
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _endpoints_for(
+    cluster: Cluster, svc: Service, sp: ServicePort, family: Family, node: str | None
+) -> list[EndpointInfo]:
+    """Join slices to a service port by (name, protocol); dedupe by "IP:port"; sort as strings."""
+    found: dict[str, EndpointInfo] = {}
+    for sl in cluster.slices_for(svc.namespace, svc.name):
+        if sl.address_type != family:
+            continue
+        for p in sl.ports:
+            if p.name is None or not p.port or p.name != sp.name or p.protocol != sp.protocol:
+                continue
+            for ep in sl.endpoints:
+                if not ep.addresses:
+                    continue
+                info = EndpointInfo(
+                    ip=ep.addresses[0],
+                    port=p.port,
+                    ready=ep.ready,
+                    serving=ep.serving,
+                    terminating=ep.terminating,
+                    node=ep.node_name,
+                    zone=ep.zone,
+                    local=node is not None and ep.node_name == node,
+                    zone_hints=ep.zone_hints,
+                    node_hints=ep.node_hints,
+                    target=ep.target,
+                )
+                key = info.endpoint
+                if key not in found or not info.terminating:
+                    found[key] = info
+    return [found[k] for k in sorted(found)]
+
+
+def _topology_mode(eps: Sequence[EndpointInfo], cfg: ProxyConfig) -> str:
+    """``topologyModeFromHints``: looks at ready endpoints only."""
+    ready = [e for e in eps if e.ready]
+    if not ready:
+        return ""
+    if (
+        cfg.prefer_same_node_hints
+        and cfg.node is not None
+        and all(e.node_hints for e in ready)
+        and any(cfg.node in e.node_hints for e in ready)
+    ):
+        return "PreferSameNode"
+    if (
+        cfg.node_zone
+        and all(e.zone_hints for e in ready)
+        and any(cfg.node_zone in e.zone_hints for e in ready)
+    ):
+        return "PreferSameZone"
+    return ""
+
+
+def _topology_ok(ep: EndpointInfo, mode: str, cfg: ProxyConfig) -> bool:
+    if mode == "PreferSameNode":
+        return cfg.node in ep.node_hints
+    if mode == "PreferSameZone":
+        return cfg.node_zone in ep.zone_hints
+    return True
+
+
+def plan_port(
+    cluster: Cluster, svc: Service, sp: ServicePort, cfg: ProxyConfig
+) -> PlanPort | None:
+    """One service port for one proxier, or None when kube-proxy skips it for this family."""
+    cip = svc.cluster_ip_for(cfg.family)
+    if svc.headless or svc.type == "ExternalName" or cip is None:
+        return None
+    fam6 = cfg.family == "IPv6"
+    ext_ips = tuple(ip for ip in svc.external_ips if (":" in ip) == fam6)
+    lb_ips: tuple[str, ...] = ()  # LoadBalancer VIPs arrive with the LoadBalancer plugin
+    ranges = tuple(c for c in svc.load_balancer_source_ranges if (":" in c) == fam6)
+    accessible_type = svc.type in ("LoadBalancer", "NodePort") or bool(svc.external_ips)
+    external_local = accessible_type and svc.external_traffic_policy == "Local"
+    internal_local = svc.internal_traffic_policy == "Local"
+    hc = svc.health_check_node_port if svc.type == "LoadBalancer" and external_local else 0
+    eps = _endpoints_for(cluster, svc, sp, cfg.family, cfg.node)
+
+    accessible = sp.node_port != 0 or bool(lb_ips) or bool(ext_ips)
+    uses_cluster = not internal_local or accessible
+    uses_local = internal_local or (external_local and accessible)
+    cluster_eps: list[EndpointInfo] = []
+    local_eps: list[EndpointInfo] = []
+    has_any = False
+    mode = ""
+    cluster_fb = local_fb = False
+    if eps:
+        if uses_cluster:
+            mode = _topology_mode(eps, cfg)
+            cluster_eps = [e for e in eps if e.ready and _topology_ok(e, mode, cfg)]
+            if not cluster_eps:
+                cluster_eps = [e for e in eps if e.serving and e.terminating]
+                cluster_fb = bool(cluster_eps)
+            has_any = bool(cluster_eps)
+        if uses_local:
+            has_any = has_any or any(e.ready or (e.serving and e.terminating) for e in eps)
+            if any(e.local and e.ready for e in eps):
+                local_eps = [e for e in eps if e.local and e.ready]
+            elif any(e.local and e.serving and e.terminating for e in eps):
+                local_eps = [e for e in eps if e.local and e.serving and e.terminating]
+                local_fb = True
+    if not uses_local:
+        reachable = cluster_eps
+    elif not uses_cluster:
+        reachable = local_eps
+    elif mode == "" and not local_fb:
+        reachable = cluster_eps
+    else:
+        keys = {e.endpoint for e in cluster_eps} | {e.endpoint for e in local_eps}
+        reachable = [e for e in eps if e.endpoint in keys]
+    return PlanPort(
+        spn=service_port_name(svc.namespace, svc.name, sp.name),
+        namespace=svc.namespace,
+        service=svc.name,
+        port_name=sp.name,
+        protocol=sp.protocol,
+        port=sp.port,
+        node_port=sp.node_port,
+        cluster_ip=cip,
+        external_ips=ext_ips,
+        lb_ips=lb_ips,
+        source_ranges=ranges,
+        health_check_node_port=hc,
+        internal_local=internal_local,
+        external_local=external_local,
+        affinity_timeout=svc.affinity_timeout if svc.session_affinity == "ClientIP" else 0,
+        endpoints=tuple(eps),
+        cluster=tuple(cluster_eps),
+        local=tuple(local_eps),
+        all_reachable=tuple(reachable),
+        has_endpoints=has_any,
+        topology_mode=mode,
+        cluster_fallback=cluster_fb,
+        local_fallback=local_fb,
+    )
+
+
+def make_config(
+    cluster: Cluster,
+    family: Family,
+    node: str | None,
+    *,
+    cluster_cidr: str | Sequence[str] | None = None,
+    detect_local_mode: str | None = None,
+    masquerade_all: bool = False,
+    nodeport_addresses: str | Sequence[str] | None = None,
+    localhost_nodeports: bool = True,
+) -> ProxyConfig:
+    """Build one family's ProxyConfig; bad flag values raise ManifestError (one line each)."""
+    node_obj: Node | None = None
+    if node is not None:
+        node_obj = cluster.nodes.get(node)
+        if node_obj is None:
+            known = ", ".join(cluster.nodes) or "none"
+            raise NodeNotFoundError(f"node {node!r} is not in the cluster (nodes: {known})")
+    fam6 = family == "IPv6"
+    cidrs = _cidr_list("--cluster-cidr", cluster_cidr)
+    mode = detect_local_mode or ("ClusterCIDR" if cidrs else "None")
+    detector = LocalDetector()
+    if mode == "ClusterCIDR":
+        own = [c for c in cidrs if (":" in c) == fam6]
+        if own:
+            detector = LocalDetector("ClusterCIDR", own[0])
+    elif mode == "NodeCIDR":
+        pod_cidr = node_obj.pod_cidr_for(family) if node_obj else None
+        if pod_cidr:
+            detector = LocalDetector("NodeCIDR", pod_cidr)
+    elif mode != "None":
+        raise ManifestError(
+            f"--detect-local-mode: {mode!r} is not one of ClusterCIDR, NodeCIDR, None"
+        )
+    np_cidrs = tuple(
+        c for c in _cidr_list("--nodeport-addresses", nodeport_addresses) if (":" in c) == fam6
+    )
+    return ProxyConfig(
+        family=family,
+        node=node,
+        node_ips=node_obj.ips(family) if node_obj else (),
+        node_zone=node_obj.zone if node_obj else None,
+        detector=detector,
+        masquerade_all=masquerade_all,
+        nodeport_cidrs=np_cidrs,
+        localhost_nodeports=localhost_nodeports,
+    )
+
+
+def _cidr_list(flag: str, value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    items: Iterable[str] = value.split(",") if isinstance(value, str) else value
+    out = []
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        net, _ = parse_cidr(item)
+        if net is None:
+            raise ManifestError(f"{flag}: {item!r} is not a valid CIDR")
+        out.append(str(net))
+    return out
+
+
+def build_plan(cluster: Cluster, config: ProxyConfig) -> ProxyPlan:
+    ports: list[PlanPort] = []
+    for key in sorted(cluster.services):
+        svc = cluster.services[key]
+        for sp in svc.ports:
+            pp = plan_port(cluster, svc, sp, config)
+            if pp is not None:
+                ports.append(pp)
+    return ProxyPlan(config=config, ports=tuple(ports))
+
+
+# --------------------------------------------------------------------------- packet walk
+
+
+@dataclass
+class Walk:
+    """Where one packet class goes through kube-proxy's chains (before the endpoint pick)."""
+
+    verdict: Verdict
+    pool: Pool | None = None
+    masquerade: bool = False
+    chains: list[str] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+
+
+def walk(
+    pp: PlanPort,
+    cfg: ProxyConfig,
+    kind: FrontendKind,
+    *,
+    from_pod: bool,
+    from_local: bool,
+    nodeport_accepted: bool = True,
+    source_allowed: bool = True,
+) -> Walk:
+    """Follow a NEW packet of one source class through the rules written for ``pp``.
+
+    ``from_pod``: the local detector matches the source; ``from_local``: the source is
+    one of the node's own addresses (addrtype LOCAL). ``nodeport_accepted``: for
+    NodePort, whether the tail rule of KUBE-SERVICES sends the destination into
+    KUBE-NODEPORTS (else only the filter rule for LOCAL destinations applies).
+    ``source_allowed``: for LoadBalancer IPs with source ranges, whether KUBE-FW lets
+    the source through. The result excludes the per-endpoint hairpin masquerade.
+    """
+    spn = pp.spn
+    w = Walk("PASS", chains=[KUBE_SERVICES])
+    no_eps: Verdict = "REJECT" if not pp.has_endpoints else "DROP"
+    det = cfg.detector
+
+    def filter_verdict(chain: str, verdict: Verdict, why: str) -> Walk:
+        w.verdict = verdict
+        w.chains.append(FILTER_PREFIX + chain)
+        w.steps.append(why)
+        return w
+
+    def enter_pool(chain: str, pool: Pool, why: str) -> Walk:
+        w.chains.append(chain)
+        w.pool = pool
+        w.verdict = "DNAT"
+        w.steps.append(why)
+        return w
+
+    if kind == "ClusterIP":
+        w.steps.append(f"{pp.cluster_ip}:{pp.port}/{pp.protocol} is the cluster IP of {spn}")
+        if not pp.has_internal_endpoints:
+            if not pp.has_endpoints:
+                return filter_verdict(
+                    KUBE_SERVICES, "REJECT",
+                    f"{spn} has no endpoints: filter KUBE-SERVICES rejects it",
+                )
+            return filter_verdict(
+                KUBE_SERVICES, "DROP",
+                f"{spn} has no local endpoints (internalTrafficPolicy=Local): "
+                "filter KUBE-SERVICES drops it",
+            )
+        chain = pp.svl_chain if pp.internal_local else pp.svc_chain
+        w.chains.append(chain)
+        if cfg.masquerade_all:
+            w.masquerade = True
+            w.chains.append(KUBE_MARK_MASQ)
+            w.steps.append("masquerade: --masquerade-all marks all cluster IP traffic")
+        elif det.implemented and not from_pod:
+            w.masquerade = True
+            w.chains.append(KUBE_MARK_MASQ)
+            w.steps.append(
+                f"masquerade: source is not in the local pod range {det.cidr} "
+                f"({det.mode} detector), so it is marked for SNAT"
+            )
+        elif det.implemented:
+            w.steps.append(f"no masquerade: source is in the local pod range {det.cidr}")
+        else:
+            w.steps.append("no masquerade: no local detector, cluster IP traffic is assumed to come from pods")
+        w.pool = "local" if pp.internal_local else "cluster"
+        w.verdict = "DNAT"
+        w.steps.append(
+            "internalTrafficPolicy=Local: only this node's endpoints (KUBE-SVL)"
+            if pp.internal_local
+            else "internalTrafficPolicy=Cluster: any ready endpoint (KUBE-SVC)"
+        )
+        return w
+
+    external_filter = "KUBE-EXTERNAL-SERVICES"
+    if kind == "ExternalIP":
+        w.steps.append(f"destination is an external IP of {spn}")
+        if not pp.has_endpoints:
+            return filter_verdict(external_filter, "REJECT", f"{spn} has no endpoints: rejected")
+    elif kind == "LoadBalancer":
+        w.steps.append(f"destination is a load-balancer IP of {spn}")
+        if not pp.has_endpoints:
+            return filter_verdict(external_filter, "REJECT", f"{spn} has no endpoints: rejected")
+        if pp.uses_fw_chain:
+            w.chains.append(pp.fw_chain)
+            if not source_allowed:
+                return filter_verdict(
+                    "KUBE-PROXY-FIREWALL", "DROP",
+                    "source is outside loadBalancerSourceRanges: KUBE-PROXY-FIREWALL drops it",
+                )
+            w.steps.append("source is allowed by loadBalancerSourceRanges")
+    else:  # NodePort
+        if not nodeport_accepted:
+            w.steps.append(
+                f"port {pp.node_port}/{pp.protocol} is the NodePort of {spn}, but this "
+                "destination is not a NodePort address (--nodeport-addresses)"
+            )
+            if not pp.has_external_endpoints:
+                return filter_verdict(
+                    external_filter, no_eps,
+                    f"{spn} has no {'local ' if pp.has_endpoints else ''}endpoints: "
+                    f"filter {external_filter} {'rejects' if no_eps == 'REJECT' else 'drops'} "
+                    "every LOCAL destination of the NodePort",
+                )
+            w.steps.append("not a service packet: delivered to the node unchanged")
+            w.chains = []
+            return w
+        w.chains.append(KUBE_NODEPORTS)
+        w.steps.append(f"port {pp.node_port}/{pp.protocol} on a node address is the NodePort of {spn}")
+        if not pp.has_endpoints:
+            return filter_verdict(external_filter, "REJECT", f"{spn} has no endpoints: rejected")
+
+    # KUBE-EXT
+    w.chains.append(pp.ext_chain)
+    if not pp.external_local:
+        w.masquerade = True
+        w.chains.append(KUBE_MARK_MASQ)
+        w.steps.append("masquerade: externalTrafficPolicy=Cluster masquerades external destinations")
+        return enter_pool(pp.svc_chain, "cluster", "externalTrafficPolicy=Cluster: any ready endpoint")
+    if det.implemented and from_pod:
+        return enter_pool(
+            pp.svc_chain, "cluster",
+            f"externalTrafficPolicy=Local, but the source is a pod ({det.cidr}): "
+            "short-circuit to all endpoints, no masquerade",
+        )
+    if from_local:
+        w.masquerade = True
+        w.chains.append(KUBE_MARK_MASQ)
+        w.steps.append("masquerade: the source is a node-local address (addrtype LOCAL)")
+        return enter_pool(
+            pp.svc_chain, "cluster",
+            "externalTrafficPolicy=Local, but node-local traffic is routed to all endpoints",
+        )
+    if not pp.has_external_endpoints:
+        return filter_verdict(
+            external_filter, "DROP",
+            f"externalTrafficPolicy=Local and {spn} has no local endpoints: dropped",
+        )
+    return enter_pool(
+        pp.svl_chain, "local",
+        "externalTrafficPolicy=Local: only this node's endpoints, source IP preserved",
+    )

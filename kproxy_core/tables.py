@@ -1,0 +1,208 @@
+"""From a ProxyPlan to the flat arrays both engine twins load.
+
+Everything per packet is decided from these arrays; all kube-proxy logic has already
+run in :mod:`kproxy_core.plan`. A frontend record carries, for each of the four
+source classes (pod per the local detector x node-local address), an action byte:
+verdict (bits 0-1), pool (bits 2-3: 1 cluster, 2 local) and masquerade (bit 4).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from .model import PROTO_NUMBERS
+from .plan import PlanPort, ProxyPlan, Walk, walk
+
+VERDICTS = ("PASS", "DNAT", "REJECT", "DROP")
+VERDICT_CODE = {v: i for i, v in enumerate(VERDICTS)}
+FRONTENDS = (None, "ClusterIP", "NodePort", "ExternalIP", "LoadBalancer")
+FRONTEND_CODE = {v: i for i, v in enumerate(FRONTENDS) if v is not None}
+POOL_CODE = {None: 0, "cluster": 1, "local": 2}
+
+# source classes: bit 0 = matched by the local detector, bit 1 = addrtype LOCAL
+CLASSES = ((False, False), (True, False), (False, True), (True, True))
+
+
+def encode(w: Walk) -> int:
+    return VERDICT_CODE[w.verdict] | (POOL_CODE[w.pool] << 2) | (int(w.masquerade) << 4)
+
+
+def addr_int(ip: str) -> int:
+    return int(ipaddress.ip_address(ip))
+
+
+def _addr_array(ips: list[str], v6: bool) -> npt.NDArray[np.uint8] | npt.NDArray[np.uint32]:
+    if not v6:
+        return np.array([addr_int(ip) for ip in ips], dtype=np.uint32)
+    out = np.zeros((len(ips), 16), dtype=np.uint8)
+    for i, ip in enumerate(ips):
+        out[i] = np.frombuffer(ipaddress.IPv6Address(ip).packed, dtype=np.uint8)
+    return out
+
+
+@dataclass
+class FamilyTables:
+    """The arrays of one family (see the module docstring for the action byte)."""
+
+    v6: bool
+    fe_addr: np.ndarray
+    fe_port: np.ndarray
+    fe_proto: np.ndarray
+    fe_rec: np.ndarray
+    np_port: np.ndarray
+    np_proto: np.ndarray
+    np_rec: np.ndarray
+    rec_port: np.ndarray
+    rec_kind: np.ndarray
+    rec_action: np.ndarray  # (R, 4) uint8
+    rec_np_filter: np.ndarray
+    port_service: np.ndarray
+    port_affinity: np.ndarray
+    port_pool_start: np.ndarray  # (P, 2) int32: cluster, local
+    port_pool_len: np.ndarray
+    pool_ep: np.ndarray
+    ep_addr: np.ndarray
+    ep_port: np.ndarray
+    ep_str: list[str]
+    local_addrs: np.ndarray
+    np_addrs: np.ndarray
+    np_match_all: bool
+    np_loopback: bool
+    det_on: bool
+    det_addr: np.ndarray  # v4: uint32[1]; v6: uint8[1, 16]
+    det_prefix: int
+    duplicates: tuple[str, ...] = ()
+
+
+# id(PlanPort) -> (the PlanPort, {frontend kind: (actions, nodeport filter action)});
+# holding the PlanPort keeps its id from being reused while the entry lives.
+TableCache = dict[int, tuple[PlanPort, dict[str, tuple[list[int], int]]]]
+
+
+def _actions(pp: PlanPort, plan: ProxyPlan, kind: str) -> tuple[list[int], int]:
+    cfg = plan.config
+    actions = [
+        encode(walk(pp, cfg, kind, from_pod=p, from_local=lo))  # type: ignore[arg-type]
+        for p, lo in CLASSES
+    ]
+    np_filter = 0
+    if kind == "NodePort":
+        np_filter = encode(
+            walk(pp, cfg, "NodePort", from_pod=False, from_local=False, nodeport_accepted=False)
+        )
+    return actions, np_filter
+
+
+def build_tables(
+    plan: ProxyPlan, service_index: Mapping[str, int], cache: TableCache | None = None
+) -> FamilyTables:
+    """Flatten a plan. With ``cache``, the walks of unchanged PlanPorts are reused
+    (an engine update recomputes only the service ports that changed)."""
+    cfg = plan.config
+    fresh: TableCache = {}
+    v6 = cfg.family == "IPv6"
+    fe: dict[tuple[str, int, int], int] = {}
+    nps: dict[tuple[int, int], int] = {}
+    dups: list[str] = []
+    rec_port: list[int] = []
+    rec_kind: list[int] = []
+    rec_action: list[list[int]] = []
+    rec_np_filter: list[int] = []
+    port_service: list[int] = []
+    port_affinity: list[int] = []
+    pool_start: list[tuple[int, int]] = []
+    pool_len: list[tuple[int, int]] = []
+    pool_ep: list[int] = []
+    ep_index: dict[tuple[str, int], int] = {}
+    ep_list: list[tuple[str, int]] = []
+
+    def ep_id(ip: str, port: int) -> int:
+        key = (ip, port)
+        if key not in ep_index:
+            ep_index[key] = len(ep_list)
+            ep_list.append(key)
+        return ep_index[key]
+
+    def add_record(pi: int, pp: PlanPort, kind: str) -> int:
+        hit = cache.get(id(pp)) if cache is not None else None
+        entry = hit if hit is not None and hit[0] is pp else (pp, {})
+        fresh[id(pp)] = entry
+        if kind not in entry[1]:
+            entry[1][kind] = _actions(pp, plan, kind)
+        actions, np_filter = entry[1][kind]
+        rec_port.append(pi)
+        rec_kind.append(FRONTEND_CODE[kind])
+        rec_action.append(actions)
+        rec_np_filter.append(np_filter)
+        return len(rec_port) - 1
+
+    for pi, pp in enumerate(plan.ports):
+        port_service.append(service_index[pp.spn])
+        port_affinity.append(pp.affinity_timeout)
+        starts, lens = [], []
+        for pool in (pp.cluster, pp.local):
+            starts.append(len(pool_ep))
+            lens.append(len(pool))
+            pool_ep.extend(ep_id(e.ip, e.port) for e in pool)
+        pool_start.append((starts[0], starts[1]))
+        pool_len.append((lens[0], lens[1]))
+        proto = PROTO_NUMBERS[pp.protocol]
+        for f in pp.frontends():
+            if f.kind == "NodePort":
+                nkey = (f.port, proto)
+                if nkey in nps:
+                    dups.append(f"{pp.spn}: NodePort {f.port}/{pp.protocol} is also used by another service")
+                    continue
+                nps[nkey] = add_record(pi, pp, "NodePort")
+                continue
+            assert f.ip is not None
+            key = (f.ip, f.port, proto)
+            if key in fe:
+                dups.append(f"{pp.spn}: {f.kind} {f.ip}:{f.port}/{pp.protocol} is also used by another service")
+                continue
+            fe[key] = add_record(pi, pp, f.kind)
+
+    if cache is not None:
+        for k in [k for k, v in cache.items() if v[0].cluster_ip and (":" in v[0].cluster_ip) == v6]:
+            del cache[k]
+        cache.update(fresh)
+    det = cfg.detector
+    det_net = det.network
+    det_ips = [str(det_net.network_address)] if det_net is not None else ["::" if v6 else "0.0.0.0"]
+    fe_keys = list(fe)
+    np_keys = list(nps)
+    return FamilyTables(
+        v6=v6,
+        fe_addr=_addr_array([k[0] for k in fe_keys], v6),
+        fe_port=np.array([k[1] for k in fe_keys], dtype=np.uint16),
+        fe_proto=np.array([k[2] for k in fe_keys], dtype=np.uint8),
+        fe_rec=np.array([fe[k] for k in fe_keys], dtype=np.int32),
+        np_port=np.array([k[0] for k in np_keys], dtype=np.uint16),
+        np_proto=np.array([k[1] for k in np_keys], dtype=np.uint8),
+        np_rec=np.array([nps[k] for k in np_keys], dtype=np.int32),
+        rec_port=np.array(rec_port, dtype=np.int32),
+        rec_kind=np.array(rec_kind, dtype=np.uint8),
+        rec_action=np.array(rec_action, dtype=np.uint8).reshape(-1, 4),
+        rec_np_filter=np.array(rec_np_filter, dtype=np.uint8),
+        port_service=np.array(port_service, dtype=np.int32),
+        port_affinity=np.array(port_affinity, dtype=np.uint32),
+        port_pool_start=np.array(pool_start, dtype=np.int32).reshape(-1, 2),
+        port_pool_len=np.array(pool_len, dtype=np.int32).reshape(-1, 2),
+        pool_ep=np.array(pool_ep, dtype=np.int32),
+        ep_addr=_addr_array([e[0] for e in ep_list], v6),
+        ep_port=np.array([e[1] for e in ep_list], dtype=np.uint16),
+        ep_str=[e[0] for e in ep_list],
+        local_addrs=_addr_array(list(cfg.node_ips), v6),
+        np_addrs=_addr_array(list(cfg.nodeport_ips), v6),
+        np_match_all=cfg.nodeport_match_all,
+        np_loopback=cfg.localhost_nodeports_active,
+        det_on=det_net is not None,
+        det_addr=_addr_array(det_ips, v6),
+        det_prefix=det_net.prefixlen if det_net is not None else 0,
+        duplicates=tuple(dups),
+    )

@@ -1,0 +1,238 @@
+"""Why a packet went where it went: the chain path, every candidate and every reason.
+
+A Trace combines the plan (what kube-proxy wrote for this node) with the engine's
+actual decision for the packet (which includes established flows and session
+affinity); it never changes the engine's flow or affinity tables.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .addresses import Family, join_host_port
+from .errors import PacketError
+from .model import PROTO_NAMES
+from .plan import KUBE_MARK_MASQ, FrontendKind, PlanPort, ProxyConfig, Walk, walk
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+
+def probability_text(k: int) -> str:
+    """kube-proxy's ``computeProbability``: ``%0.10f`` of 1/k."""
+    return f"{1.0 / k:0.10f}"
+
+
+@dataclass
+class Trace:
+    packet: dict[str, Any]
+    node: str | None
+    family: Family
+    verdict: str
+    service: str | None = None
+    frontend: str | None = None
+    endpoint: str | None = None
+    masquerade: bool = False
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    filtered: list[dict[str, str]] = field(default_factory=list)
+    chains: list[str] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "packet": self.packet,
+            "node": self.node,
+            "family": self.family,
+            "verdict": self.verdict,
+            "service": self.service,
+            "frontend": self.frontend,
+            "endpoint": self.endpoint,
+            "masquerade": self.masquerade,
+            "candidates": self.candidates,
+            "filtered": self.filtered,
+            "chains": self.chains,
+            "steps": self.steps,
+        }
+
+    def __str__(self) -> str:
+        p = self.packet
+        src = join_host_port(p["src"], p["sport"])
+        dst = join_host_port(p["dst"], p["dport"])
+        rows: list[tuple[str, str]] = [
+            ("packet", f"{src} -> {dst} {p['proto']}"),
+            ("node", f"{self.node or '(off-cluster observer)'} ({self.family})"),
+        ]
+        verdict = self.verdict
+        if self.endpoint:
+            verdict += f" to {self.endpoint}"
+        rows.append(("verdict", verdict))
+        if self.service:
+            rows.append(("service", f"{self.service} via {self.frontend}"))
+        if self.verdict == "DNAT":
+            rows.append(("masquerade", "yes (source NAT to the node)" if self.masquerade else "no"))
+        if self.chains:
+            rows.append(("chains", " -> ".join(self.chains)))
+        width = max(len(k) for k, _ in rows)
+        lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+        if self.candidates:
+            lines.append("candidates")
+            table = [("endpoint", "probability", "rule", "node", "local")]
+            for c in self.candidates:
+                table.append((
+                    c["endpoint"] + (" *" if c["endpoint"] == self.endpoint else ""),
+                    f"{c['probability']:.4f}",
+                    c["rule_probability"] or "(last rule)",
+                    c["node"] or "-",
+                    "yes" if c["local"] else "no",
+                ))
+            lines += _table(table)
+        if self.filtered:
+            lines.append("filtered out")
+            lines += _table([("endpoint", "reason")] + [(f["endpoint"], f["reason"]) for f in self.filtered])
+        if self.steps:
+            lines.append("why")
+            lines += [f"  {i}. {s}" for i, s in enumerate(self.steps, 1)]
+        return "\n".join(lines)
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _match(
+    engine: Engine, fam: Family, dst: str, dport: int, proto: str
+) -> tuple[PlanPort | None, FrontendKind | None, bool]:
+    """The frontend a NEW packet hits, as the core's tables match it."""
+    plan = engine.plans[fam]
+    cfg = plan.config
+    nodeports: dict[tuple[int, str], PlanPort] = {}
+    for pp in plan.ports:
+        if pp.protocol != proto:
+            continue
+        for f in pp.frontends():
+            if f.kind == "NodePort":
+                nodeports.setdefault((f.port, proto), pp)
+            elif f.ip == dst and f.port == dport:
+                return pp, f.kind, True
+    if cfg.is_local_address(dst) and (dport, proto) in nodeports:
+        return nodeports[(dport, proto)], "NodePort", cfg.nodeport_accepts(dst)
+    return None, None, False
+
+
+def trace_packet(
+    engine: Engine, src: str, dst: str, dport: int, proto: str | int, sport: int, now: float | None
+) -> Trace:
+    decision = engine._core.lookup(src, dst, dport, proto, sport, now, 2)
+    s_ip = ipaddress.ip_address(str(src))
+    d_ip = ipaddress.ip_address(str(dst))
+    fam: Family = "IPv4" if s_ip.version == 4 else "IPv6"
+    proto_name = PROTO_NAMES[proto] if isinstance(proto, int) else proto.upper()
+    if proto_name not in ("TCP", "UDP", "SCTP"):
+        raise PacketError(f"protocol {proto!r} is not one of TCP, UDP, SCTP")
+    src_s, dst_s = str(s_ip), str(d_ip)
+    t = Trace(
+        packet={"src": src_s, "sport": sport, "dst": dst_s, "dport": dport, "proto": proto_name},
+        node=engine.node,
+        family=fam,
+        verdict=decision.verdict,
+        service=decision.service,
+        frontend=decision.frontend,
+        masquerade=decision.masquerade,
+    )
+    if decision.endpoint is not None:
+        t.endpoint = join_host_port(*decision.endpoint)
+    cfg = engine.configs[fam]
+    pp, kind, accepted = _match(engine, fam, dst_s, dport, proto_name)
+    if pp is None or kind is None:
+        t.steps.append(
+            f"{join_host_port(dst_s, dport)}/{proto_name} is no cluster IP, external IP or "
+            "NodePort on this node: kube-proxy leaves the packet alone"
+        )
+        if decision.verdict != "PASS":
+            t.steps.append(f"an established flow still carries it ({decision.verdict})")
+        return t
+    from_pod = cfg.detector.implemented and cfg.detector.is_local(src_s)
+    from_local = cfg.is_local_address(src_s)
+    w = walk(pp, cfg, kind, from_pod=from_pod, from_local=from_local, nodeport_accepted=accepted)
+    t.steps.extend(_source_steps(cfg, src_s, from_pod, from_local))
+    t.steps.extend(w.steps)
+    t.chains = list(w.chains)
+    _explain_pool(t, pp, w, decision, engine, src_s, now)
+    return t
+
+
+def _source_steps(cfg: ProxyConfig, src: str, from_pod: bool, from_local: bool) -> list[str]:
+    det = cfg.detector
+    what = []
+    if det.implemented:
+        what.append(
+            f"source {src} is {'inside' if from_pod else 'outside'} the local pod range "
+            f"{det.cidr} ({det.mode} detector)"
+        )
+    else:
+        what.append("no local-traffic detector (no --cluster-cidr): pod and non-pod sources look alike")
+    if from_local:
+        what.append(f"source {src} is an address of the node itself (addrtype LOCAL)")
+    return what
+
+
+def _explain_pool(
+    t: Trace, pp: PlanPort, w: Walk, decision: Any, engine: Engine, src: str, now: float | None
+) -> None:
+    if w.pool is None:
+        return
+    pool = pp.pool(w.pool)
+    n = len(pool)
+    for i, ep in enumerate(pool):
+        t.candidates.append({
+            "endpoint": ep.endpoint,
+            "probability": 1.0 / n,
+            "rule_probability": probability_text(n - i) if i < n - 1 else None,
+            "node": ep.node,
+            "local": ep.local,
+            "zone": ep.zone,
+            "ready": ep.ready,
+            "serving": ep.serving,
+            "terminating": ep.terminating,
+            "chain": pp.sep_chain(ep),
+        })
+    pool_keys = {ep.endpoint for ep in pool}
+    for ep, why in pp.filter_reasons():
+        t.filtered.append({"endpoint": ep.endpoint, "reason": why})
+    for ep in pp.endpoints:
+        if ep.endpoint not in pool_keys and all(f["endpoint"] != ep.endpoint for f in t.filtered):
+            reason = "not on this node" if w.pool == "local" else "only in the local pool"
+            t.filtered.append({"endpoint": ep.endpoint, "reason": reason})
+    if w.pool == "cluster" and pp.cluster_fallback:
+        t.steps.append("no ready endpoint: kube-proxy falls back to serving, terminating endpoints")
+    if w.pool == "local" and pp.local_fallback:
+        t.steps.append("no ready local endpoint: falling back to serving, terminating local endpoints")
+    if pp.topology_mode and w.pool == "cluster":
+        t.steps.append(f"topology hints in use ({pp.topology_mode}): only hinted endpoints")
+    if n > 1:
+        t.steps.append(
+            f"{n} candidates, each with probability 1/{n} (kube-proxy's statistic rules "
+            f"{', '.join(probability_text(n - i) for i in range(n - 1))}, then an unconditional jump)"
+        )
+    if pp.affinity_timeout:
+        t.steps.append(
+            f"sessionAffinity ClientIP: a client keeps its endpoint for {pp.affinity_timeout} s "
+            "after its last new connection (recent module)"
+        )
+    if decision.endpoint is None:
+        return
+    chosen = join_host_port(*decision.endpoint)
+    sep = next((pp.sep_chain(ep) for ep in pp.endpoints if ep.endpoint == chosen), None)
+    if sep:
+        t.chains.append(sep)
+    if chosen not in pool_keys:
+        t.steps.append(f"an established flow keeps {chosen} (conntrack), outside today's pool")
+    else:
+        t.steps.append(f"chosen: {chosen}")
+    if decision.endpoint[0] == src:
+        t.chains.append(KUBE_MARK_MASQ)
+        t.steps.append("hairpin: the endpoint is the source itself, so it is masqueraded")

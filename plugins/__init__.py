@@ -1,0 +1,1 @@
+"""Bundled Service-type plugins (LoadBalancer, ExternalName arrive with the plugin issue)."""

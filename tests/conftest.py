@@ -1,0 +1,32 @@
+"""Shared fixtures: every engine test runs over both twins (compiled and pure Python)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import kproxy_core as kp
+
+IMPLS = ["compiled", "python"]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest) -> str:
+    if request.param == "compiled" and not kp.COMPILED_AVAILABLE:
+        if os.environ.get("KPROXY_NO_EXTENSIONS"):
+            pytest.skip("KPROXY_NO_EXTENSIONS is set")
+        pytest.fail("kproxy_core._engine is not built; install the package first")
+    return str(request.param)
+
+
+@pytest.fixture
+def make_engine(impl: str) -> Callable[..., kp.Engine]:
+    def make(objects: Any, **kw: Any) -> kp.Engine:
+        cluster = objects if isinstance(objects, kp.Cluster) else kp.Cluster.from_objects(objects)
+        kw.setdefault("seed", 12345)
+        return kp.Engine(cluster, impl=impl, **kw)
+
+    return make

@@ -1,0 +1,268 @@
+"""Engine behaviour over both twins: flows, timeouts, updates, batches, families, errors."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from k8s import ep, eport, node, port, service, slice_
+
+import kproxy_core as kp
+
+NODE = "n1"
+
+
+def web(n_eps: int = 4, **spec: Any) -> list[dict[str, Any]]:
+    return [
+        node(NODE, "192.168.0.1", "fd00:1::1", pod_cidr="10.0.0.0/24"),
+        node("n2", "192.168.0.2"),
+        service("default", "web", ["10.96.0.10", "fd00:96::10"], [port(80, "http", node_port=30080)],
+                type="NodePort", **spec),
+        slice_("default", "web", [ep(f"10.0.1.{i}", "n2") for i in range(1, n_eps + 1)], [eport(8080, "http")]),
+        slice_("default", "web", [ep(f"fd00:10::{i}", "n2") for i in range(1, n_eps + 1)], [eport(8080, "http")],
+               name="web-v6", family="IPv6"),
+    ]
+
+
+def endpoints_of(engine: kp.Engine, flows: list[tuple[str, int]], now: float, dst: str = "10.96.0.10") -> list[Any]:
+    return [engine.lookup(s, dst, 80, "TCP", sport=p, now=now).endpoint for s, p in flows]
+
+
+FLOWS = [(f"10.0.0.{i}", 1000 + i) for i in range(1, 60)]
+
+
+def test_flows_keep_their_endpoint_across_updates(make_engine: Callable[..., kp.Engine]) -> None:
+    engine = make_engine(web(2), node=NODE)
+    before = endpoints_of(engine, FLOWS, 0.0)
+    assert engine.flow_count == len(FLOWS)
+    res = engine.apply(web(8)[3:4])  # two endpoints become eight
+    assert res.services == ("default/web",) and res.flows_dropped == 0 and not res.full
+    assert endpoints_of(engine, FLOWS, 1.0) == before
+    # new connections use the new pool
+    fresh = {engine.lookup(s, "10.96.0.10", 80, "TCP", sport=p + 5000, now=1.0).endpoint for s, p in FLOWS}
+    assert len(fresh) > 2
+
+
+def test_flows_to_removed_endpoints_are_dropped(make_engine: Callable[..., kp.Engine]) -> None:
+    engine = make_engine(web(4), node=NODE)
+    before = endpoints_of(engine, FLOWS, 0.0)
+    gone = ("10.0.1.1", 8080)
+    n_gone = before.count(gone)
+    assert n_gone > 0
+    objs = web(4)
+    objs[3]["endpoints"] = [e for e in objs[3]["endpoints"] if e["addresses"][0] != "10.0.1.1"]
+    res = engine.apply([objs[3]])
+    assert res.flows_dropped == n_gone
+    after = endpoints_of(engine, FLOWS, 1.0)
+    assert gone not in after
+    assert [a for a, b in zip(after, before, strict=True) if b != gone] == [b for b in before if b != gone]
+
+
+def test_flow_timeouts(make_engine: Callable[..., kp.Engine]) -> None:
+    engine = make_engine(web(2), node=NODE, timeouts={"UDP": 30.0})
+    objs = web(2)
+    objs[2]["spec"]["ports"].append(port(53, "dns", "UDP"))
+    objs[3]["ports"].append(eport(5353, "dns", "UDP"))
+    engine.apply(objs)
+    flows = [(f"10.0.0.{i}", 2000 + i) for i in range(1, 60)]
+
+    def udp(now: float) -> list[Any]:
+        return [engine.lookup(s, "10.96.0.10", 53, "UDP", sport=p, now=now).endpoint for s, p in flows]
+
+    first = udp(0.0)
+    grown = web(8)[3]
+    grown["ports"].append(eport(5353, "dns", "UDP"))
+    engine.apply([grown])
+    assert udp(29.0) == first  # refreshed at 29 s: alive until 59 s
+    assert udp(58.0) == first
+    assert udp(200.0) != first  # expired: picked afresh from eight endpoints
+
+
+def test_seed_reproducible(impl: str) -> None:
+    cluster = kp.Cluster.from_objects(web(8))
+    a, b, c = (kp.Engine(cluster, node=NODE, seed=s, impl=impl) for s in (1, 1, 2))
+    ea, eb, ec = (endpoints_of(e, FLOWS, 0.0) for e in (a, b, c))
+    assert ea == eb and ea != ec
+
+
+def test_batch_matches_per_call(impl: str) -> None:
+    cluster = kp.Cluster.from_objects(web(5))
+    rng = np.random.default_rng(3)
+    n = 2000
+    src = rng.integers(0x0A000000, 0x0A0000FF, n, dtype=np.uint32)
+    choices = np.array([0x0A60000A, 0xC0A80001, 0xC0A80002, 0x7F000001, 0x08080808], dtype=np.uint32)
+    dst = choices[rng.integers(0, len(choices), n)]
+    dport = rng.choice(np.array([80, 30080, 81], dtype=np.uint16), n)
+    proto = rng.choice(np.array([6, 17], dtype=np.uint8), n)
+    sport = rng.integers(1, 65535, n, dtype=np.uint16)
+    batch_engine = kp.Engine(cluster, node=NODE, seed=9, impl=impl, cluster_cidr="10.0.0.0/16")
+    call_engine = kp.Engine(cluster, node=NODE, seed=9, impl=impl, cluster_cidr="10.0.0.0/16")
+    out = batch_engine.lookup_batch(src, dst, dport, proto, sport, now=5.0)
+    rows = batch_engine.decode(out)
+    import ipaddress
+
+    for i in range(n):
+        d = call_engine.lookup(str(ipaddress.IPv4Address(int(src[i]))), str(ipaddress.IPv4Address(int(dst[i]))),
+                               int(dport[i]), int(proto[i]), sport=int(sport[i]), now=5.0)
+        ep_txt = f"{d.endpoint[0]}:{d.endpoint[1]}" if d.endpoint else None
+        assert (rows[i]["verdict"], rows[i]["service"], rows[i]["frontend"], rows[i]["endpoint"],
+                rows[i]["masquerade"]) == (d.verdict, d.service, d.frontend, ep_txt, d.masquerade)
+    assert set(out["verdict"].tolist()) >= {0, 1}
+    assert out.dtype == kp.OUT_DTYPE
+
+
+def test_batch_stateless_writes_nothing(make_engine: Callable[..., kp.Engine]) -> None:
+    engine = make_engine(web(3), node=NODE)
+    n = 100
+    out = engine.lookup_batch(np.full(n, 0x0A000001, np.uint32), np.full(n, 0x0A60000A, np.uint32),
+                              np.full(n, 80, np.uint16), np.full(n, 6, np.uint8),
+                              np.arange(n, dtype=np.uint16), now=0.0, track=False)
+    assert engine.flow_count == 0
+    assert (out["verdict"] == 1).all()
+    assert (out["service"] == engine.service_index("default/web:http")).all()
+
+
+def test_ipv6(make_engine: Callable[..., kp.Engine]) -> None:
+    engine = make_engine(web(3), node=NODE, cluster_cidr="10.0.0.0/8,fd00:10::/64")
+    d = engine.lookup("fd00:10::99", "fd00:96::10", 80, "TCP", sport=4, now=0.0)
+    assert d.verdict == "DNAT" and d.endpoint[0].startswith("fd00:10::") and not d.masquerade
+    d = engine.lookup("2001:db8::5", "fd00:1::1", 30080, "TCP", sport=4, now=0.0)
+    assert (d.verdict, d.frontend, d.masquerade) == ("DNAT", "NodePort", True)
+    # no localhost NodePorts for IPv6
+    assert engine.lookup("::1", "::1", 30080, "TCP", sport=4, now=0.0).verdict == "PASS"
+    t = engine.trace("2001:db8::5", "fd00:1::1", 30080, "TCP", sport=4, now=0.0)
+    assert t.family == "IPv6" and t.endpoint.startswith("[fd00:10::")
+    n = 4
+    src = np.frombuffer(bytes.fromhex("fd000010" + "0" * 22 + "63") * n, np.uint8).reshape(n, 16)
+    dst = np.frombuffer(bytes.fromhex("fd000096" + "0" * 22 + "10") * n, np.uint8).reshape(n, 16)
+    out = engine.lookup_batch6(src, dst, np.full(n, 80, np.uint16), np.full(n, 6, np.uint8),
+                               np.arange(n, dtype=np.uint16), now=0.0)
+    assert (out["verdict"] == 1).all()
+    assert all(r["endpoint"].startswith("[fd00:10::") for r in engine.decode(out))
+
+
+def test_single_stack_service_is_ignored_by_the_other_family(make_engine: Callable[..., kp.Engine]) -> None:
+    objs = web(2)
+    objs[2] = service("default", "web", "10.96.0.10", [port(80, "http", node_port=30080)], type="NodePort")
+    engine = make_engine(objs, node=NODE)
+    assert engine.lookup("2001:db8::5", "fd00:1::1", 30080, "TCP", sport=4, now=0.0).verdict == "PASS"
+    assert engine.plans["IPv6"].ports == ()
+
+
+def test_apply_add_replace_delete(make_engine: Callable[..., kp.Engine]) -> None:
+    engine = make_engine(web(2), node=NODE)
+    idx = engine.service_index("default/web:http")
+    api = service("default", "api", "10.96.0.20", [port(443, "https")])
+    res = engine.apply([api, slice_("default", "api", [ep("10.0.2.1")], [eport(8443, "https")])])
+    assert res.services == ("default/api",)
+    assert engine.lookup("10.0.0.1", "10.96.0.20", 443, "TCP", sport=1, now=0.0).endpoint == ("10.0.2.1", 8443)
+    assert engine.service_index("default/web:http") == idx
+    replaced = service("default", "api", "10.96.0.21", [port(443, "https")])
+    engine.apply([{"type": "MODIFIED", "object": replaced}])
+    assert engine.lookup("10.0.0.1", "10.96.0.20", 443, "TCP", sport=2, now=0.0).verdict == "PASS"
+    assert engine.lookup("10.0.0.1", "10.96.0.21", 443, "TCP", sport=2, now=0.0).verdict == "DNAT"
+    engine.apply([{"type": "DELETED", "object": replaced}])
+    assert engine.lookup("10.0.0.1", "10.96.0.21", 443, "TCP", sport=3, now=0.0).verdict == "PASS"
+    info = engine.service_ports[engine.service_index("default/api:https")]
+    assert not info.present
+    res = engine.apply([node(NODE, "192.168.0.9", pod_cidr="10.0.0.0/24")])
+    assert res.full
+    assert engine.lookup("8.8.8.8", "192.168.0.9", 30080, "TCP", sport=3, now=0.0).verdict == "DNAT"
+    assert engine.lookup("8.8.8.8", "192.168.0.1", 30080, "TCP", sport=3, now=0.0).verdict == "PASS"
+
+
+def test_apply_is_atomic_for_concurrent_batches(impl: str) -> None:
+    """Readers see the old service or the new one, never a mix or a crash."""
+    cluster = kp.Cluster.from_objects(web(4))
+    engine = kp.Engine(cluster, node=NODE, seed=1, impl=impl)
+    n = 20000 if impl == "compiled" else 500
+    src = np.full(n, 0x0A000001, np.uint32)
+    dst = np.full(n, 0x0A60000A, np.uint32)
+    dport = np.full(n, 80, np.uint16)
+    proto = np.full(n, 6, np.uint8)
+    sport = np.arange(n, dtype=np.uint16)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    allowed = {int(ip) for ip in (0x0A000101, 0x0A000102, 0x0A000103, 0x0A000104, 0x0A000201)}
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                out = engine.lookup_batch(src, dst, dport, proto, sport, now=0.0, track=False)
+                eps = set(np.unique(out["ep_ip"]).tolist())
+                assert eps <= allowed, eps
+                # one table per batch: all old endpoints or all the new one
+                assert eps <= {0x0A000201} or 0x0A000201 not in eps, eps
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    objs = web(4)
+    moved = slice_("default", "web", [ep("10.0.2.1", "n2")], [eport(8080, "http")])
+    for i in range(20):
+        engine.apply([moved if i % 2 == 0 else objs[3]])
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("10.0.0.1", "not-an-ip", 80), "bad packet address"),
+    (("10.0.0.1", "fd00::1", 80), "different IP families"),
+    (("10.0.0.1", "10.96.0.10", 70000), "dport"),
+    (("10.0.0.1", "10.96.0.10", -1), "dport"),
+    (("10.0.0.1", "10.96.0.10", 80, "ICMP"), "protocol"),
+    (("10.0.0.1", "10.96.0.10", 80, 1), "protocol"),
+])
+def test_bad_packets(make_engine: Callable[..., kp.Engine], args: tuple[Any, ...], message: str) -> None:
+    engine = make_engine(web(1), node=NODE)
+    with pytest.raises(kp.PacketError, match=message):
+        engine.lookup(*args)
+
+
+def test_bad_batches(make_engine: Callable[..., kp.Engine]) -> None:
+    engine = make_engine(web(1), node=NODE)
+    a = np.zeros(3, np.uint32)
+    with pytest.raises(kp.PacketError, match="length"):
+        engine.lookup_batch(a, a[:2], np.zeros(3, np.uint16), np.zeros(3, np.uint8))
+    with pytest.raises(kp.PacketError, match="outside"):
+        engine.lookup_batch(a, a, np.array([70000, 1, 2]), np.zeros(3, np.uint8))
+    with pytest.raises(kp.PacketError, match="integers"):
+        engine.lookup_batch(a, a, np.zeros(3), np.zeros(3, np.uint8))
+    with pytest.raises(kp.PacketError, match=r"\(n, 16\)"):
+        engine.lookup_batch6(np.zeros((3, 15), np.uint8), np.zeros((3, 16), np.uint8),
+                             np.zeros(3, np.uint16), np.zeros(3, np.uint8))
+    empty = engine.lookup_batch(a[:0], a[:0], np.zeros(0, np.uint16), np.zeros(0, np.uint8))
+    assert len(empty) == 0
+    # plain lists and non-contiguous views are accepted
+    out = engine.lookup_batch([0x0A000001] * 2, np.array([0x0A60000A] * 4, np.uint32)[::2], [80, 80], [6, 6])
+    assert out["verdict"].tolist() == [1, 1]
+
+
+def test_unknown_node(impl: str) -> None:
+    with pytest.raises(kp.NodeNotFoundError, match="nope"):
+        kp.Engine(kp.Cluster.from_objects(web(1)), node="nope", impl=impl)
+
+
+def test_observer_without_node(make_engine: Callable[..., kp.Engine]) -> None:
+    engine = make_engine(web(2), node=None, cluster_cidr="10.0.0.0/8")
+    assert engine.lookup("10.0.0.1", "10.96.0.10", 80, "TCP", sport=1, now=0.0).verdict == "DNAT"
+    assert engine.lookup("8.8.8.8", "192.168.0.1", 30080, "TCP", sport=1, now=0.0).verdict == "PASS"
+
+
+def test_compiled_core_is_loaded() -> None:
+    """CI builds the extension: the default engine must be the compiled one."""
+    import os
+
+    if os.environ.get("KPROXY_NO_EXTENSIONS"):
+        pytest.skip("KPROXY_NO_EXTENSIONS is set")
+    assert kp.COMPILED_AVAILABLE
+    engine = kp.Engine(kp.Cluster.from_objects(web(1)))
+    assert engine.compiled
+    assert type(engine.lookup("10.0.0.1", "10.96.0.10", 80)).__module__ == "kproxy_core._engine"

@@ -1,0 +1,85 @@
+"""The repository's own promises: README commands, lint, types, the stub contract, packaging."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    demo, tests = _readme_commands()[:2]
+    assert demo.endswith("kproxy demo") and "pip install ." in demo
+    assert tests.endswith("pytest") and "[test]" in tests
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert _readme_commands()[1] in ci
+
+
+def _tool(name: str) -> list[str]:
+    return [sys.executable, "-m", name]
+
+
+def test_ruff_clean() -> None:
+    pytest.importorskip("ruff")
+    r = subprocess.run([*_tool("ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_mypy_clean() -> None:
+    pytest.importorskip("mypy")
+    r = subprocess.run([*_tool("mypy")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_stubtest_engine() -> None:
+    """The hand-written kproxy_core/_engine.pyi matches the compiled module."""
+    pytest.importorskip("mypy")
+    import kproxy_core
+
+    if not kproxy_core.COMPILED_AVAILABLE:
+        pytest.fail("kproxy_core._engine is not built")
+    allow = ROOT / "kproxy_core" / "stubtest-allowlist.txt"
+    cmd = [sys.executable, "-m", "mypy.stubtest", "kproxy_core._engine"]
+    if allow.exists():
+        # Cython adds pickling helpers only in some builds: allow them, don't require them
+        cmd += ["--allowlist", str(allow), "--ignore-unused-allowlist"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd="/")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_sdist_builds_a_wheel(tmp_path: Path) -> None:
+    """The sdist carries src/*.pyx and friends, so a wheel builds from it."""
+    pytest.importorskip("build")
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", "build", "dist", "*.so", "*.egg-info",
+                                                           ".git", "__pycache__", ".hypothesis", "*.c"))
+    r = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp_path / "dist"),
+                        str(src)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    sdist = next((tmp_path / "dist").glob("*.tar.gz"))
+    wheel = next((tmp_path / "dist").glob("*.whl"))
+    with tarfile.open(sdist) as tar:
+        names = tar.getnames()
+    assert any(n.endswith("src/_engine.pyx") for n in names)
+    assert any(n.endswith("examples/mynginx.yaml") for n in names)
+    wnames = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("kproxy_core/_engine") and n.endswith(".so") for n in wnames)
+    assert "kproxy_core/_engine.pyi" in wnames and "kproxy_core/py.typed" in wnames
+    assert "kproxy_core/examples/mynginx.yaml" in wnames
