@@ -35,10 +35,12 @@ class Decision:
 
     verdict: str
     """"DNAT", "REJECT", "DROP" or "PASS" (not a service packet: untouched)."""
-    service: str | None
-    """kube-proxy's ServicePortName, e.g. "default/mynginx:http"; None for PASS."""
-    service_index: int
-    """Index into the ``services`` given to ``Core.load``; -1 for PASS."""
+    @property
+    def service(self) -> str | None:
+        """kube-proxy's ServicePortName, e.g. "default/mynginx:http"; None for PASS."""
+    @property
+    def service_index(self) -> int:
+        """Index into the ``services`` given to ``Core.load``; -1 for PASS."""
     frontend: str | None
     """"ClusterIP", "NodePort", "ExternalIP" or "LoadBalancer"; None for PASS."""
     endpoint: tuple[str, int] | None
