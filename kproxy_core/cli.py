@@ -321,6 +321,58 @@ def _packet_dict(r: tuple[bool, Any, Any, int, int, int]) -> dict[str, Any]:
             "proto": {6: "TCP", 17: "UDP", 132: "SCTP"}[pr]}
 
 
+# --------------------------------------------------------------------------- rules
+
+
+def _render(args: argparse.Namespace, engine: Engine) -> str:
+    family = {"ipv4": "IPv4", "ipv6": "IPv6", None: None}[args.family]
+    return engine.render(
+        args.mode, family=family, format=args.format, with_jumps=args.with_jumps,  # type: ignore[arg-type]
+        masquerade_bit=args.masquerade_bit, nfacct=args.nfacct, random_fully=args.random_fully,
+    )
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from .render.changes import count_rules, diff_rules
+
+    if not 0 <= args.masquerade_bit <= 31:
+        raise UsageError(f"--masquerade-bit: {args.masquerade_bit} is not in 0..31")
+    if args.diff:
+        engines = []
+        for path in args.diff:
+            cluster = _load([path])
+            engines.append(_engine(args, cluster))
+        texts = [_render(args, e) for e in engines]
+        fam = {"ipv4": "IPv4", "ipv6": "IPv6", None: None}[args.family] or engines[1].primary_family
+        d = diff_rules(texts[0], texts[1], engines[0].plans[fam], engines[1].plans[fam])
+        if args.json:
+            print(json.dumps(d.to_dict(), indent=2))
+        else:
+            sys.stdout.write(d.unified)
+            print(("\n" if d.unified else "") + d.summary())
+        return 0
+    if not args.files:
+        raise UsageError("rules: give -f CLUSTER, or --diff OLD NEW")
+    cluster = _load(args.files)
+    engine = _engine(args, cluster)
+    _warn(cluster, engine)
+    text = _render(args, engine)
+    if args.count:
+        fam = {"ipv4": "IPv4", "ipv6": "IPv6", None: None}[args.family] or engine.primary_family
+        c = count_rules(text, engine.plans[fam])
+        if args.json:
+            print(json.dumps(c.to_dict(), indent=2))
+        else:
+            print(f"{c.rules} rules in {c.chains} chains ("
+                  + ", ".join(f"{t} {n}" for t, n in c.per_table.items()) + ")")
+            width = max((len(s) for s in c.per_service), default=0)
+            for s, n in sorted(c.per_service.items(), key=lambda kv: (-kv[1], kv[0])):
+                print(f"  {s.ljust(width)}  {n}")
+        return 0
+    sys.stdout.write(text)
+    return 0
+
+
 # --------------------------------------------------------------------------- bench
 
 
@@ -378,6 +430,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     _add_engine(c)
     c.set_defaults(func=cmd_classify)
+
+    r = sub.add_parser("rules", help="the iptables rules kube-proxy writes for a node (restore or save form)")
+    _add_cluster(r, required=False)
+    r.add_argument("--mode", default="iptables", choices=["iptables"], help="proxy mode (iptables)")
+    r.add_argument("--format", default="restore", choices=["restore", "save"],
+                   help="restore: kube-proxy's iptables-restore input; save: what iptables-save shows after loading it")
+    r.add_argument("--family", choices=["ipv4", "ipv6"], type=str.lower,
+                   help="which proxier: iptables (ipv4) or ip6tables (ipv6); default the node's primary family")
+    r.add_argument("--with-jumps", action="store_true",
+                   help="add the jumps from the built-in chains, so the output loads into an empty netns")
+    r.add_argument("--masquerade-bit", type=int, default=14, help="fwmark bit for SNAT (default 14)")
+    r.add_argument("--random-fully", action="store_true", help="MASQUERADE --random-fully (iptables supports it)")
+    r.add_argument("--nfacct", action="store_true",
+                   help="emit the nfacct counter matches current kube-proxy writes when the kernel has nfacct")
+    r.add_argument("--diff", nargs=2, metavar=("OLD", "NEW"),
+                   help="the rule changes between two cluster states, with a count summary")
+    r.add_argument("--count", action="store_true", help="count rules and chains, per table and per service port")
+    r.add_argument("--json", action="store_true", help="--count/--diff as JSON")
+    _add_engine(r)
+    r.set_defaults(func=cmd_rules)
 
     b = sub.add_parser("bench", help="lookups/s: compiled engine, pure-Python twin, numpy baseline")
     b.add_argument("--services", type=int, default=10_000)

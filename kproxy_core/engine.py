@@ -299,6 +299,51 @@ class Engine:
         return trace_packet(self, src, dst, dport, proto, sport, now)
 
     @property
+    def primary_family(self) -> Family:
+        """The family of the node's first address (else of the first ClusterIP; else IPv4),
+        like kube-proxy's primary proxier."""
+        if self.node is not None:
+            ips = self.cluster.nodes[self.node].ips()
+            if ips:
+                return "IPv6" if ":" in ips[0] else "IPv4"
+        for svc in self.cluster.services.values():
+            if svc.cluster_ips and not svc.headless:
+                return "IPv6" if ":" in svc.cluster_ips[0] else "IPv4"
+        return "IPv4"
+
+    def render(
+        self,
+        mode: str | None = None,
+        *,
+        family: Family | None = None,
+        format: str = "restore",
+        with_jumps: bool = False,
+        masquerade_bit: int = 14,
+        random_fully: bool = False,
+        nfacct: bool = False,
+    ) -> str:
+        """The rules kube-proxy writes for this node and family.
+
+        ``mode``: "iptables" (the ``iptables-restore`` input; ``format="save"`` gives what
+        ``iptables-save`` prints after the kernel round trip). ``family``: which proxier
+        (default :attr:`primary_family`). ``with_jumps``: add the jumps from the built-in
+        chains, so the text loads into an empty network namespace as a working dataplane.
+        """
+        from .render.iptables import IptablesOptions, render_iptables, to_iptables_save
+
+        mode = mode or self.mode
+        fam = family or self.primary_family
+        if fam not in FAMILIES:
+            raise ValueError(f"family must be IPv4 or IPv6, not {fam!r}")
+        if format not in ("restore", "save"):
+            raise ValueError(f"format must be 'restore' or 'save', not {format!r}")
+        if mode != "iptables":
+            raise ValueError(f"rendering mode {mode!r} is not available (iptables only, so far)")
+        opts = IptablesOptions(masquerade_bit=masquerade_bit, random_fully=random_fully, nfacct=nfacct)
+        text = render_iptables(self.plans[fam], opts, with_jumps=with_jumps)
+        return to_iptables_save(text, fam) if format == "save" else text
+
+    @property
     def flow_count(self) -> int:
         return int(self._core.flow_count())
 

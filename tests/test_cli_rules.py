@@ -1,0 +1,82 @@
+"""``kproxy rules``: restore and save forms, counts, diffs, and the kernel round trip."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from test_cli import ARTICLE, run
+
+import kproxy_core as kp
+
+FLAGS = ["--node", "worker-1", "--cluster-cidr", "100.96.0.0/11"]
+
+
+def test_rules_restore_matches_engine_render() -> None:
+    r = run("rules", "-f", str(ARTICLE), *FLAGS)
+    assert r.returncode == 0, r.stderr
+    engine = kp.Engine(kp.load(ARTICLE), node="worker-1", cluster_cidr="100.96.0.0/11")
+    assert r.stdout == engine.render("iptables")
+    assert r.stdout.startswith("*filter\n") and r.stdout.endswith("COMMIT\n")
+    assert "-A KUBE-NODEPORTS -m comment --comment default/mynginx -m tcp -p tcp --dport 30379" in r.stdout
+    assert "--or-mark 0x00004000" in r.stdout
+
+
+def test_rules_save_form_and_flags() -> None:
+    r = run("rules", "-f", str(ARTICLE), *FLAGS, "--format", "save", "--masquerade-bit", "15")
+    assert r.returncode == 0, r.stderr
+    assert "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x8000/0x8000" in r.stdout
+    assert "-d 100.68.181.31/32 -p tcp -m comment --comment \"default/mynginx cluster IP\"" in r.stdout
+    r = run("rules", "-f", str(ARTICLE), *FLAGS, "--nfacct")
+    assert "--nfacct-name localhost_nps_accepted_pkts" in r.stdout
+    r = run("rules", "-f", str(ARTICLE), *FLAGS, "--iptables-localhost-nodeports", "false")
+    assert "! -d 127.0.0.0/8 -j KUBE-NODEPORTS" in r.stdout and "KUBE-FIREWALL" not in r.stdout
+
+
+def test_rules_count_and_diff(tmp_path: Path) -> None:
+    r = run("rules", "-f", str(ARTICLE), *FLAGS, "--count", "--json")
+    assert r.returncode == 0, r.stderr
+    c = json.loads(r.stdout)
+    assert c["per_service"]["default/mynginx"] == 8 and c["rules"] == sum(c["per_table"].values())
+    new = tmp_path / "new.yaml"
+    new.write_text(ARTICLE.read_text().replace("100.96.2.2", "100.96.2.3"))
+    r = run("rules", "--diff", str(ARTICLE), str(new), *FLAGS, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert len(d["added_chains"]) == 1 and d["added_chains"][0].startswith("nat/KUBE-SEP-")
+    assert len(d["removed_chains"]) == 1 and d["changed_chains"] == ["nat/KUBE-SVC-GKLLXIAGC3Y3EQM4"]
+    assert "+-A KUBE-SEP-" in d["diff"] and "--to-destination 100.96.2.3:80" in d["diff"]
+    r = run("rules", "--diff", str(ARTICLE), str(ARTICLE), *FLAGS)
+    assert r.returncode == 0 and "0 added, 0 removed, 0 rewritten" in r.stdout
+
+
+@pytest.mark.parametrize("args", [["--masquerade-bit", "40"], ["--family", "ipv5"], []])
+def test_rules_bad_arguments(args: list[str]) -> None:
+    extra = [] if not args else ["-f", str(ARTICLE)]
+    r = run("rules", *extra, *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("iptables-restore"), reason="needs root and iptables")
+def test_save_form_is_what_the_kernel_prints(tmp_path: Path) -> None:
+    """Load the restore form into a fresh netns; iptables-save must print our save form."""
+    ns = f"kpr{os.getpid()}{uuid.uuid4().hex[:6]}"
+    if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode:
+        pytest.skip("cannot create a network namespace")
+    try:
+        for extra in ([], ["--iptables-localhost-nodeports", "false"], ["--nodeport-addresses", "172.20.0.0/16"]):
+            restore = run("rules", "-f", str(ARTICLE), *FLAGS, "--with-jumps", *extra).stdout
+            save = run("rules", "-f", str(ARTICLE), *FLAGS, "--with-jumps", "--format", "save", *extra).stdout
+            subprocess.run(["ip", "netns", "exec", ns, "iptables", "-F"], check=True)
+            subprocess.run(["ip", "netns", "exec", ns, "iptables-restore"], input=restore, text=True, check=True)
+            got = subprocess.run(["ip", "netns", "exec", ns, "iptables-save"], capture_output=True, text=True,
+                                 check=True).stdout
+            kernel = "".join(line + "\n" for line in got.splitlines() if not line.startswith("#"))
+            assert kernel == save, extra
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
