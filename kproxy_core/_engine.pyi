@@ -90,7 +90,8 @@ class Core:
         addresses, and are checked against the pool when used).
 
         Inconsistent tables (an index out of range, a bad shape or dtype, an action
-        byte with pool code 3) raise ValueError and leave the core unchanged.
+        byte with pool code 3, a KUBE-FW source list past the end of ``fw_addr`` or a
+        prefix longer than the family's) raise ValueError and leave the core unchanged.
         """
 
     def lookup(

@@ -190,6 +190,13 @@ class _Family:
         self.rec_kind = c["rec_kind"].tolist()
         self.rec_action = c["rec_action"].tolist()
         self.rec_np_filter = c["rec_np_filter"].tolist()
+        self.rec_fw_start = c["rec_fw_start"].tolist()
+        self.rec_fw_len = c["rec_fw_len"].tolist()
+        bits = 128 if self.v6 else 32
+        full = (1 << bits) - 1
+        masks = [full ^ ((1 << (bits - int(p))) - 1) for p in c["fw_prefix"]]
+        # allowed sources as (network, mask), the network pre-masked (as in C)
+        self.fw = [(a & m, m) for a, m in zip(conv(c["fw_addr"]), masks, strict=True)]
         self.port_service = c["port_service"].tolist()
         self.port_affinity = c["port_affinity"].tolist()
         self.pool_start = c["port_pool_start"].tolist()
@@ -203,7 +210,6 @@ class _Family:
         self.np_match_all = c["np_match_all"]
         self.np_loopback = c["np_loopback"]
         self.det_on = c["det_on"]
-        bits = 128 if self.v6 else 32
         prefix = c["det_prefix"]
         self.det_mask = ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1) if self.det_on else 0
         self.det_net = conv(c["det_addr"])[0] if self.det_on else 0
@@ -218,6 +224,21 @@ class _Family:
         if a in self.local:
             return True
         return a == LOOP6 if self.v6 else (a >> 24) == 0x7F
+
+    def action(self, rec: int, src: int) -> int:
+        """The action byte of record ``rec`` for a packet from ``src`` (its source class)."""
+        pod = self.det_on and (src & self.det_mask) == self.det_net
+        cls = int(pod) | (int(self.is_local(src)) << 1)
+        n = self.rec_fw_len[rec]
+        if n == 0:
+            cls |= 4  # no KUBE-FW: every source is allowed
+        else:
+            start = self.rec_fw_start[rec]
+            for net, mask in self.fw[start:start + n]:
+                if src & mask == net:
+                    cls |= 4
+                    break
+        return int(self.rec_action[rec][cls])
 
     def nodeport_accepts(self, a: int) -> bool:
         if self.np_match_all:
@@ -422,16 +443,12 @@ class Core:
 
         rec = fam.fe.get((dst, dport, proto), -1)
         if rec >= 0:
-            action = fam.rec_action[rec][self._cls(fam, src)]
+            action = fam.action(rec, src)
         elif fam.is_local(dst):
             rec = fam.np.get((dport, proto), -1)
             if rec < 0:
                 return 0, -1, 0, -1, 0
-            action = (
-                fam.rec_action[rec][self._cls(fam, src)]
-                if fam.nodeport_accepts(dst)
-                else fam.rec_np_filter[rec]
-            )
+            action = fam.action(rec, src) if fam.nodeport_accepts(dst) else fam.rec_np_filter[rec]
         else:
             return 0, -1, 0, -1, 0
         verdict = action & 3
@@ -473,11 +490,6 @@ class Core:
             flows.vals[s] = (key, svc, fe, ep, masq)
             flows.stamp[s] = now + self.timeouts.get(proto, 30.0)
         return 1, svc, fe, ep, masq
-
-    @staticmethod
-    def _cls(fam: _Family, src: int) -> int:
-        pod = fam.det_on and (src & fam.det_mask) == fam.det_net
-        return int(pod) | (int(fam.is_local(src)) << 1)
 
 
 def _parse_pair(src: object, dst: object) -> tuple[int, int, bool]:
@@ -584,10 +596,18 @@ def check_tables(t: FamilyTables, v6: bool, nservices: int) -> dict[str, Any]:
     arr("np_rec", 0, n_rec - 1, rows=n_np)
     arr("rec_port", 0, n_port - 1)
     arr("rec_kind", 0, len(FRONTENDS) - 1, rows=n_rec)
-    for name, width in (("rec_action", 4), ("rec_np_filter", 0)):
+    for name, width in (("rec_action", 8), ("rec_np_filter", 0)):
         a = arr(name, 0, 255, width, rows=n_rec)
         if (((a >> 2) & 3) == 3).any():
             raise ValueError(f"tables: {name} has an action byte with pool code 3")
+    n_fw = len(arr("fw_prefix", 0, 128 if v6 else 32))
+    c["fw_addr"] = addrs("fw_addr", n_fw)
+    fw_start = arr("rec_fw_start", 0, n_fw, rows=n_rec)
+    fw_len = arr("rec_fw_len", 0, n_fw, rows=n_rec)
+    if ((fw_start + fw_len) > n_fw).any():
+        raise ValueError(
+            f"tables: a source list (rec_fw_start + rec_fw_len) ends past fw_addr ({n_fw})"
+        )
     arr("port_service", 0, nservices - 1)
     arr("port_affinity", 0, 0xFFFFFFFF, rows=n_port)
     start = arr("port_pool_start", 0, n_pool, 2, rows=n_port)

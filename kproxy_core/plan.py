@@ -106,6 +106,12 @@ class ProxyConfig:
         )
 
     @property
+    def node_ip(self) -> str | None:
+        """kube-proxy's ``nodeIP`` for this family (only the KUBE-FW allowFromNode check
+        reads it): the node's first address of the family."""
+        return self.node_ips[0] if self.node_ips else None
+
+    @property
     def loopback(self) -> str:
         return "127.0.0.1" if self.family == "IPv4" else "::1"
 
@@ -300,6 +306,37 @@ class PlanPort:
         return out
 
 
+def fw_sources(pp: PlanPort, cfg: ProxyConfig) -> tuple[str, ...]:
+    """The sources KUBE-FW-<hash> sends on to KUBE-EXT, as canonical CIDRs, in rule order
+    (KUBE-PROXY.md §6.3 step 9): the service's loadBalancerSourceRanges of the family,
+    then, when one of them contains the node IP (``cfg.node_ip``), each LB VIP as a
+    /32 (/128): a node reaching its own VIP is SNATed to it. ``()`` when the port has
+    no KUBE-FW chain (everything is allowed then; see :func:`fw_allows`)."""
+    if not pp.uses_fw_chain:
+        return ()
+    out = list(pp.source_ranges)
+    node_ip = cfg.node_ip
+    if node_ip is not None:
+        node = ipaddress.ip_address(node_ip)
+        if any(node in ipaddress.ip_network(c, strict=False) for c in pp.source_ranges):
+            bits = 128 if cfg.family == "IPv6" else 32
+            out += [f"{ip}/{bits}" for ip in pp.lb_ips]
+    return tuple(out)
+
+
+def fw_allows(pp: PlanPort, cfg: ProxyConfig, src: str) -> bool:
+    """Does ``pp``'s KUBE-FW chain let a packet from ``src`` through to KUBE-EXT?
+
+    Always True when the port has no KUBE-FW chain (no LB VIPs, no source ranges or no
+    endpoints); otherwise True iff ``src`` is inside one of :func:`fw_sources`. Blocked
+    packets fall through un-DNAT'd and filter KUBE-PROXY-FIREWALL drops them.
+    """
+    if not pp.uses_fw_chain:
+        return True
+    addr = ipaddress.ip_address(src)
+    return any(addr in ipaddress.ip_network(c, strict=False) for c in fw_sources(pp, cfg))
+
+
 @dataclass(frozen=True)
 class ProxyPlan:
     """Everything one proxier (node, family) has decided, plus the config it used."""
@@ -378,6 +415,20 @@ def _topology_ok(ep: EndpointInfo, mode: str, cfg: ProxyConfig) -> bool:
     return True
 
 
+def _lb_ips(svc: Service, family: Family) -> tuple[str, ...]:
+    """A LoadBalancer's VIPs for one family (KUBE-PROXY.md §3.1): the
+    ``status.loadBalancer.ingress[].ip`` values, skipping hostname-only entries
+    (``ip == ""``) and ``ipMode: Proxy`` (nil or ``VIP`` means use it), in order."""
+    if svc.type != "LoadBalancer":
+        return ()
+    fam6 = family == "IPv6"
+    return tuple(
+        ing.ip
+        for ing in svc.load_balancer_ingress
+        if ing.ip and ing.ip_mode in (None, "VIP") and (":" in ing.ip) == fam6
+    )
+
+
 def plan_port(
     cluster: Cluster, svc: Service, sp: ServicePort, cfg: ProxyConfig
 ) -> PlanPort | None:
@@ -387,7 +438,7 @@ def plan_port(
         return None
     fam6 = cfg.family == "IPv6"
     ext_ips = tuple(ip for ip in svc.external_ips if (":" in ip) == fam6)
-    lb_ips: tuple[str, ...] = ()  # LoadBalancer VIPs arrive with the LoadBalancer plugin
+    lb_ips = _lb_ips(svc, cfg.family)  # before categorisation: it feeds ExternallyAccessible
     ranges = tuple(c for c in svc.load_balancer_source_ranges if (":" in c) == fam6)
     accessible_type = svc.type in ("LoadBalancer", "NodePort") or bool(svc.external_ips)
     external_local = accessible_type and svc.external_traffic_policy == "Local"
@@ -553,6 +604,7 @@ def walk(
     from_local: bool,
     nodeport_accepted: bool = True,
     source_allowed: bool = True,
+    dst_local: bool = False,
 ) -> Walk:
     """Follow a NEW packet of one source class through the rules written for ``pp``.
 
@@ -561,7 +613,16 @@ def walk(
     NodePort, whether the tail rule of KUBE-SERVICES sends the destination into
     KUBE-NODEPORTS (else only the filter rule for LOCAL destinations applies).
     ``source_allowed``: for LoadBalancer IPs with source ranges, whether KUBE-FW lets
-    the source through. The result excludes the per-endpoint hairpin masquerade.
+    the source through (:func:`fw_allows`; ignored when the port has no KUBE-FW chain).
+    ``dst_local``: for externalIPs and LoadBalancer IPs, whether the address is one of the
+    node's own (then the packet also reaches the filter INPUT hook). The result excludes
+    the per-endpoint hairpin masquerade.
+
+    Filter verdicts follow the hooks the kernel runs: KUBE-EXTERNAL-SERVICES is jumped to
+    from INPUT and FORWARD only, so the node's own packet to a non-local external or
+    load-balancer IP never meets its REJECT rule (checked against the kernel in
+    tests/test_kernel_iptables.py; kube-proxy's unit-test tracer runs every filter chain
+    for every packet and would say REJECT).
     """
     spn = pp.spn
     w = Walk("PASS", chains=[KUBE_SERVICES])
@@ -621,13 +682,25 @@ def walk(
         return w
 
     external_filter = "KUBE-EXTERNAL-SERVICES"
+    def output_only() -> Walk:
+        w.steps.append(
+            f"{spn} has no endpoints, but the node's own packet to a non-local address only "
+            f"passes the OUTPUT hook, and {external_filter} hangs off INPUT and FORWARD: "
+            "the packet leaves the node unchanged"
+        )
+        return w
+
     if kind == "ExternalIP":
         w.steps.append(f"destination is an external IP of {spn}")
         if not pp.has_endpoints:
+            if from_local and not dst_local:
+                return output_only()
             return filter_verdict(external_filter, "REJECT", f"{spn} has no endpoints: rejected")
     elif kind == "LoadBalancer":
         w.steps.append(f"destination is a load-balancer IP of {spn}")
         if not pp.has_endpoints:
+            if from_local and not dst_local:
+                return output_only()
             return filter_verdict(external_filter, "REJECT", f"{spn} has no endpoints: rejected")
         if pp.uses_fw_chain:
             w.chains.append(pp.fw_chain)
@@ -680,8 +753,11 @@ def walk(
             "externalTrafficPolicy=Local, but node-local traffic is routed to all endpoints",
         )
     if not pp.has_external_endpoints:
+        # KUBE-PROXY-FIREWALL comes first in INPUT and FORWARD, and drops anything still
+        # addressed to a firewalled load-balancer IP
+        first = "KUBE-PROXY-FIREWALL" if kind == "LoadBalancer" and pp.uses_fw_chain else external_filter
         return filter_verdict(
-            external_filter, "DROP",
+            first, "DROP",
             f"externalTrafficPolicy=Local and {spn} has no local endpoints: dropped",
         )
     return enter_pool(

@@ -1,9 +1,18 @@
 """From a ProxyPlan to the flat arrays both engine twins load.
 
 Everything per packet is decided from these arrays; all kube-proxy logic has already
-run in :mod:`kproxy_core.plan`. A frontend record carries, for each of the four
-source classes (pod per the local detector x node-local address), an action byte:
-verdict (bits 0-1), pool (bits 2-3: 1 cluster, 2 local) and masquerade (bit 4).
+run in :mod:`kproxy_core.plan`. A frontend record carries, for each of the eight
+source classes, an action byte: verdict (bits 0-1), pool (bits 2-3: 1 cluster,
+2 local) and masquerade (bit 4). A source's class is bit 0 = matched by the local
+detector, bit 1 = a node-local address (addrtype LOCAL), bit 2 = allowed by the
+record's KUBE-FW.
+
+KUBE-FW (loadBalancerSourceRanges) exists only for LoadBalancer records whose port
+``uses_fw_chain``; such a record has a non-empty list of allowed source CIDRs
+(``rec_fw_start``/``rec_fw_len`` into ``fw_addr``/``fw_prefix``, see
+:func:`kproxy_core.plan.fw_sources`) and bit 2 is set iff the source is inside one of
+them. A record with an empty list has no KUBE-FW: bit 2 is always set (its actions
+4-7 equal 0-3 anyway).
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .model import PROTO_NUMBERS
-from .plan import PlanPort, ProxyPlan, Walk, walk
+from .plan import PlanPort, ProxyPlan, Walk, fw_sources, walk
 
 VERDICTS = ("PASS", "DNAT", "REJECT", "DROP")
 VERDICT_CODE = {v: i for i, v in enumerate(VERDICTS)}
@@ -24,8 +33,10 @@ FRONTENDS = (None, "ClusterIP", "NodePort", "ExternalIP", "LoadBalancer")
 FRONTEND_CODE = {v: i for i, v in enumerate(FRONTENDS) if v is not None}
 POOL_CODE = {None: 0, "cluster": 1, "local": 2}
 
-# source classes: bit 0 = matched by the local detector, bit 1 = addrtype LOCAL
+# source classes: bit 0 = matched by the local detector, bit 1 = addrtype LOCAL,
+# bit 2 = allowed by the record's KUBE-FW (always set for records without one)
 CLASSES = ((False, False), (True, False), (False, True), (True, True))
+CLASSES8 = tuple((pod, local, allowed) for allowed in (False, True) for pod, local in CLASSES)
 
 
 def encode(w: Walk) -> int:
@@ -59,8 +70,12 @@ class FamilyTables:
     np_rec: np.ndarray
     rec_port: np.ndarray
     rec_kind: np.ndarray
-    rec_action: np.ndarray  # (R, 4) uint8
+    rec_action: np.ndarray  # (R, 8) uint8, indexed by the source class
     rec_np_filter: np.ndarray
+    rec_fw_start: np.ndarray  # (R,) int32: the record's allowed sources in fw_addr/fw_prefix
+    rec_fw_len: np.ndarray  # (R,) int32: 0 = no KUBE-FW (every source allowed)
+    fw_addr: np.ndarray  # v4: uint32[F]; v6: uint8[F, 16]
+    fw_prefix: np.ndarray  # (F,) uint8
     port_service: np.ndarray
     port_affinity: np.ndarray
     port_pool_start: np.ndarray  # (P, 2) int32: cluster, local
@@ -84,12 +99,19 @@ class FamilyTables:
 TableCache = dict[int, tuple[PlanPort, dict[str, tuple[list[int], int]]]]
 
 
-def _actions(pp: PlanPort, plan: ProxyPlan, kind: str) -> tuple[list[int], int]:
+def _actions(pp: PlanPort, plan: ProxyPlan, kind: str, dst_local: bool) -> tuple[list[int], int]:
+    """The 8 action bytes of a record (by source class) and its NodePort filter action."""
     cfg = plan.config
-    actions = [
-        encode(walk(pp, cfg, kind, from_pod=p, from_local=lo))  # type: ignore[arg-type]
-        for p, lo in CLASSES
-    ]
+    if kind == "LoadBalancer" and pp.uses_fw_chain:
+        actions = [
+            encode(walk(pp, cfg, "LoadBalancer", from_pod=p, from_local=lo, source_allowed=a, dst_local=dst_local))
+            for p, lo, a in CLASSES8
+        ]
+    else:  # no KUBE-FW: the source-range bit changes nothing
+        actions = [
+            encode(walk(pp, cfg, kind, from_pod=p, from_local=lo, dst_local=dst_local))  # type: ignore[arg-type]
+            for p, lo in CLASSES
+        ] * 2
     np_filter = 0
     if kind == "NodePort":
         np_filter = encode(
@@ -113,6 +135,9 @@ def build_tables(
     rec_kind: list[int] = []
     rec_action: list[list[int]] = []
     rec_np_filter: list[int] = []
+    rec_fw: list[tuple[int, int]] = []
+    fw_nets: list[tuple[str, int]] = []
+    fw_lists: dict[int, tuple[int, int]] = {}  # plan port index -> its (start, len)
     port_service: list[int] = []
     port_affinity: list[int] = []
     pool_start: list[tuple[int, int]] = []
@@ -128,17 +153,30 @@ def build_tables(
             ep_list.append(key)
         return ep_index[key]
 
-    def add_record(pi: int, pp: PlanPort, kind: str) -> int:
+    def fw_list(pi: int, pp: PlanPort) -> tuple[int, int]:
+        """The allowed-source list of a port's KUBE-FW, shared by its LB records."""
+        if pi not in fw_lists:
+            start = len(fw_nets)
+            for cidr in fw_sources(pp, cfg):
+                net = ipaddress.ip_network(cidr, strict=False)
+                fw_nets.append((str(net.network_address), net.prefixlen))
+            fw_lists[pi] = (start, len(fw_nets) - start)
+        return fw_lists[pi]
+
+    def add_record(pi: int, pp: PlanPort, kind: str, ip: str | None = None) -> int:
         hit = cache.get(id(pp)) if cache is not None else None
         entry = hit if hit is not None and hit[0] is pp else (pp, {})
         fresh[id(pp)] = entry
-        if kind not in entry[1]:
-            entry[1][kind] = _actions(pp, plan, kind)
-        actions, np_filter = entry[1][kind]
+        dst_local = ip is not None and cfg.is_local_address(ip)
+        ckey = f"{kind}/{int(dst_local)}"
+        if ckey not in entry[1]:
+            entry[1][ckey] = _actions(pp, plan, kind, dst_local)
+        actions, np_filter = entry[1][ckey]
         rec_port.append(pi)
         rec_kind.append(FRONTEND_CODE[kind])
         rec_action.append(actions)
         rec_np_filter.append(np_filter)
+        rec_fw.append(fw_list(pi, pp) if kind == "LoadBalancer" and pp.uses_fw_chain else (0, 0))
         return len(rec_port) - 1
 
     for pi, pp in enumerate(plan.ports):
@@ -165,7 +203,7 @@ def build_tables(
             if key in fe:
                 dups.append(f"{pp.spn}: {f.kind} {f.ip}:{f.port}/{pp.protocol} is also used by another service")
                 continue
-            fe[key] = add_record(pi, pp, f.kind)
+            fe[key] = add_record(pi, pp, f.kind, f.ip)
 
     if cache is not None:
         for k in [k for k, v in cache.items() if v[0].cluster_ip and (":" in v[0].cluster_ip) == v6]:
@@ -187,8 +225,12 @@ def build_tables(
         np_rec=np.array([nps[k] for k in np_keys], dtype=np.int32),
         rec_port=np.array(rec_port, dtype=np.int32),
         rec_kind=np.array(rec_kind, dtype=np.uint8),
-        rec_action=np.array(rec_action, dtype=np.uint8).reshape(-1, 4),
+        rec_action=np.array(rec_action, dtype=np.uint8).reshape(-1, 8),
         rec_np_filter=np.array(rec_np_filter, dtype=np.uint8),
+        rec_fw_start=np.array([f[0] for f in rec_fw], dtype=np.int32),
+        rec_fw_len=np.array([f[1] for f in rec_fw], dtype=np.int32),
+        fw_addr=_addr_array([f[0] for f in fw_nets], v6),
+        fw_prefix=np.array([f[1] for f in fw_nets], dtype=np.uint8),
         port_service=np.array(port_service, dtype=np.int32),
         port_affinity=np.array(port_affinity, dtype=np.uint32),
         port_pool_start=np.array(pool_start, dtype=np.int32).reshape(-1, 2),

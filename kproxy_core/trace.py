@@ -15,7 +15,18 @@ from typing import TYPE_CHECKING, Any
 from .addresses import Family, join_host_port
 from .errors import PacketError
 from .model import PROTO_NAMES
-from .plan import KUBE_MARK_MASQ, FrontendKind, PlanPort, ProxyConfig, Walk, walk
+from .plan import (
+    KUBE_MARK_MASQ,
+    KUBE_NODEPORTS,
+    KUBE_SERVICES,
+    FrontendKind,
+    PlanPort,
+    ProxyConfig,
+    Walk,
+    fw_allows,
+    fw_sources,
+    walk,
+)
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -147,20 +158,30 @@ def trace_packet(
         t.endpoint = join_host_port(*decision.endpoint)
     cfg = engine.configs[fam]
     pp, kind, accepted = _match(engine, fam, dst_s, dport, proto_name)
+    # every packet runs through nat KUBE-SERVICES; the tail rule sends NodePort addresses on
+    pass_chains = [KUBE_SERVICES] + ([KUBE_NODEPORTS] if cfg.nodeport_accepts(dst_s) else [])
     if pp is None or kind is None:
         t.steps.append(
-            f"{join_host_port(dst_s, dport)}/{proto_name} is no cluster IP, external IP or "
-            "NodePort on this node: kube-proxy leaves the packet alone"
+            f"{join_host_port(dst_s, dport)}/{proto_name} is no cluster IP, external IP, "
+            "load-balancer IP or NodePort on this node: kube-proxy leaves the packet alone"
         )
+        t.chains = pass_chains
         if decision.verdict != "PASS":
             t.steps.append(f"an established flow still carries it ({decision.verdict})")
         return t
     from_pod = cfg.detector.implemented and cfg.detector.is_local(src_s)
     from_local = cfg.is_local_address(src_s)
-    w = walk(pp, cfg, kind, from_pod=from_pod, from_local=from_local, nodeport_accepted=accepted)
+    allowed = kind != "LoadBalancer" or fw_allows(pp, cfg, src_s)
+    w = walk(pp, cfg, kind, from_pod=from_pod, from_local=from_local, nodeport_accepted=accepted,
+             source_allowed=allowed, dst_local=cfg.is_local_address(dst_s))
     t.steps.extend(_source_steps(cfg, src_s, from_pod, from_local))
+    if kind == "LoadBalancer" and pp.uses_fw_chain:
+        t.steps.append(
+            f"source {src_s} is {'inside' if allowed else 'outside'} the sources KUBE-FW allows "
+            f"({', '.join(fw_sources(pp, cfg))})"
+        )
     t.steps.extend(w.steps)
-    t.chains = list(w.chains)
+    t.chains = list(w.chains) if w.verdict != "PASS" else pass_chains
     _explain_pool(t, pp, w, decision, engine, src_s, now)
     return t
 

@@ -234,11 +234,11 @@ cdef _Fam _build_fam(object t, bint v6, Py_ssize_t nsvc):
     cdef const uint8_t[:, :] u6
     cdef kp_a6 x6
     sizes = [len(c[name]) for name in ("rec_port", "port_service", "pool_ep", "ep_port", "fe_port",
-                                 "np_port", "local_addrs", "np_addrs")]
+                                 "np_port", "local_addrs", "np_addrs", "fw_prefix")]
     if max(sizes + [nsvc]) > 0x7FFFFFFF:
         raise ValueError("tables: more than 2**31 - 1 rows")
     _check(kp_fam_alloc(f, v6, sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5],
-                        sizes[6], sizes[7], <int32_t>nsvc))
+                        sizes[6], sizes[7], <int32_t>nsvc, sizes[8]))
 
     a = c["rec_port"]
     b = c["rec_kind"]
@@ -248,8 +248,16 @@ cdef _Fam _build_fam(object t, bint v6, Py_ssize_t nsvc):
         f.rec_port[i] = <int32_t>a[i]
         f.rec[i].kind = <uint8_t>b[i]
         f.rec[i].np_filter = <uint8_t>d[i]
-        for k in range(4):
-            f.rec[i].action[k] = <uint8_t>a2[i, k]
+        for k in range(4):  # classes 4-7 (allowed by KUBE-FW) live in the record
+            f.rec[i].action[k] = <uint8_t>a2[i, 4 + k]
+            f.fwrec[i].blocked[k] = <uint8_t>a2[i, k]
+    a = c["rec_fw_start"]
+    b = c["rec_fw_len"]
+    for i in range(f.nrec):
+        f.fwrec[i].start = <int32_t>a[i]
+        f.fwrec[i].len = <int32_t>b[i]
+        f.rec[i].fw = b[i] > 0
+    _fill_fw(f, c["fw_addr"], c["fw_prefix"], v6)
     a = c["port_service"]
     b = c["port_affinity"]
     a2 = c["port_pool_start"]
@@ -324,6 +332,23 @@ cdef _Fam _build_fam(object t, bint v6, Py_ssize_t nsvc):
     kp_fam_index(f)
     fam.ep_tuple = list(zip(c["ep_str"], c["ep_port"].tolist()))
     return fam
+
+
+cdef int _fill_fw(kp_fam *f, addrs, prefixes, bint v6) except -1:
+    """The allowed-source CIDRs of every KUBE-FW, as pre-masked (network, mask) pairs."""
+    cdef Py_ssize_t i
+    bits = 128 if v6 else 32
+    full = (1 << bits) - 1
+    for i in range(f.nfw):
+        mask = full ^ ((1 << (bits - int(prefixes[i]))) - 1)
+        if v6:
+            net = int.from_bytes(bytes(addrs[i]), "big") & mask
+            f.fw6[i].net = _a6(net)
+            f.fw6[i].mask = _a6(mask)
+        else:
+            f.fw4[i].net = <uint32_t>(int(addrs[i]) & mask)
+            f.fw4[i].mask = <uint32_t>mask
+    return 0
 
 
 # ---------------------------------------------------------------------- the core

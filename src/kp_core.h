@@ -363,14 +363,24 @@ KP_INLINE int64_t kp_aff6_find(const kp_table *t, uint64_t h, int32_t svc, kp_a6
 
 /* ------------------------------------------------------------------ one family's tables */
 
-/* a frontend record with its service port's fields copied in: one 32-byte load */
+/* a frontend record with its service port's fields copied in: one 32-byte load.
+ * action[cls]: the action for source class cls (bit 0 pod, bit 1 node-local) of a source
+ * allowed by the record's KUBE-FW (the tables' classes 4-7). fw: the record has a
+ * KUBE-FW (a non-empty allowed-source list in kp_fam.fwrec); a source outside the list
+ * then takes kp_fam.fwrec[rec].blocked[cls] (classes 0-3). Without one, every source is
+ * allowed. */
 typedef struct {
-    uint8_t kind, np_filter, action[4], pad_[2];
+    uint8_t kind, np_filter, action[4], fw, pad_;
     int32_t svc;
     uint32_t affinity;
     int32_t start[2], len[2];
 } kp_rec;
 typedef struct { int32_t svc; uint32_t affinity; int32_t start[2]; int32_t len[2]; } kp_port;
+/* a record's KUBE-FW (cold: read only for records with fw set): its allowed sources are
+ * fw4/fw6[start .. start + len), and the actions for sources outside them */
+typedef struct { int32_t start, len; uint8_t blocked[4]; } kp_fwrec;
+typedef struct { uint32_t net, mask; } kp_cidr4;  /* net is pre-masked */
+typedef struct { kp_a6 net, mask; } kp_cidr6;
 typedef struct { uint32_t addr; uint16_t port, pad_; } kp_ep4;
 typedef struct { kp_a6 addr; uint16_t port, pad_[3]; } kp_ep6;
 /* a pool entry with its endpoint's address and port copied in */
@@ -383,10 +393,13 @@ typedef struct { uint16_t port; uint8_t proto, pad_; int32_t rec; } kp_np;
 
 typedef struct {
     int v6;
-    int32_t nrec, nport, npool, nep, nfe, nnp, nlocal, nnpaddr, nsvc;
+    int32_t nrec, nport, npool, nep, nfe, nnp, nlocal, nnpaddr, nsvc, nfw;
     /* filled by the caller */
     int32_t *rec_port;
-    kp_rec *rec;     /* kind, np_filter, action; kp_fam_index copies the port's fields */
+    kp_rec *rec;     /* kind, np_filter, action, fw; kp_fam_index copies the port's fields */
+    kp_fwrec *fwrec; /* per record */
+    kp_cidr4 *fw4;
+    kp_cidr6 *fw6;
     kp_port *port;
     int32_t *pool_ep;
     kp_ep4 *ep4;
@@ -418,6 +431,7 @@ static void kp_fam_free(kp_fam *f) {
     free(f->rec_port); free(f->rec); free(f->port); free(f->pool_ep); free(f->ep4);
     free(f->ep6); free(f->local4); free(f->npaddr4); free(f->local6); free(f->npaddr6);
     free(f->fe4); free(f->fe6); free(f->np); free(f->pool4); free(f->pool6); free(f->svc_port);
+    free(f->fwrec); free(f->fw4); free(f->fw6);
     memset(f, 0, sizeof(*f));
 }
 
@@ -427,21 +441,23 @@ static void kp_fam_free(kp_fam *f) {
     } while (0)
 
 /* Zeroed arrays for the given sizes; the caller fills rec_port, rec (kind, np_filter,
- * action), port, pool_ep, ep*, local*, npaddr* and the flags, puts the frontends and
- * NodePorts, then calls kp_fam_index. */
+ * action, fw), fwrec, fw*, port, pool_ep, ep*, local*, npaddr* and the flags, puts the
+ * frontends and NodePorts, then calls kp_fam_index. */
 static int kp_fam_alloc(kp_fam *f, int v6, int32_t nrec, int32_t nport, int32_t npool,
                         int32_t nep, int32_t nfe, int32_t nnp, int32_t nlocal, int32_t nnpaddr,
-                        int32_t nsvc) {
+                        int32_t nsvc, int32_t nfw) {
     uint64_t i;
     memset(f, 0, sizeof(*f));
     f->v6 = v6; f->nrec = nrec; f->nport = nport; f->npool = npool; f->nep = nep;
     f->nfe = nfe; f->nnp = nnp; f->nlocal = nlocal; f->nnpaddr = nnpaddr; f->nsvc = nsvc;
+    f->nfw = nfw;
     f->fe_mask = kp_pow2_at_least(2 * (uint64_t)nfe) - 1;
     f->fe_shift = 64;
     for (i = f->fe_mask + 1; i > 1; i >>= 1) f->fe_shift--;
     f->np_mask = kp_pow2_at_least(2 * (uint64_t)nnp) - 1;
     KP_ALLOC(f->rec_port, nrec);
     KP_ALLOC(f->rec, nrec);
+    KP_ALLOC(f->fwrec, nrec);
     KP_ALLOC(f->port, nport);
     KP_ALLOC(f->pool_ep, npool);
     KP_ALLOC(f->np, f->np_mask + 1);
@@ -452,6 +468,7 @@ static int kp_fam_alloc(kp_fam *f, int v6, int32_t nrec, int32_t nport, int32_t 
         KP_ALLOC(f->fe6, f->fe_mask + 1);
         KP_ALLOC(f->local6, nlocal);
         KP_ALLOC(f->npaddr6, nnpaddr);
+        KP_ALLOC(f->fw6, nfw);
         for (i = 0; i <= f->fe_mask; i++) f->fe6[i].rec = -1;
     } else {
         KP_ALLOC(f->ep4, nep);
@@ -459,6 +476,7 @@ static int kp_fam_alloc(kp_fam *f, int v6, int32_t nrec, int32_t nport, int32_t 
         KP_ALLOC(f->fe4, f->fe_mask + 1);
         KP_ALLOC(f->local4, nlocal);
         KP_ALLOC(f->npaddr4, nnpaddr);
+        KP_ALLOC(f->fw4, nfw);
         for (i = 0; i <= f->fe_mask; i++) f->fe4[i].rec = -1;
     }
     for (i = 0; i <= f->np_mask; i++) f->np[i].rec = -1;
@@ -624,6 +642,37 @@ KP_INLINE int kp_cls6(const kp_fam *f, kp_a6 src) {
     return pod | (kp_is_local6(f, src) << 1);
 }
 
+/* The action byte of record rec for a packet from src: its source class, and for a
+ * record with a KUBE-FW whether src is inside one of the allowed CIDRs (a linear scan:
+ * the lists are short). */
+KP_INLINE uint8_t kp_action4(const kp_fam *f, int32_t rec, uint32_t src) {
+    const kp_rec *R = &f->rec[rec];
+    int cls = kp_cls4(f, src);
+    if (KP_UNLIKELY(R->fw)) {
+        const kp_fwrec *w = &f->fwrec[rec];
+        const kp_cidr4 *c = f->fw4 + w->start;
+        int32_t i;
+        for (i = 0; i < w->len; i++)
+            if ((src & c[i].mask) == c[i].net) return R->action[cls];
+        return w->blocked[cls];
+    }
+    return R->action[cls];
+}
+KP_INLINE uint8_t kp_action6(const kp_fam *f, int32_t rec, kp_a6 src) {
+    const kp_rec *R = &f->rec[rec];
+    int cls = kp_cls6(f, src);
+    if (KP_UNLIKELY(R->fw)) {
+        const kp_fwrec *w = &f->fwrec[rec];
+        const kp_cidr6 *c = f->fw6 + w->start;
+        int32_t i;
+        for (i = 0; i < w->len; i++)
+            if ((src.hi & c[i].mask.hi) == c[i].net.hi && (src.lo & c[i].mask.lo) == c[i].net.lo)
+                return R->action[cls];
+        return w->blocked[cls];
+    }
+    return R->action[cls];
+}
+
 /* dst is node-local here */
 KP_INLINE int kp_np_accepts4(const kp_fam *f, uint32_t dst) {
     if (f->np_match_all) return f->np_loopback || (dst >> 24) != 0x7F;
@@ -671,11 +720,11 @@ KP_INLINE void kp_decide4(kp_state *st, const kp_fam *f, uint32_t src, uint32_t 
     }
     if (rec == KP_REC_UNKNOWN) rec = kp_fe4_get(f, dst, dport, proto);
     if (rec >= 0) {
-        action = f->rec[rec].action[kp_cls4(f, src)];
+        action = kp_action4(f, rec, src);
     } else if (kp_is_local4(f, dst)) {
         rec = kp_np_get(f, dport, proto);
         if (rec < 0) { kp_set(r, KP_PASS, -1, 0); return; }
-        action = kp_np_accepts4(f, dst) ? f->rec[rec].action[kp_cls4(f, src)] : f->rec[rec].np_filter;
+        action = kp_np_accepts4(f, dst) ? kp_action4(f, rec, src) : f->rec[rec].np_filter;
     } else {
         kp_set(r, KP_PASS, -1, 0);
         return;
@@ -761,11 +810,11 @@ KP_INLINE void kp_decide6(kp_state *st, const kp_fam *f, kp_a6 src, kp_a6 dst,
     }
     if (rec == KP_REC_UNKNOWN) rec = kp_fe6_get(f, dst, dport, proto);
     if (rec >= 0) {
-        action = f->rec[rec].action[kp_cls6(f, src)];
+        action = kp_action6(f, rec, src);
     } else if (kp_is_local6(f, dst)) {
         rec = kp_np_get(f, dport, proto);
         if (rec < 0) { kp_set(r, KP_PASS, -1, 0); return; }
-        action = kp_np_accepts6(f, dst) ? f->rec[rec].action[kp_cls6(f, src)] : f->rec[rec].np_filter;
+        action = kp_np_accepts6(f, dst) ? kp_action6(f, rec, src) : f->rec[rec].np_filter;
     } else {
         kp_set(r, KP_PASS, -1, 0);
         return;

@@ -35,6 +35,16 @@ cdef extern from "kp_core.h" nogil:
         uint8_t kind
         uint8_t np_filter
         uint8_t action[4]
+        uint8_t fw
+
+    ctypedef struct kp_fwrec:
+        int32_t start
+        int32_t len
+        uint8_t blocked[4]
+
+    ctypedef struct kp_cidr4:
+        uint32_t net
+        uint32_t mask
 
     ctypedef struct kp_port:
         int32_t svc
@@ -50,11 +60,18 @@ cdef extern from "kp_core.h" nogil:
         kp_a6 addr
         uint16_t port
 
+    ctypedef struct kp_cidr6:
+        kp_a6 net
+        kp_a6 mask
+
     ctypedef struct kp_fam:
         int v6
-        int32_t nrec, nport, npool, nep, nfe, nnp, nlocal, nnpaddr, nsvc
+        int32_t nrec, nport, npool, nep, nfe, nnp, nlocal, nnpaddr, nsvc, nfw
         int32_t *rec_port
         kp_rec *rec
+        kp_fwrec *fwrec
+        kp_cidr4 *fw4
+        kp_cidr6 *fw6
         kp_port *port
         int32_t *pool_ep
         kp_ep4 *ep4
@@ -101,7 +118,7 @@ cdef extern from "kp_core.h" nogil:
 
     int kp_fam_alloc(kp_fam *f, int v6, int32_t nrec, int32_t nport, int32_t npool,
                      int32_t nep, int32_t nfe, int32_t nnp, int32_t nlocal, int32_t nnpaddr,
-                     int32_t nsvc)
+                     int32_t nsvc, int32_t nfw)
     void kp_fam_free(kp_fam *f)
     void kp_fam_index(kp_fam *f)
     void kp_fe4_put(kp_fam *f, uint32_t addr, uint16_t port, uint8_t proto, int32_t rec)

@@ -81,3 +81,11 @@ def slice_(ns: str, svc: str, endpoints: list[dict[str, Any]], ports: list[dict[
 
 def eport(p: int, name: str = "", proto: str = "TCP") -> dict[str, Any]:
     return {"name": name, "port": p, "protocol": proto}
+
+
+def lb(svc: dict[str, Any], *ingress: str | dict[str, Any]) -> dict[str, Any]:
+    """``svc`` with ``status.loadBalancer.ingress`` set: a string is ``{"ip": s}``, a dict
+    is used as is (``{"hostname": ...}``, ``{"ip": ..., "ipMode": "Proxy"}``)."""
+    entries = [{"ip": i} if isinstance(i, str) else i for i in ingress]
+    svc["status"] = {"loadBalancer": {"ingress": entries}}
+    return svc

@@ -31,6 +31,7 @@ from kproxy_core.model import (
     Endpoint,
     EndpointPort,
     EndpointSlice,
+    LoadBalancerIngress,
     Node,
     Service,
     ServicePort,
@@ -126,6 +127,14 @@ def cluster(variant: int) -> Cluster:
     svcs.append(_svc("itp", ("10.96.0.16",), (ServicePort("http", "TCP", 80),),
                      internal_traffic_policy="Local"))
     slices += _slices("itp", http, [("10.0.2.70", "n2")], [])
+    # a LoadBalancer with source ranges (n1's addresses inside them: its VIPs are allowed
+    # sources too); variant 1 narrows them, so loads meet flows created while allowed
+    ranges = ("203.0.113.0/28", "192.168.0.0/24", "fd00:1::/64", "2001:db8::/120")
+    svcs.append(_svc("lb", ("10.96.0.17", "fd00:96::17"), (ServicePort("http", "TCP", 80, 30081),),
+                     type="LoadBalancer",
+                     load_balancer_ingress=(LoadBalancerIngress("192.168.99.2"), LoadBalancerIngress("fd00:99::2")),
+                     load_balancer_source_ranges=ranges if variant != 1 else ranges[1:]))
+    slices += _slices("lb", http, [("10.0.2.80", "n2")], [("fd00:10:2::80", "n2")])
     return Cluster({s.key: s for s in svcs}, {s.key: s for s in slices}, NODES)
 
 
@@ -147,12 +156,13 @@ def tables(variant: int, **cfg: Any) -> tuple[FamilyTables, FamilyTables]:
 VARIANTS = [tables(0), tables(1), tables(2), tables(0, nodeport_addresses="192.168.0.1/32")]
 
 SRC4 = ["10.0.1.5", "10.0.1.20", "10.0.2.30", "10.0.1.31", "192.168.0.1", "192.168.0.2", "127.0.0.1",
-        "203.0.113.9", "10.0.2.40"]
+        "203.0.113.9", "10.0.2.40", "203.0.113.99", "192.168.99.2"]
 DST4 = ["10.96.0.10", "10.96.0.11", "10.96.0.12", "10.96.0.13", "10.96.0.14", "10.96.0.15", "10.96.0.16",
-        "192.168.99.1", "192.168.0.1", "127.0.0.1", "192.168.0.2", "203.0.113.1"]
-SRC6 = ["fd00:10:1::5", "fd00:10:1::20", "fd00:1::1", "::1", "2001:db8::9", "fd00:10:2::6"]
+        "192.168.99.1", "192.168.0.1", "127.0.0.1", "192.168.0.2", "203.0.113.1", "192.168.99.2"]
+SRC6 = ["fd00:10:1::5", "fd00:10:1::20", "fd00:1::1", "::1", "2001:db8::9", "fd00:10:2::6", "2001:db8::1:9",
+        "fd00:99::2"]
 DST6 = ["fd00:96::10", "fd00:96::11", "fd00:96::12", "fd00:96::14", "fd00:99::1", "fd00:1::1", "::1",
-        "2001:db8::1"]
+        "2001:db8::1", "fd00:99::2"]
 PORTS = [80, 53, 443, 9000, 30080, 30090, 8080, 1]
 PROTOS = [6, 17, 132]
 

@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from k8s import ep, eport, node, port, service, slice_
+from k8s import ep, eport, lb, node, port, service, slice_
 
 import kproxy_core as kp
 
 NODES = [("n1", "192.168.0.1", "fd00:1::1"), ("n2", "192.168.0.2", "fd00:1::2"), ("n3", "192.168.0.3", "fd00:1::3")]
 PROTOS = ["TCP", "UDP", "SCTP"]
+# loadBalancerSourceRanges: node addresses, pods, external clients (203.0.113.9 in, .200 out)
+LB_RANGES = ["192.168.0.0/24", "192.168.0.2/32", "10.0.0.0/8", "203.0.113.0/25", "0.0.0.0/0",
+             "fd00:1::/64", "fd00:10::/64", "2001:db8::/64"]
 
 
 @st.composite
@@ -30,35 +33,48 @@ def clusters(draw: st.DrawFn) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         cips = [f"172.30.0.{i + 1}"] + ([f"fd00:30::{i + 1}"] if dual else [])
         if draw(st.booleans()) and dual:
             cips = cips[::-1]
-        typ = draw(st.sampled_from(["ClusterIP", "NodePort"]))
+        typ = draw(st.sampled_from(["ClusterIP", "NodePort", "LoadBalancer"]))
+        # a LoadBalancer may go without node ports (allocateLoadBalancerNodePorts: false)
+        with_np = typ == "NodePort" or (typ == "LoadBalancer" and draw(st.booleans()))
         ports = []
         eports = []
         for j in range(draw(st.integers(1, 3))):
             proto = draw(st.sampled_from(PROTOS))
             np_ = 0
-            if typ == "NodePort":
+            if with_np:
                 np_ = draw(st.integers(30000, 30010))
                 if (np_, proto) in used_np:
                     np_ = 0
                 else:
                     used_np.add((np_, proto))
             p = port(80 + j, f"p{j}", proto, node_port=np_ or None)
-            if typ == "NodePort" and not np_:
+            if with_np and not np_:
                 p["nodePort"] = 31000 + i * 10 + j
                 used_np.add((p["nodePort"], proto))
             ports.append(p)
             if draw(st.integers(0, 4)):
                 eports.append(eport(8000 + j, f"p{j}", proto))
         spec: dict[str, Any] = {}
-        if typ == "NodePort":
+        if typ != "ClusterIP":
             spec["externalTrafficPolicy"] = draw(st.sampled_from(["Cluster", "Local"]))
+        if typ == "LoadBalancer":
+            if not with_np:
+                spec["allocateLoadBalancerNodePorts"] = False
+            if draw(st.booleans()):
+                spec["loadBalancerSourceRanges"] = draw(st.lists(st.sampled_from(LB_RANGES), min_size=1, max_size=3))
         spec["internalTrafficPolicy"] = draw(st.sampled_from(["Cluster", "Local"]))
         if draw(st.booleans()):
             spec["sessionAffinity"] = "ClientIP"
             spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": draw(st.integers(1, 50))}}
         if draw(st.integers(0, 3)) == 0:
             spec["externalIPs"] = [f"192.168.99.{i + 1}"]
-        objs.append(service("ns", f"s{i}", cips, ports, type=typ, **spec))
+        svc = service("ns", f"s{i}", cips, ports, type=typ, **spec)
+        if typ == "LoadBalancer":
+            ingress: list[str | dict[str, Any]] = [
+                f"192.168.98.{i + 1}", f"fd00:98::{i + 1}", {"hostname": "lb.example"},
+                {"ip": f"192.168.97.{i + 1}", "ipMode": "Proxy"}, "203.0.113.77"]
+            lb(svc, *draw(st.lists(st.sampled_from(ingress), max_size=3, unique_by=str)))
+        objs.append(svc)
         for fam in ("IPv4", "IPv6"):
             eps = []
             for k in range(draw(st.integers(0, 4))):
@@ -84,12 +100,14 @@ def packets(draw: st.DrawFn, objs: list[dict[str, Any]], v6: bool) -> list[tuple
     for o in objs:
         if o["kind"] == "Service":
             addrs += o["spec"].get("clusterIPs", []) + o["spec"].get("externalIPs", [])
+            addrs += [i["ip"] for i in o.get("status", {}).get("loadBalancer", {}).get("ingress", []) if "ip" in i]
             ports += [p.get("nodePort", 80) for p in o["spec"]["ports"]]
         elif o["kind"] == "Node":
             addrs += [a["address"] for a in o["status"]["addresses"]]
         elif o["kind"] == "EndpointSlice":
             addrs += [e["addresses"][0] for e in o["endpoints"]]
-    addrs += ["127.0.0.1", "127.0.0.9", "203.0.113.9", "10.0.0.7", "::1", "2001:db8::9", "fd00:10::77"]
+    addrs += ["127.0.0.1", "127.0.0.9", "203.0.113.9", "203.0.113.200", "10.0.0.7", "::1", "2001:db8::9",
+              "fd00:10::77"]
     fam = [a for a in addrs if (":" in a) == v6]
     out = []
     for _ in range(draw(st.integers(1, 30))):

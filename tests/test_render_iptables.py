@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kproxy_core as kp
-from kproxy_core.plan import ProxyPlan, build_plan, hash16, make_config, plan_port
+from kproxy_core.plan import ProxyPlan, build_plan, hash16, make_config
 from kproxy_core.render.iptables import (
     LARGE_CLUSTER_ENDPOINTS_THRESHOLD,
     IptablesOptions,
@@ -41,7 +41,6 @@ OLDER = "older"  # the older proxier_test.go (no nfacct, testHostname); KUBE-PRO
 
 V4_CIDR = "10.0.0.0/8"
 V6_CIDR = "fd00:10::/64"
-LB_REASON = "LB VIPs not yet planned"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,26 +168,6 @@ def lb_vips_missing(cluster: kp.Cluster, plan: ProxyPlan) -> bool:
     )
 
 
-def with_lb_vips(cluster: kp.Cluster, plan: ProxyPlan) -> ProxyPlan:
-    """The plan with lb_ips filled as plan_port should fill them (test scaffolding).
-
-    lb_ips feeds ExternallyAccessible, which changes the endpoint pools, so the port is
-    replanned with a stand-in node port (the only other input of ExternallyAccessible
-    that plan_port reads from the port) and then given back its real node port and VIPs.
-    """
-    out = []
-    for pp in plan.ports:
-        vips = expected_lb_vips(cluster, pp.namespace, pp.service, plan.family)
-        if vips and not pp.lb_ips:
-            svc = cluster.services[(pp.namespace, pp.service)]
-            sp = next(p for p in svc.ports if p.name == pp.port_name and p.protocol == pp.protocol)
-            replanned = plan_port(cluster, svc, dataclasses.replace(sp, node_port=sp.node_port or 65535), plan.config)
-            assert replanned is not None
-            pp = dataclasses.replace(replanned, node_port=sp.node_port, lb_ips=vips)
-        out.append(pp)
-    return dataclasses.replace(plan, ports=tuple(out))
-
-
 def consistency_errors(text: str) -> list[str]:
     """proxier_test.go's checkIPTablesRuleJumps (KUBE-PROXY.md §9.3), per table."""
     errors = []
@@ -271,22 +250,10 @@ def render_normalized(plan: ProxyPlan, options: IptablesOptions) -> str:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_kube_proxy_expected_output(case: Case, request: pytest.FixtureRequest) -> None:
+def test_kube_proxy_expected_output(case: Case) -> None:
     cluster, plan = case_plan(case)
-    if lb_vips_missing(cluster, plan):
-        request.applymarker(pytest.mark.xfail(strict=False, reason=LB_REASON))
+    assert not lb_vips_missing(cluster, plan)  # the plan fills LoadBalancer VIPs as kube-proxy does
     assert render_normalized(plan, case.options) == expected_text(case.name)
-
-
-@pytest.mark.parametrize(
-    "case",
-    [c for c in CASES if lb_vips_missing(*case_plan(c))] or [pytest.param(None, marks=pytest.mark.skip)],
-    ids=lambda c: c.name if c else "none",
-)
-def test_kube_proxy_expected_output_with_lb_vips_filled(case: Case) -> None:
-    """The LB cases with the VIPs the plan should provide: the renderer itself is right."""
-    cluster, plan = case_plan(case)
-    assert render_normalized(with_lb_vips(cluster, plan), case.options) == expected_text(case.name)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -300,8 +267,8 @@ def test_expected_dumps_are_consistent_and_normalised(case: Case) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_renders_are_consistent_and_save_parsable(case: Case) -> None:
-    cluster, plan = case_plan(case)
-    for p in (plan, with_lb_vips(cluster, plan)):
+    _cluster, plan = case_plan(case)
+    for p in (plan,):
         text = render_iptables(p, case.options)
         assert consistency_errors(text) == []
         to_iptables_save(text, p.family)  # every rule is understood
@@ -508,8 +475,8 @@ def test_to_iptables_save_groups_sorted_chains_and_drops_deleted() -> None:
 
 
 def test_to_iptables_save_of_a_full_render() -> None:
-    cluster, plan = case_plan(CASES[0])
-    saved = to_iptables_save(render_iptables(with_lb_vips(cluster, plan), IptablesOptions(nfacct=True)), "IPv4")
+    _cluster, plan = case_plan(CASES[0])
+    saved = to_iptables_save(render_iptables(plan, IptablesOptions(nfacct=True)), "IPv4")
     lines = saved.split("\n")
     assert lines[:8] == [
         "*filter",
@@ -845,7 +812,7 @@ def test_random_clusters_render_consistently(data: tuple[list[dict[str, Any]], s
         nodeport_addresses=None if match_all else ["192.168.0.0/24", "2001:db8::/64", "127.0.0.0/8"],
     )
     plan = build_plan(cluster, cfg)
-    for p in (plan, with_lb_vips(cluster, plan)):
+    for p in (plan,):
         for options in (IptablesOptions(), IptablesOptions(nfacct=True, mark_format="test", comments=False)):
             text = render_iptables(p, options)
             assert consistency_errors(text) == [], text
