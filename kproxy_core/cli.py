@@ -74,6 +74,7 @@ def _engine(args: argparse.Namespace, cluster: Cluster) -> Engine:
         nodeport_addresses=args.nodeport_addresses,
         localhost_nodeports=args.iptables_localhost_nodeports == "true",
         seed=args.seed,
+        service_cidrs=getattr(args, "service_cidr", None),
     )
 
 
@@ -326,10 +327,13 @@ def _packet_dict(r: tuple[bool, Any, Any, int, int, int]) -> dict[str, Any]:
 
 def _render(args: argparse.Namespace, engine: Engine) -> str:
     family = {"ipv4": "IPv4", "ipv6": "IPv6", None: None}[args.family]
-    return engine.render(
-        args.mode, family=family, format=args.format, with_jumps=args.with_jumps,  # type: ignore[arg-type]
-        masquerade_bit=args.masquerade_bit, nfacct=args.nfacct, random_fully=args.random_fully,
-    )
+    try:
+        return engine.render(
+            args.mode, family=family, format=args.format, with_jumps=args.with_jumps,  # type: ignore[arg-type]
+            masquerade_bit=args.masquerade_bit, nfacct=args.nfacct, random_fully=args.random_fully,
+        )
+    except ValueError as e:
+        raise UsageError(f"rules: {e}") from None
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
@@ -433,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("rules", help="the iptables rules kube-proxy writes for a node (restore or save form)")
     _add_cluster(r, required=False)
-    r.add_argument("--mode", default="iptables", choices=["iptables"], help="proxy mode (iptables)")
+    r.add_argument("--mode", default="iptables", choices=["iptables", "nftables"], help="proxy mode")
+    r.add_argument("--service-cidr", metavar="CIDR[,CIDR]",
+                   help="service CIDRs for nftables' cluster-ips-check (default: the input's ServiceCIDR objects)")
     r.add_argument("--format", default="restore", choices=["restore", "save"],
                    help="restore: kube-proxy's iptables-restore input; save: what iptables-save shows after loading it")
     r.add_argument("--family", choices=["ipv4", "ipv6"], type=str.lower,

@@ -121,6 +121,7 @@ class Engine:
         affinity_capacity: int = 1 << 16,
         timeouts: Mapping[str, float] | None = None,
         impl: str | None = None,
+        service_cidrs: str | Sequence[str] | None = None,
     ) -> None:
         if mode not in ("iptables", "nftables"):
             raise ValueError(f"mode must be 'iptables' or 'nftables', not {mode!r}")
@@ -129,6 +130,7 @@ class Engine:
         self.cluster = cluster
         self.node = node
         self.mode = mode
+        self._service_cidr_flag = service_cidrs
         self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else seed
         self._settings = dict(
             cluster_cidr=cluster_cidr,
@@ -299,6 +301,16 @@ class Engine:
         return trace_packet(self, src, dst, dport, proto, sport, now)
 
     @property
+    def service_cidrs(self) -> tuple[str, ...]:
+        """The service CIDRs for nftables' cluster-ips-check: ``service_cidrs=`` (kube-proxy's
+        --service-cluster-ip-range) if given, else the cluster's ServiceCIDR objects."""
+        flag = self._service_cidr_flag
+        if flag:
+            items = flag.split(",") if isinstance(flag, str) else list(flag)
+            return tuple(c.strip() for c in items if c.strip())
+        return tuple(c for fam in FAMILIES for c in self.cluster.service_cidrs_for(fam))
+
+    @property
     def primary_family(self) -> Family:
         """The family of the node's first address (else of the first ClusterIP; else IPv4),
         like kube-proxy's primary proxier."""
@@ -325,9 +337,11 @@ class Engine:
         """The rules kube-proxy writes for this node and family.
 
         ``mode``: "iptables" (the ``iptables-restore`` input; ``format="save"`` gives what
-        ``iptables-save`` prints after the kernel round trip). ``family``: which proxier
-        (default :attr:`primary_family`). ``with_jumps``: add the jumps from the built-in
-        chains, so the text loads into an empty network namespace as a working dataplane.
+        ``iptables-save`` prints after the kernel round trip) or "nftables" (the ``nft -f``
+        input; its base chains hook themselves, so it always loads as a working dataplane).
+        ``family``: which proxier (default :attr:`primary_family`). ``with_jumps``
+        (iptables): add the jumps from the built-in chains, so the text loads into an
+        empty network namespace as a working dataplane.
         """
         from .render.iptables import IptablesOptions, render_iptables, to_iptables_save
 
@@ -337,8 +351,16 @@ class Engine:
             raise ValueError(f"family must be IPv4 or IPv6, not {fam!r}")
         if format not in ("restore", "save"):
             raise ValueError(f"format must be 'restore' or 'save', not {format!r}")
+        if mode == "nftables":
+            from .render.nftables import NftablesOptions, render_nftables
+
+            if format != "restore":
+                raise ValueError("format='save' is for iptables; nftables text is what nft list prints")
+            # element comments cut at the kernel's 128 bytes, as kube-proxy does since #139516
+            nft = NftablesOptions(masquerade_bit=masquerade_bit, comment_limit=128)
+            return render_nftables(self.plans[fam], nft, service_cidrs=self.service_cidrs)
         if mode != "iptables":
-            raise ValueError(f"rendering mode {mode!r} is not available (iptables only, so far)")
+            raise ValueError(f"mode must be 'iptables' or 'nftables', not {mode!r}")
         opts = IptablesOptions(masquerade_bit=masquerade_bit, random_fully=random_fully, nfacct=nfacct)
         text = render_iptables(self.plans[fam], opts, with_jumps=with_jumps)
         return to_iptables_save(text, fam) if format == "save" else text

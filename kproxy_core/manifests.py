@@ -79,7 +79,10 @@ _READ_KINDS = {
     (_SLICE_API, "EndpointSlice"),
     ("v1", "Endpoints"),
     ("v1", "Node"),
+    ("networking.k8s.io/v1", "ServiceCIDR"),
+    ("networking.k8s.io/v1beta1", "ServiceCIDR"),
 }
+_CLUSTER_SCOPED = ("Node", "ServiceCIDR")
 
 _SPACE = re.compile(r"\s*")
 # An IPv4 address already in canonical form (no leading zeros): the common case.
@@ -313,6 +316,7 @@ def _apply_objects(base: Cluster, objects: Any, want_changes: bool) -> tuple[Clu
         nodes=b.nodes,
         warnings=tuple(dict.fromkeys(warnings)),
         legacy_endpoints=b.legacy,
+        service_cidrs=b.service_cidrs,
     )
     return cluster, b.changes(base) if want_changes else ChangeSet()
 
@@ -333,7 +337,7 @@ def _pairs(objects: Any) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
 
 
 def _who(kind: str, namespace: str, name: str) -> str:
-    return f"{kind} {name}" if kind == "Node" else f"{kind} {namespace}/{name}"
+    return f"{kind} {name}" if kind in _CLUSTER_SCOPED else f"{kind} {namespace}/{name}"
 
 
 class _Ctx:
@@ -361,6 +365,7 @@ class _Builder:
         self.slices: dict[tuple[str, str], EndpointSlice] = dict(base.slices)
         self.legacy: dict[tuple[str, str], tuple[EndpointSlice, ...]] = dict(base.legacy_endpoints)
         self.nodes: dict[str, Node] = dict(base.nodes)
+        self.service_cidrs: dict[str, tuple[str, ...]] = dict(base.service_cidrs)
         self.touched: set[ObjectKey] = set()
         self.object_warnings: dict[Any, list[str]] = {}
         self._plain_seen: set[ObjectKey] = set()
@@ -428,6 +433,10 @@ class _Builder:
                     self.legacy[nk] = mirrored
                 else:
                     self.legacy.pop(nk, None)
+        elif kind == "ServiceCIDR":
+            cidrs = _parse_service_cidr(ctx, obj)
+            if not ctx.errors:
+                self.service_cidrs[name] = cidrs
         else:
             node = _parse_node(ctx, name, obj, labels)
             if not ctx.errors:
@@ -443,6 +452,8 @@ class _Builder:
             self.slices.pop((namespace, name), None)
         elif kind == "Endpoints":
             self.legacy.pop((namespace, name), None)
+        elif kind == "ServiceCIDR":
+            self.service_cidrs.pop(name, None)
         else:
             self.nodes.pop(name, None)
 
@@ -464,6 +475,8 @@ class _Builder:
             elif kind == "Endpoints":
                 if base.legacy_endpoints.get(nk) != self.legacy.get(nk):
                     services.add(nk)
+            elif kind == "ServiceCIDR":
+                continue  # no lookup depends on them (nftables' cluster-ips-check does)
             elif base.nodes.get(name) != self.nodes.get(name):
                 nodes.add(name)
         return ChangeSet(frozenset(services), frozenset(nodes), bool(nodes))
@@ -503,7 +516,7 @@ def _identify(
         problems.append(f"{who}: metadata.name: {_q(name)} must be a string")
         return None
     namespace = ""
-    if kind != "Node":
+    if kind not in _CLUSTER_SCOPED:
         ns = meta.get("namespace")
         if ns is None or ns == "":
             namespace = "default"
@@ -1201,6 +1214,27 @@ def _parse_node(ctx: _Ctx, name: str, obj: Mapping[str, Any], labels: dict[str, 
 
     zone = labels.get(ZONE_LABEL) or labels.get(LEGACY_ZONE_LABEL) or None
     return Node(name=name, addresses=tuple(addresses), pod_cidrs=tuple(cidrs), zone=zone, labels=labels)
+
+
+# --------------------------------------------------------------------------- ServiceCIDR
+
+
+def _parse_service_cidr(ctx: _Ctx, obj: Mapping[str, Any]) -> tuple[str, ...]:
+    """networking.k8s.io ServiceCIDR: ``spec.cidrs`` (one per family at most)."""
+    spec = _mapping(ctx, obj.get("spec"), "spec") or {}
+    out: list[str] = []
+    for i, value in enumerate(_list(ctx, spec.get("cidrs"), "spec.cidrs")):
+        net, sloppy = parse_cidr(value)
+        if net is None:
+            ctx.error(f"spec.cidrs[{i}]", f"{_q(value)} is not a valid CIDR")
+            continue
+        if sloppy:
+            ctx.warn(f"spec.cidrs[{i}]", _sloppy_msg(value, str(net)))
+        if any((":" in c) == (net.version == 6) for c in out):
+            ctx.error(f"spec.cidrs[{i}]", "at most one CIDR per IP family")
+            continue
+        out.append(str(net))
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- cross-object

@@ -159,6 +159,12 @@ class Cluster:
     legacy_endpoints: Mapping[tuple[str, str], tuple[EndpointSlice, ...]] = field(
         default_factory=dict, repr=False
     )
+    service_cidrs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # ServiceCIDR name -> CIDRs
+
+    def service_cidrs_for(self, family: Family) -> tuple[str, ...]:
+        """Every ServiceCIDR's CIDR of one family, in name order (nftables' cluster-ips-check)."""
+        v6 = family == "IPv6"
+        return tuple(c for name in sorted(self.service_cidrs) for c in self.service_cidrs[name] if (":" in c) == v6)
 
     @classmethod
     def from_objects(cls, objects: Iterable[Mapping[str, Any]]) -> Cluster:

@@ -80,3 +80,39 @@ def test_save_form_is_what_the_kernel_prints(tmp_path: Path) -> None:
             assert kernel == save, extra
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+SERVICE_CIDR = """
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: kubernetes}
+spec: {cidrs: [100.64.0.0/13]}
+"""
+
+
+def test_rules_nftables_service_cidrs(tmp_path: Path) -> None:
+    cidr = tmp_path / "servicecidr.yaml"
+    cidr.write_text(SERVICE_CIDR)
+    r = run("rules", "-f", str(ARTICLE), "-f", str(cidr), *FLAGS, "--mode", "nftables")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("add table ip kube-proxy")
+    assert "100.64.0.0/13" in r.stdout and "100.68.181.31 . tcp . 80" in r.stdout
+    flag = run("rules", "-f", str(ARTICLE), *FLAGS, "--mode", "nftables", "--service-cidr", "100.64.0.0/13")
+    assert flag.stdout == r.stdout
+    r = run("rules", "-f", str(ARTICLE), *FLAGS, "--mode", "nftables", "--format", "save")
+    assert r.returncode == 2 and "format" in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft"), reason="needs root and nft")
+def test_nftables_rules_load(tmp_path: Path) -> None:
+    ns = f"kpn{os.getpid()}{uuid.uuid4().hex[:6]}"
+    if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode:
+        pytest.skip("cannot create a network namespace")
+    try:
+        text = run("rules", "-f", str(ARTICLE), *FLAGS, "--mode", "nftables", "--service-cidr", "100.64.0.0/13").stdout
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=text, text=True, check=True)
+        listed = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "ip", "kube-proxy"],
+                                capture_output=True, text=True, check=True).stdout
+        assert "dnat to 100.96.2.2:80" in listed
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
