@@ -214,6 +214,25 @@ class _Family:
         self.det_mask = ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1) if self.det_on else 0
         self.det_net = conv(c["det_addr"])[0] if self.det_on else 0
         self.service_port = {s: p for p, s in enumerate(self.port_service)}
+        # nftables' cluster-ips-check (both empty in iptables mode)
+        self.cip: dict[int, int] = {}
+        for a, svc in zip(conv(c["cip_addr"]), c["cip_service"].tolist(), strict=True):
+            self.cip.setdefault(a, svc)
+        smasks = [full ^ ((1 << (bits - int(p))) - 1) for p in c["scidr_prefix"]]
+        self.scidr = [(a & m, m) for a, m in zip(conv(c["scidr_addr"]), smasks, strict=True)]
+        self.check = bool(self.cip) or bool(self.scidr)
+
+    def cluster_ips_check(self, dst: int) -> tuple[int, int, int, int, int]:
+        """nftables' cluster-ips-check for a packet no frontend matched, not to the node:
+        REJECT to an active ClusterIP (its service, frontend ClusterIP), DROP inside a
+        service CIDR, else PASS."""
+        svc = self.cip.get(dst, -1)
+        if svc >= 0:
+            return 2, svc, 1, -1, 0
+        for net, mask in self.scidr:
+            if dst & mask == net:
+                return 3, -1, 0, -1, 0
+        return 0, -1, 0, -1, 0
 
     def _addrs(self, arr: np.ndarray) -> list[int]:
         if not self.v6:
@@ -449,6 +468,8 @@ class Core:
             if rec < 0:
                 return 0, -1, 0, -1, 0
             action = fam.action(rec, src) if fam.nodeport_accepts(dst) else fam.rec_np_filter[rec]
+        elif fam.check:
+            return fam.cluster_ips_check(dst)
         else:
             return 0, -1, 0, -1, 0
         verdict = action & 3
@@ -561,6 +582,9 @@ def _column(x: Any, name: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray
     return a
 
 
+_OPTIONAL = ("cip_addr", "cip_service", "scidr_addr", "scidr_prefix")
+
+
 def check_tables(t: FamilyTables, v6: bool, nservices: int) -> dict[str, Any]:
     """Validate one family's tables; every index in range, every shape consistent.
 
@@ -572,7 +596,10 @@ def check_tables(t: FamilyTables, v6: bool, nservices: int) -> dict[str, Any]:
     c: dict[str, Any] = {}
 
     def arr(name: str, lo: int, hi: int, width: int = 0, rows: int | None = None) -> np.ndarray:
-        a = _int_array(getattr(t, name), name, lo, hi, width)
+        x = getattr(t, name, None) if name in _OPTIONAL else getattr(t, name)
+        if x is None and name in _OPTIONAL:
+            x = np.zeros((0, width) if width else (0,), dtype=np.int64)
+        a = _int_array(x, name, lo, hi, width)
         if rows is not None and len(a) != rows:
             raise ValueError(f"tables: {name} has {len(a)} rows, expected {rows}")
         c[name] = a
@@ -623,6 +650,11 @@ def check_tables(t: FamilyTables, v6: bool, nservices: int) -> dict[str, Any]:
     if len(c["ep_str"]) != n_ep:
         raise ValueError(f"tables: ep_str has {len(c['ep_str'])} entries, expected {n_ep}")
     c["local_addrs"] = addrs("local_addrs")
+    # cluster-ips-check (nftables mode); None or absent: none
+    n_cip = len(arr("cip_service", 0, nservices - 1))
+    c["cip_addr"] = addrs("cip_addr", n_cip)
+    n_scidr = len(arr("scidr_prefix", 0, 128 if v6 else 32))
+    c["scidr_addr"] = addrs("scidr_addr", n_scidr)
     c["np_addrs"] = addrs("np_addrs")
     c["np_match_all"] = bool(t.np_match_all)
     c["np_loopback"] = bool(t.np_loopback)

@@ -48,8 +48,13 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
                    help="whose view (default: the first Node in the input)")
     g.add_argument("--cluster-cidr", metavar="CIDR[,CIDR]",
                    help="pod CIDR(s) for the ClusterCIDR local detector")
-    g.add_argument("--detect-local-mode", choices=["ClusterCIDR", "NodeCIDR", "None"],
-                   help="local-traffic detector (default: ClusterCIDR when --cluster-cidr is set)")
+    g.add_argument("--detect-local-mode", choices=["ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix",
+                                                   "None"],
+                   help="local-traffic detector (default: ClusterCIDR when --cluster-cidr is set); for lookups the "
+                        "interface modes stand for the node's podCIDR")
+    g.add_argument("--pod-bridge-interface", metavar="IFACE", help="the pods' bridge (BridgeInterface)")
+    g.add_argument("--pod-interface-name-prefix", metavar="PREFIX",
+                   help="the pods' interface name prefix (InterfaceNamePrefix)")
     g.add_argument("--masquerade-all", action="store_true",
                    help="masquerade all cluster IP traffic")
     g.add_argument("--nodeport-addresses", metavar="CIDR,...",
@@ -75,6 +80,8 @@ def _engine(args: argparse.Namespace, cluster: Cluster) -> Engine:
         localhost_nodeports=args.iptables_localhost_nodeports == "true",
         seed=args.seed,
         service_cidrs=getattr(args, "service_cidr", None),
+        pod_bridge_interface=args.pod_bridge_interface,
+        pod_interface_name_prefix=args.pod_interface_name_prefix,
     )
 
 

@@ -122,6 +122,8 @@ class Engine:
         timeouts: Mapping[str, float] | None = None,
         impl: str | None = None,
         service_cidrs: str | Sequence[str] | None = None,
+        pod_bridge_interface: str | None = None,
+        pod_interface_name_prefix: str | None = None,
     ) -> None:
         if mode not in ("iptables", "nftables"):
             raise ValueError(f"mode must be 'iptables' or 'nftables', not {mode!r}")
@@ -138,6 +140,9 @@ class Engine:
             masquerade_all=masquerade_all,
             nodeport_addresses=nodeport_addresses,
             localhost_nodeports=localhost_nodeports,
+            mode=mode,
+            pod_bridge_interface=pod_bridge_interface,
+            pod_interface_name_prefix=pod_interface_name_prefix,
         )
         self.configs: dict[Family, ProxyConfig] = {
             fam: make_config(cluster, fam, node, **self._settings)  # type: ignore[arg-type]
@@ -198,8 +203,9 @@ class Engine:
                     info.name, info.namespace, info.service, info.port_name, info.protocol,
                     info.port, present=info.name in live,
                 )
-        t4 = build_tables(self.plans["IPv4"], self._service_index, self._cache)
-        t6 = build_tables(self.plans["IPv6"], self._service_index, self._cache)
+        cidrs = self.service_cidrs if self.mode == "nftables" else ()
+        t4 = build_tables(self.plans["IPv4"], self._service_index, self._cache, cidrs)
+        t6 = build_tables(self.plans["IPv6"], self._service_index, self._cache, cidrs)
         self.tables: dict[Family, FamilyTables] = {"IPv4": t4, "IPv6": t6}
         names = [s.name for s in self.service_ports]
         dropped: int = self._core.load(t4, t6, names)

@@ -27,6 +27,8 @@ from .model import Cluster, Node, Service, ServicePort
 Verdict = Literal["DNAT", "REJECT", "DROP", "PASS"]
 FrontendKind = Literal["ClusterIP", "NodePort", "ExternalIP", "LoadBalancer"]
 Pool = Literal["cluster", "local"]
+Mode = Literal["iptables", "nftables"]
+MODES: tuple[Mode, ...] = ("iptables", "nftables")
 
 KUBE_SERVICES = "KUBE-SERVICES"
 KUBE_NODEPORTS = "KUBE-NODEPORTS"
@@ -53,16 +55,41 @@ def service_port_name(namespace: str, name: str, port_name: str) -> str:
 class LocalDetector:
     """kube-proxy's local-traffic detector (pkg/proxy/util/localdetector.go).
 
-    ``mode`` is ``ClusterCIDR`` or ``NodeCIDR`` (match ``-s cidr``), or ``None``
-    (no detector: ``IsImplemented() == false``).
+    ``mode`` is ``ClusterCIDR`` or ``NodeCIDR`` (match ``-s cidr``), ``BridgeInterface``
+    (``-i br``), ``InterfaceNamePrefix`` (``-i pfx+``), or ``None`` (no detector:
+    ``IsImplemented() == false``). An interface detector sees the interface a packet came
+    in on, which an address lookup cannot: for lookups it stands for "the source is in this
+    node's podCIDR" (local pods sit behind that bridge or those interfaces), kept in ``cidr``.
     """
 
     mode: str = "None"
     cidr: str | None = None
+    interface: str | None = None  # the bridge name, or the interface name prefix
 
     @property
     def implemented(self) -> bool:
-        return self.cidr is not None
+        return self.cidr is not None or self.interface is not None
+
+    def iptables_tokens(self) -> tuple[str, str] | None:
+        """``IfLocal()`` / ``IfNotLocal()``: the match words of the rules."""
+        if self.mode == "BridgeInterface":
+            return f"-i {self.interface}", f"! -i {self.interface}"
+        if self.mode == "InterfaceNamePrefix":
+            return f"-i {self.interface}+", f"! -i {self.interface}+"
+        if self.cidr is None:
+            return None
+        return f"-s {self.cidr}", f"! -s {self.cidr}"
+
+    def nftables_tokens(self) -> tuple[str, str] | None:
+        """``IfLocalNFT()`` / ``IfNotLocalNFT()``."""
+        if self.mode == "BridgeInterface":
+            return f"iifname {self.interface}", f"iifname != {self.interface}"
+        if self.mode == "InterfaceNamePrefix":
+            return f"iifname {self.interface}*", f"iifname != {self.interface}*"
+        if self.cidr is None:
+            return None
+        fam = "ip6" if ":" in self.cidr else "ip"
+        return f"{fam} saddr {self.cidr}", f"{fam} saddr != {self.cidr}"
 
     @cached_property
     def network(self) -> IPNetwork | None:
@@ -86,6 +113,11 @@ class ProxyConfig:
     nodeport_cidrs: tuple[str, ...] = ()  # this family's --nodeport-addresses; () = match all
     localhost_nodeports: bool = True
     prefer_same_node_hints: bool = True  # the PreferSameTrafficDistribution gate
+    mode: Mode = "iptables"  # the proxier whose rules decide: "iptables" or "nftables"
+
+    @property
+    def nftables(self) -> bool:
+        return self.mode == "nftables"
 
     @property
     def nodeport_match_all(self) -> bool:
@@ -95,8 +127,9 @@ class ProxyConfig:
 
     @property
     def localhost_nodeports_active(self) -> bool:
-        """IPv4 only, and forced off when --nodeport-addresses has no IPv4 loopback."""
-        if self.family != "IPv4" or not self.localhost_nodeports:
+        """IPv4 only, never in nftables mode (no route_localnet; loopback is skipped in
+        nodeport-ips), and forced off when --nodeport-addresses has no IPv4 loopback."""
+        if self.family != "IPv4" or not self.localhost_nodeports or self.nftables:
             return False
         if self.nodeport_match_all:
             return True
@@ -131,6 +164,8 @@ class ProxyConfig:
         """
         nets = [ipaddress.ip_network(c) for c in self.nodeport_cidrs]
         ips = [ip for ip in self.node_ips if any(ipaddress.ip_address(ip) in n for n in nets)]
+        if self.nftables:  # nodeport-ips skips loopback addresses
+            ips = [ip for ip in ips if not ipaddress.ip_address(ip).is_loopback]
         if self.localhost_nodeports_active and any(
             ipaddress.ip_address("127.0.0.1") in n for n in nets
         ):
@@ -306,35 +341,65 @@ class PlanPort:
         return out
 
 
+def fw_active(pp: PlanPort, cfg: ProxyConfig) -> bool:
+    """Does ``pp`` have a firewall for loadBalancerSourceRanges on this proxier?
+
+    iptables: KUBE-FW-<hash> (:attr:`PlanPort.uses_fw_chain`: LB VIPs, source ranges and
+    endpoints). nftables: ``firewall-<base>`` needs LB VIPs and valid source ranges only
+    (NFTABLES.md §2.2, ``usesFWChain`` is not conditioned on endpoints)."""
+    if not cfg.nftables:
+        return pp.uses_fw_chain
+    return bool(pp.lb_ips) and bool(_valid_ranges(pp))
+
+
+def _valid_ranges(pp: PlanPort) -> list[IPNetwork]:
+    """The source ranges render/nftables.py writes: parsed, invalid ones skipped."""
+    out = []
+    for text in pp.source_ranges:
+        net, _ = parse_cidr(text.strip())
+        if net is not None:
+            out.append(net)
+    return out
+
+
 def fw_sources(pp: PlanPort, cfg: ProxyConfig) -> tuple[str, ...]:
-    """The sources KUBE-FW-<hash> sends on to KUBE-EXT, as canonical CIDRs, in rule order
-    (KUBE-PROXY.md §6.3 step 9): the service's loadBalancerSourceRanges of the family,
-    then, when one of them contains the node IP (``cfg.node_ip``), each LB VIP as a
-    /32 (/128): a node reaching its own VIP is SNATed to it. ``()`` when the port has
-    no KUBE-FW chain (everything is allowed then; see :func:`fw_allows`)."""
-    if not pp.uses_fw_chain:
+    """The sources the firewall lets through, as canonical CIDRs, in rule order
+    (KUBE-PROXY.md §6.3 step 9; NFTABLES.md §2.4 ``firewall-<base>``): the service's
+    loadBalancerSourceRanges of the family, then, when one of them contains the node IP
+    (``cfg.node_ip``), each LB VIP as a /32 (/128): a node reaching its own VIP is SNATed
+    to it. ``()`` when the port has no firewall (:func:`fw_active`; everything is
+    allowed then; see :func:`fw_allows`)."""
+    if not fw_active(pp, cfg):
         return ()
-    out = list(pp.source_ranges)
+    ranges = [str(n) for n in _valid_ranges(pp)] if cfg.nftables else list(pp.source_ranges)
+    out = list(ranges)
     node_ip = cfg.node_ip
     if node_ip is not None:
         node = ipaddress.ip_address(node_ip)
-        if any(node in ipaddress.ip_network(c, strict=False) for c in pp.source_ranges):
+        if any(
+            node.version == net.version and node in net
+            for net in (ipaddress.ip_network(c, strict=False) for c in ranges)
+        ):
             bits = 128 if cfg.family == "IPv6" else 32
             out += [f"{ip}/{bits}" for ip in pp.lb_ips]
     return tuple(out)
 
 
 def fw_allows(pp: PlanPort, cfg: ProxyConfig, src: str) -> bool:
-    """Does ``pp``'s KUBE-FW chain let a packet from ``src`` through to KUBE-EXT?
+    """Does ``pp``'s firewall let a packet from ``src`` through?
 
-    Always True when the port has no KUBE-FW chain (no LB VIPs, no source ranges or no
-    endpoints); otherwise True iff ``src`` is inside one of :func:`fw_sources`. Blocked
-    packets fall through un-DNAT'd and filter KUBE-PROXY-FIREWALL drops them.
+    Always True when the port has no firewall (:func:`fw_active`); otherwise True iff
+    ``src`` is inside one of :func:`fw_sources`. iptables: blocked packets fall through
+    un-DNAT'd and filter KUBE-PROXY-FIREWALL drops them; nftables: ``firewall-<base>``
+    drops them before DNAT (priority -110).
     """
-    if not pp.uses_fw_chain:
+    if not fw_active(pp, cfg):
         return True
     addr = ipaddress.ip_address(src)
-    return any(addr in ipaddress.ip_network(c, strict=False) for c in fw_sources(pp, cfg))
+    return any(
+        addr.version == net.version and addr in net
+        for net in (ipaddress.ip_network(c, strict=False) for c in fw_sources(pp, cfg))
+    )
 
 
 @dataclass(frozen=True)
@@ -515,8 +580,19 @@ def make_config(
     masquerade_all: bool = False,
     nodeport_addresses: str | Sequence[str] | None = None,
     localhost_nodeports: bool = True,
+    mode: str = "iptables",
+    pod_bridge_interface: str | None = None,
+    pod_interface_name_prefix: str | None = None,
 ) -> ProxyConfig:
-    """Build one family's ProxyConfig; bad flag values raise ManifestError (one line each)."""
+    """Build one family's ProxyConfig; bad flag values raise ManifestError (one line each).
+
+    ``mode="nftables"``: without ``nodeport_addresses``, NodePorts are served on the node's
+    primary IP of the family only (``--nodeport-addresses primary``, the nftables default,
+    resolved as cmd/kube-proxy/app/server.go does: ``<nodeIP>/32`` or ``/128``; a loopback
+    node IP, or none, leaves match-all).
+    """
+    if mode not in MODES:
+        raise ManifestError(f"--proxy-mode: {mode!r} is not one of iptables, nftables")
     node_obj: Node | None = None
     if node is not None:
         node_obj = cluster.nodes.get(node)
@@ -525,32 +601,51 @@ def make_config(
             raise NodeNotFoundError(f"node {node!r} is not in the cluster (nodes: {known})")
     fam6 = family == "IPv6"
     cidrs = _cidr_list("--cluster-cidr", cluster_cidr)
-    mode = detect_local_mode or ("ClusterCIDR" if cidrs else "None")
+    det_mode = detect_local_mode or ("ClusterCIDR" if cidrs else "None")
     detector = LocalDetector()
-    if mode == "ClusterCIDR":
+    if det_mode == "ClusterCIDR":
         own = [c for c in cidrs if (":" in c) == fam6]
         if own:
             detector = LocalDetector("ClusterCIDR", own[0])
-    elif mode == "NodeCIDR":
+    elif det_mode == "NodeCIDR":
         pod_cidr = node_obj.pod_cidr_for(family) if node_obj else None
         if pod_cidr:
             detector = LocalDetector("NodeCIDR", pod_cidr)
-    elif mode != "None":
+    elif det_mode in ("BridgeInterface", "InterfaceNamePrefix"):
+        flag, iface = (
+            ("--pod-bridge-interface", pod_bridge_interface)
+            if det_mode == "BridgeInterface"
+            else ("--pod-interface-name-prefix", pod_interface_name_prefix)
+        )
+        if not iface:
+            raise ManifestError(f"--detect-local-mode {det_mode} needs {flag}")
+        if not all(c.isalnum() or c in "-_.@" for c in iface) or len(iface) > 15:
+            raise ManifestError(f"{flag}: {iface!r} is not an interface name")
+        pod_cidr = node_obj.pod_cidr_for(family) if node_obj else None
+        detector = LocalDetector(det_mode, pod_cidr, iface)
+    elif det_mode != "None":
         raise ManifestError(
-            f"--detect-local-mode: {mode!r} is not one of ClusterCIDR, NodeCIDR, None"
+            f"--detect-local-mode: {det_mode!r} is not one of ClusterCIDR, NodeCIDR, "
+            "BridgeInterface, InterfaceNamePrefix, None"
         )
     np_cidrs = tuple(
         c for c in _cidr_list("--nodeport-addresses", nodeport_addresses) if (":" in c) == fam6
     )
+    node_ips = node_obj.ips(family) if node_obj else ()
+    if mode == "nftables" and nodeport_addresses is None and node_ips:
+        primary = ipaddress.ip_address(node_ips[0])
+        if not primary.is_loopback:
+            np_cidrs = (f"{primary}/{primary.max_prefixlen}",)
     return ProxyConfig(
         family=family,
         node=node,
-        node_ips=node_obj.ips(family) if node_obj else (),
+        node_ips=node_ips,
         node_zone=node_obj.zone if node_obj else None,
         detector=detector,
         masquerade_all=masquerade_all,
         nodeport_cidrs=np_cidrs,
         localhost_nodeports=localhost_nodeports,
+        mode=mode,
     )
 
 
@@ -624,6 +719,11 @@ def walk(
     tests/test_kernel_iptables.py; kube-proxy's unit-test tracer runs every filter chain
     for every packet and would say REJECT).
     """
+    if cfg.nftables:
+        return _walk_nft(
+            pp, cfg, kind, from_pod=from_pod, from_local=from_local, nodeport_accepted=nodeport_accepted,
+            source_allowed=source_allowed, dst_local=dst_local,
+        )
     spn = pp.spn
     w = Walk("PASS", chains=[KUBE_SERVICES])
     no_eps: Verdict = "REJECT" if not pp.has_endpoints else "DROP"
@@ -762,5 +862,181 @@ def walk(
         )
     return enter_pool(
         pp.svl_chain, "local",
+        "externalTrafficPolicy=Local: only this node's endpoints, source IP preserved",
+    )
+
+
+# --------------------------------------------------------------------------- nftables walk
+
+NFT_SERVICES = "services"
+NFT_MARK_MASQ = "mark-for-masquerade"
+NFT_SERVICE_ENDPOINTS_CHECK = "service-endpoints-check"
+NFT_NODEPORT_ENDPOINTS_CHECK = "nodeport-endpoints-check"
+NFT_REJECT_CHAIN = "reject-chain"
+NFT_CLUSTER_IPS_CHECK = "cluster-ips-check"
+NFT_FIREWALL_CHECK = "firewall-check"
+
+
+def nft_nat_chain(from_local: bool) -> str:
+    """The nat base chain a NEW packet enters: the node's own packets take nat-output."""
+    return "nat-output" if from_local else "nat-prerouting"
+
+
+def nft_filter_chain(from_local: bool, dst_local: bool) -> str:
+    """The first filter base chain (priority 0, after DNAT) that jumps to
+    service-endpoints-check / cluster-ips-check for a packet that was not DNATed."""
+    if from_local:
+        return "filter-output"
+    return "filter-input" if dst_local else "filter-forward"
+
+
+def _walk_nft(
+    pp: PlanPort,
+    cfg: ProxyConfig,
+    kind: FrontendKind,
+    *,
+    from_pod: bool,
+    from_local: bool,
+    nodeport_accepted: bool,
+    source_allowed: bool,
+    dst_local: bool,
+) -> Walk:
+    """:func:`walk` through the rules render/nftables.py writes (NFTABLES.md §1.6, §2).
+
+    Differences from iptables mode: the firewall (``firewall-check`` in the pre-DNAT filter
+    chains) is not gated on endpoints and drops before DNAT; ``service-endpoints-check``
+    hangs off filter input, forward *and* output, so the node's own packet to an external
+    or load-balancer IP without endpoints is rejected too; a NodePort on an address that
+    is not a NodePort address is left alone (``nodeport-endpoints-check`` matches only
+    NodePort addresses).
+    """
+    from .render.nftables import chain_name_base
+
+    spn = pp.spn
+    base = chain_name_base(pp.namespace, pp.service, pp.proto, pp.port_name)
+    svc_chain, local_chain = f"service-{base}", f"local-{base}"
+    ext_chain, fw_chain = f"external-{base}", f"firewall-{base}"
+    if kind == "NodePort":
+        dst_local = True
+    filt = nft_filter_chain(from_local, dst_local)
+    w = Walk("PASS", chains=[])
+    det = cfg.detector
+
+    def filter_verdict(hook: str, chain: str, verdict: Verdict, why: str) -> Walk:
+        w.verdict = verdict
+        w.chains += [hook, chain] + ([NFT_REJECT_CHAIN] if verdict == "REJECT" else [])
+        w.steps.append(why)
+        return w
+
+    def enter_pool(chain: str, pool: Pool, why: str) -> Walk:
+        w.chains.append(chain)
+        w.pool = pool
+        w.verdict = "DNAT"
+        w.steps.append(why)
+        return w
+
+    def no_endpoints(hook: str, check: str, what: str) -> Walk:
+        verdict: Verdict = "REJECT" if not pp.has_endpoints else "DROP"
+        return filter_verdict(
+            hook, check, verdict,
+            f"{spn} has no {'' if not pp.has_endpoints else 'local '}endpoints: {what} in "
+            f"@no-endpoint-{'nodeports' if check == NFT_NODEPORT_ENDPOINTS_CHECK else 'services'} "
+            f"({'goto reject-chain' if verdict == 'REJECT' else 'drop'}), reached from {hook}",
+        )
+
+    if kind == "LoadBalancer" and fw_active(pp, cfg):
+        pre = "filter-output-pre-dnat" if from_local else "filter-prerouting-pre-dnat"
+        w.chains += [pre, NFT_FIREWALL_CHECK, fw_chain]
+        if not source_allowed:
+            w.verdict = "DROP"
+            w.steps.append(
+                f"source is outside loadBalancerSourceRanges: {fw_chain} drops it before DNAT "
+                "(not conditioned on endpoints in nftables mode)"
+            )
+            return w
+        w.steps.append("source is allowed by loadBalancerSourceRanges")
+
+    w.chains += [nft_nat_chain(from_local), NFT_SERVICES]
+    if kind == "ClusterIP":
+        w.steps.append(f"{pp.cluster_ip}:{pp.port}/{pp.protocol} is the cluster IP of {spn}")
+        if not pp.has_internal_endpoints:
+            if not pp.has_endpoints:
+                return no_endpoints(filt, NFT_SERVICE_ENDPOINTS_CHECK, "the cluster IP is")
+            return filter_verdict(
+                filt, NFT_SERVICE_ENDPOINTS_CHECK, "DROP",
+                f"{spn} has no local endpoints (internalTrafficPolicy=Local): the cluster IP is in "
+                f"@no-endpoint-services (drop), reached from {filt}",
+            )
+        chain = local_chain if pp.internal_local else svc_chain
+        w.chains.append(chain)
+        if cfg.masquerade_all:
+            w.masquerade = True
+            w.chains.append(NFT_MARK_MASQ)
+            w.steps.append("masquerade: --masquerade-all marks all cluster IP traffic")
+        elif det.implemented and not from_pod:
+            w.masquerade = True
+            w.chains.append(NFT_MARK_MASQ)
+            w.steps.append(
+                f"masquerade: source is not in the local pod range {det.cidr} "
+                f"({det.mode} detector), so it is marked for SNAT"
+            )
+        elif det.implemented:
+            w.steps.append(f"no masquerade: source is in the local pod range {det.cidr}")
+        else:
+            w.steps.append("no masquerade: no local detector, cluster IP traffic is assumed to come from pods")
+        w.pool = "local" if pp.internal_local else "cluster"
+        w.verdict = "DNAT"
+        w.steps.append(
+            f"internalTrafficPolicy=Local: only this node's endpoints ({chain})"
+            if pp.internal_local
+            else f"internalTrafficPolicy=Cluster: any ready endpoint ({chain})"
+        )
+        return w
+
+    check = NFT_SERVICE_ENDPOINTS_CHECK
+    hook = filt
+    if kind == "ExternalIP":
+        w.steps.append(f"destination is an external IP of {spn}")
+    elif kind == "LoadBalancer":
+        w.steps.append(f"destination is a load-balancer IP of {spn}")
+    else:  # NodePort
+        check, hook = NFT_NODEPORT_ENDPOINTS_CHECK, "filter-input"
+        if not nodeport_accepted:
+            w.steps.append(
+                f"port {pp.node_port}/{pp.protocol} is the NodePort of {spn}, but this destination "
+                "is not a NodePort address (nodeport-ips / --nodeport-addresses; never loopback in "
+                "nftables mode): neither services nor nodeport-endpoints-check matches it, "
+                "so it is delivered to the node unchanged"
+            )
+            return w
+        w.steps.append(f"port {pp.node_port}/{pp.protocol} on a NodePort address is the NodePort of {spn}")
+    if not pp.has_endpoints:
+        return no_endpoints(hook, check, "the destination is")
+
+    w.chains.append(ext_chain)
+    if not pp.external_local:
+        w.masquerade = True
+        w.chains.append(NFT_MARK_MASQ)
+        w.steps.append("masquerade: externalTrafficPolicy=Cluster masquerades external destinations")
+        return enter_pool(svc_chain, "cluster", "externalTrafficPolicy=Cluster: any ready endpoint")
+    if det.implemented and from_pod:
+        return enter_pool(
+            svc_chain, "cluster",
+            f"externalTrafficPolicy=Local, but the source is a pod ({det.cidr}): "
+            "short-circuit pod traffic to all endpoints, no masquerade",
+        )
+    if from_local:
+        w.masquerade = True
+        w.chains.append(NFT_MARK_MASQ)
+        w.steps.append("masquerade: the source is a node-local address (fib saddr type local)")
+        return enter_pool(
+            svc_chain, "cluster",
+            "externalTrafficPolicy=Local, but local traffic is short-circuited to all endpoints",
+        )
+    if not pp.has_external_endpoints:
+        w.steps.append(f"externalTrafficPolicy=Local: {ext_chain} ends without a verdict, no DNAT")
+        return no_endpoints(hook, check, "the destination is")
+    return enter_pool(
+        local_chain, "local",
         "externalTrafficPolicy=Local: only this node's endpoints, source IP preserved",
     )

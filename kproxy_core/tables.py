@@ -12,20 +12,27 @@ KUBE-FW (loadBalancerSourceRanges) exists only for LoadBalancer records whose po
 (``rec_fw_start``/``rec_fw_len`` into ``fw_addr``/``fw_prefix``, see
 :func:`kproxy_core.plan.fw_sources`) and bit 2 is set iff the source is inside one of
 them. A record with an empty list has no KUBE-FW: bit 2 is always set (its actions
-4-7 equal 0-3 anyway).
+4-7 equal 0-3 anyway). In nftables mode the firewall is ``firewall-<base>``
+(:func:`kproxy_core.plan.fw_active`: not conditioned on endpoints).
+
+nftables mode adds cluster-ips-check (``cip_*``: every ClusterIP of the family with the
+first service port that has it; ``scidr_*``: this family's service CIDRs), consulted only
+for a packet that matches no frontend and is not addressed to the node. Both are empty
+in iptables mode.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
+from .addresses import parse_cidr
 from .model import PROTO_NUMBERS
-from .plan import PlanPort, ProxyPlan, Walk, fw_sources, walk
+from .plan import PlanPort, ProxyPlan, Walk, fw_active, fw_sources, walk
 
 VERDICTS = ("PASS", "DNAT", "REJECT", "DROP")
 VERDICT_CODE = {v: i for i, v in enumerate(VERDICTS)}
@@ -54,6 +61,10 @@ def _addr_array(ips: list[str], v6: bool) -> npt.NDArray[np.uint8] | npt.NDArray
     for i, ip in enumerate(ips):
         out[i] = np.frombuffer(ipaddress.IPv6Address(ip).packed, dtype=np.uint8)
     return out
+
+
+def _empty() -> np.ndarray:
+    return np.zeros(0, dtype=np.int32)
 
 
 @dataclass
@@ -92,6 +103,14 @@ class FamilyTables:
     det_addr: np.ndarray  # v4: uint32[1]; v6: uint8[1, 16]
     det_prefix: int
     duplicates: tuple[str, ...] = ()
+    # nftables' cluster-ips-check (empty in iptables mode), consulted only for a packet that
+    # matches no frontend and is not addressed to the node: to an active ClusterIP (any
+    # port, any protocol) -> REJECT with that ClusterIP's service; else inside a service
+    # CIDR -> DROP
+    cip_addr: np.ndarray = field(default_factory=_empty)  # v4: uint32[C]; v6: uint8[C, 16]; unique
+    cip_service: np.ndarray = field(default_factory=_empty)  # (C,) int32: first service port with it
+    scidr_addr: np.ndarray = field(default_factory=_empty)  # v4: uint32[S]; v6: uint8[S, 16]
+    scidr_prefix: np.ndarray = field(default_factory=_empty)  # (S,) uint8
 
 
 # id(PlanPort) -> (the PlanPort, {frontend kind: (actions, nodeport filter action)});
@@ -102,7 +121,7 @@ TableCache = dict[int, tuple[PlanPort, dict[str, tuple[list[int], int]]]]
 def _actions(pp: PlanPort, plan: ProxyPlan, kind: str, dst_local: bool) -> tuple[list[int], int]:
     """The 8 action bytes of a record (by source class) and its NodePort filter action."""
     cfg = plan.config
-    if kind == "LoadBalancer" and pp.uses_fw_chain:
+    if kind == "LoadBalancer" and fw_active(pp, cfg):
         actions = [
             encode(walk(pp, cfg, "LoadBalancer", from_pod=p, from_local=lo, source_allowed=a, dst_local=dst_local))
             for p, lo, a in CLASSES8
@@ -121,10 +140,15 @@ def _actions(pp: PlanPort, plan: ProxyPlan, kind: str, dst_local: bool) -> tuple
 
 
 def build_tables(
-    plan: ProxyPlan, service_index: Mapping[str, int], cache: TableCache | None = None
+    plan: ProxyPlan,
+    service_index: Mapping[str, int],
+    cache: TableCache | None = None,
+    service_cidrs: Sequence[str] = (),
 ) -> FamilyTables:
     """Flatten a plan. With ``cache``, the walks of unchanged PlanPorts are reused
-    (an engine update recomputes only the service ports that changed)."""
+    (an engine update recomputes only the service ports that changed). ``service_cidrs``
+    (any family; this family's are used) feed nftables' cluster-ips-check drop rule; in
+    iptables mode the cluster-ips-check tables stay empty."""
     cfg = plan.config
     fresh: TableCache = {}
     v6 = cfg.family == "IPv6"
@@ -176,7 +200,7 @@ def build_tables(
         rec_kind.append(FRONTEND_CODE[kind])
         rec_action.append(actions)
         rec_np_filter.append(np_filter)
-        rec_fw.append(fw_list(pi, pp) if kind == "LoadBalancer" and pp.uses_fw_chain else (0, 0))
+        rec_fw.append(fw_list(pi, pp) if kind == "LoadBalancer" and fw_active(pp, cfg) else (0, 0))
         return len(rec_port) - 1
 
     for pi, pp in enumerate(plan.ports):
@@ -214,6 +238,15 @@ def build_tables(
     det_ips = [str(det_net.network_address)] if det_net is not None else ["::" if v6 else "0.0.0.0"]
     fe_keys = list(fe)
     np_keys = list(nps)
+    cips: dict[str, int] = {}
+    scidrs: list[tuple[str, int]] = []
+    if cfg.nftables:
+        for pp in plan.ports:
+            cips.setdefault(pp.cluster_ip, service_index[pp.spn])
+        for text in service_cidrs:
+            net, _ = parse_cidr(text.strip())
+            if net is not None and (net.version == 6) == v6:
+                scidrs.append((str(net.network_address), net.prefixlen))
     return FamilyTables(
         v6=v6,
         fe_addr=_addr_array([k[0] for k in fe_keys], v6),
@@ -247,4 +280,8 @@ def build_tables(
         det_addr=_addr_array(det_ips, v6),
         det_prefix=det_net.prefixlen if det_net is not None else 0,
         duplicates=tuple(dups),
+        cip_addr=_addr_array(list(cips), v6),
+        cip_service=np.array(list(cips.values()), dtype=np.int32),
+        scidr_addr=_addr_array([c[0] for c in scidrs], v6),
+        scidr_prefix=np.array([c[1] for c in scidrs], dtype=np.uint8),
     )

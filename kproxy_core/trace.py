@@ -19,12 +19,19 @@ from .plan import (
     KUBE_MARK_MASQ,
     KUBE_NODEPORTS,
     KUBE_SERVICES,
+    NFT_CLUSTER_IPS_CHECK,
+    NFT_MARK_MASQ,
+    NFT_SERVICES,
+    EndpointInfo,
     FrontendKind,
     PlanPort,
     ProxyConfig,
     Walk,
+    fw_active,
     fw_allows,
     fw_sources,
+    nft_filter_chain,
+    nft_nat_chain,
     walk,
 )
 
@@ -158,8 +165,16 @@ def trace_packet(
         t.endpoint = join_host_port(*decision.endpoint)
     cfg = engine.configs[fam]
     pp, kind, accepted = _match(engine, fam, dst_s, dport, proto_name)
-    # every packet runs through nat KUBE-SERVICES; the tail rule sends NodePort addresses on
-    pass_chains = [KUBE_SERVICES] + ([KUBE_NODEPORTS] if cfg.nodeport_accepts(dst_s) else [])
+    from_local = cfg.is_local_address(src_s)
+    if cfg.nftables:
+        # every packet runs through nat-prerouting/nat-output -> services (two vmap lookups)
+        pass_chains = [nft_nat_chain(from_local), NFT_SERVICES]
+    else:
+        # every packet runs through nat KUBE-SERVICES; the tail rule sends NodePort addresses on
+        pass_chains = [KUBE_SERVICES] + ([KUBE_NODEPORTS] if cfg.nodeport_accepts(dst_s) else [])
+    if (pp is None or kind is None) and cfg.nftables and not cfg.is_local_address(dst_s):
+        _cluster_ips_check(t, engine, fam, dst_s, dport, proto_name, from_local, pass_chains)
+        return t
     if pp is None or kind is None:
         t.steps.append(
             f"{join_host_port(dst_s, dport)}/{proto_name} is no cluster IP, external IP, "
@@ -170,20 +185,63 @@ def trace_packet(
             t.steps.append(f"an established flow still carries it ({decision.verdict})")
         return t
     from_pod = cfg.detector.implemented and cfg.detector.is_local(src_s)
-    from_local = cfg.is_local_address(src_s)
     allowed = kind != "LoadBalancer" or fw_allows(pp, cfg, src_s)
     w = walk(pp, cfg, kind, from_pod=from_pod, from_local=from_local, nodeport_accepted=accepted,
              source_allowed=allowed, dst_local=cfg.is_local_address(dst_s))
     t.steps.extend(_source_steps(cfg, src_s, from_pod, from_local))
-    if kind == "LoadBalancer" and pp.uses_fw_chain:
+    if kind == "LoadBalancer" and fw_active(pp, cfg):
+        fw_name = "the firewall chain" if cfg.nftables else "KUBE-FW"
         t.steps.append(
-            f"source {src_s} is {'inside' if allowed else 'outside'} the sources KUBE-FW allows "
+            f"source {src_s} is {'inside' if allowed else 'outside'} the sources {fw_name} allows "
             f"({', '.join(fw_sources(pp, cfg))})"
         )
     t.steps.extend(w.steps)
     t.chains = list(w.chains) if w.verdict != "PASS" else pass_chains
     _explain_pool(t, pp, w, decision, engine, src_s, now)
     return t
+
+
+def _cluster_ips_check(
+    t: Trace, engine: Engine, fam: Family, dst: str, dport: int, proto: str, from_local: bool,
+    pass_chains: list[str],
+) -> None:
+    """nftables mode, no frontend matched, destination not on the node: cluster-ips-check
+    (from filter-forward / filter-output, after DNAT)."""
+    plan = engine.plans[fam]
+    owner = next((pp for pp in plan.ports if pp.cluster_ip == dst), None)
+    what = f"{join_host_port(dst, dport)}/{proto}"
+    filt = nft_filter_chain(from_local, False)
+    t.chains = list(pass_chains)
+    if owner is not None:
+        t.steps.append(
+            f"{what} matches no service-ips element, but {dst} is the cluster IP of {owner.spn} "
+            f"(in @cluster-ips): {filt} -> cluster-ips-check rejects traffic to invalid ports of ClusterIPs"
+        )
+        t.chains += [filt, NFT_CLUSTER_IPS_CHECK]
+    else:
+        nets = [n for n in engine.service_cidrs if _in_cidr(dst, n)]
+        if nets:
+            t.steps.append(
+                f"{dst} is inside the service CIDR {nets[0]} but is no allocated cluster IP: "
+                f"{filt} -> cluster-ips-check drops traffic to unallocated ClusterIPs"
+            )
+            t.chains += [filt, NFT_CLUSTER_IPS_CHECK]
+        else:
+            t.steps.append(
+                f"{what} is no cluster IP, external IP, load-balancer IP or NodePort on this node "
+                "and lies outside the service CIDRs: kube-proxy leaves the packet alone"
+            )
+    if t.verdict == "DNAT":
+        t.steps.append("an established flow still carries it (DNAT)")
+
+
+def _in_cidr(ip: str, cidr: str) -> bool:
+    try:
+        net = ipaddress.ip_network(cidr.strip(), strict=False)
+    except ValueError:
+        return False
+    addr = ipaddress.ip_address(ip)
+    return addr.version == net.version and addr in net
 
 
 def _source_steps(cfg: ProxyConfig, src: str, from_pod: bool, from_local: bool) -> list[str]:
@@ -197,7 +255,8 @@ def _source_steps(cfg: ProxyConfig, src: str, from_pod: bool, from_local: bool) 
     else:
         what.append("no local-traffic detector (no --cluster-cidr): pod and non-pod sources look alike")
     if from_local:
-        what.append(f"source {src} is an address of the node itself (addrtype LOCAL)")
+        how = "fib saddr type local" if cfg.nftables else "addrtype LOCAL"
+        what.append(f"source {src} is an address of the node itself ({how})")
     return what
 
 
@@ -208,18 +267,23 @@ def _explain_pool(
         return
     pool = pp.pool(w.pool)
     n = len(pool)
+    nft = engine.configs[t.family].nftables
+    ep_chain = _nft_ep_chain if nft else _ipt_ep_chain
     for i, ep in enumerate(pool):
+        # nftables: one numgen random mod n vmap, no per-rule probabilities
+        last = i == n - 1
+        rule = f"numgen {i}" if nft else (None if last else probability_text(n - i))
         t.candidates.append({
             "endpoint": ep.endpoint,
             "probability": 1.0 / n,
-            "rule_probability": probability_text(n - i) if i < n - 1 else None,
+            "rule_probability": rule,
             "node": ep.node,
             "local": ep.local,
             "zone": ep.zone,
             "ready": ep.ready,
             "serving": ep.serving,
             "terminating": ep.terminating,
-            "chain": pp.sep_chain(ep),
+            "chain": ep_chain(pp, ep),
         })
     pool_keys = {ep.endpoint for ep in pool}
     for ep, why in pp.filter_reasons():
@@ -234,20 +298,27 @@ def _explain_pool(
         t.steps.append("no ready local endpoint: falling back to serving, terminating local endpoints")
     if pp.topology_mode and w.pool == "cluster":
         t.steps.append(f"topology hints in use ({pp.topology_mode}): only hinted endpoints")
-    if n > 1:
+    if n > 1 and nft:
+        t.steps.append(f"{n} candidates, each with probability 1/{n} (numgen random mod {n} vmap)")
+    elif n > 1:
         t.steps.append(
             f"{n} candidates, each with probability 1/{n} (kube-proxy's statistic rules "
             f"{', '.join(probability_text(n - i) for i in range(n - 1))}, then an unconditional jump)"
         )
     if pp.affinity_timeout:
+        how = (
+            "per-endpoint affinity sets of client IPs, timeout refreshed by update @affinity-…"
+            if nft
+            else "recent module"
+        )
         t.steps.append(
             f"sessionAffinity ClientIP: a client keeps its endpoint for {pp.affinity_timeout} s "
-            "after its last new connection (recent module)"
+            f"after its last new connection ({how})"
         )
     if decision.endpoint is None:
         return
     chosen = join_host_port(*decision.endpoint)
-    sep = next((pp.sep_chain(ep) for ep in pp.endpoints if ep.endpoint == chosen), None)
+    sep = next((ep_chain(pp, ep) for ep in pp.endpoints if ep.endpoint == chosen), None)
     if sep:
         t.chains.append(sep)
     if chosen not in pool_keys:
@@ -255,5 +326,15 @@ def _explain_pool(
     else:
         t.steps.append(f"chosen: {chosen}")
     if decision.endpoint[0] == src:
-        t.chains.append(KUBE_MARK_MASQ)
+        t.chains.append(NFT_MARK_MASQ if nft else KUBE_MARK_MASQ)
         t.steps.append("hairpin: the endpoint is the source itself, so it is masqueraded")
+
+
+def _ipt_ep_chain(pp: PlanPort, ep: EndpointInfo) -> str:
+    return pp.sep_chain(ep)
+
+
+def _nft_ep_chain(pp: PlanPort, ep: EndpointInfo) -> str:
+    from .render.nftables import endpoint_chain_name_base
+
+    return "endpoint-" + endpoint_chain_name_base(pp.namespace, pp.service, pp.proto, pp.port_name, ep.endpoint)

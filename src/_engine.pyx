@@ -258,6 +258,7 @@ cdef _Fam _build_fam(object t, bint v6, Py_ssize_t nsvc):
         f.fwrec[i].len = <int32_t>b[i]
         f.rec[i].fw = b[i] > 0
     _fill_fw(f, c["fw_addr"], c["fw_prefix"], v6)
+    _fill_check(f, c, v6)
     a = c["port_service"]
     b = c["port_affinity"]
     a2 = c["port_pool_start"]
@@ -348,6 +349,43 @@ cdef int _fill_fw(kp_fam *f, addrs, prefixes, bint v6) except -1:
         else:
             f.fw4[i].net = <uint32_t>(int(addrs[i]) & mask)
             f.fw4[i].mask = <uint32_t>mask
+    return 0
+
+
+cdef int _fill_check(kp_fam *f, dict c, bint v6) except -1:
+    """nftables' cluster-ips-check: the ClusterIPs with their service, the service CIDRs
+    as pre-masked (network, mask) pairs (both empty in iptables mode)."""
+    cdef Py_ssize_t i
+    cdef const int64_t[:] svc = c["cip_service"]
+    cdef const uint32_t[:] u4
+    cdef const uint8_t[:, :] u6
+    ncip, nscidr = len(c["cip_service"]), len(c["scidr_prefix"])
+    if max(ncip, nscidr) > 0x7FFFFFFF:
+        raise ValueError("tables: more than 2**31 - 1 rows")
+    _check(kp_fam_alloc_check(f, <int32_t>ncip, <int32_t>nscidr))
+    if v6:
+        u6 = c["cip_addr"]
+        for i in range(f.ncip):
+            f.cip6[i].addr = kp_a6_load(&u6[i, 0])
+            f.cip6[i].svc = <int32_t>svc[i]
+    else:
+        u4 = c["cip_addr"]
+        for i in range(f.ncip):
+            f.cip4[i].addr = u4[i]
+            f.cip4[i].svc = <int32_t>svc[i]
+    bits = 128 if v6 else 32
+    full = (1 << bits) - 1
+    prefixes = c["scidr_prefix"]
+    addrs = c["scidr_addr"]
+    for i in range(f.nscidr):
+        mask = full ^ ((1 << (bits - int(prefixes[i]))) - 1)
+        if v6:
+            net = int.from_bytes(bytes(addrs[i]), "big") & mask
+            f.scidr6[i].net = _a6(net)
+            f.scidr6[i].mask = _a6(mask)
+        else:
+            f.scidr4[i].net = <uint32_t>(int(addrs[i]) & mask)
+            f.scidr4[i].mask = <uint32_t>mask
     return 0
 
 

@@ -64,6 +64,14 @@ cdef extern from "kp_core.h" nogil:
         kp_a6 net
         kp_a6 mask
 
+    ctypedef struct kp_cip4:
+        uint32_t addr
+        int32_t svc
+
+    ctypedef struct kp_cip6:
+        kp_a6 addr
+        int32_t svc
+
     ctypedef struct kp_fam:
         int v6
         int32_t nrec, nport, npool, nep, nfe, nnp, nlocal, nnpaddr, nsvc, nfw
@@ -83,6 +91,11 @@ cdef extern from "kp_core.h" nogil:
         int np_match_all, np_loopback, det_on
         uint32_t det_mask4, det_net4
         kp_a6 det_mask6, det_net6
+        int32_t ncip, nscidr
+        kp_cip4 *cip4
+        kp_cip6 *cip6
+        kp_cidr4 *scidr4
+        kp_cidr6 *scidr6
 
     ctypedef struct kp_state:
         uint64_t seed
@@ -119,6 +132,7 @@ cdef extern from "kp_core.h" nogil:
     int kp_fam_alloc(kp_fam *f, int v6, int32_t nrec, int32_t nport, int32_t npool,
                      int32_t nep, int32_t nfe, int32_t nnp, int32_t nlocal, int32_t nnpaddr,
                      int32_t nsvc, int32_t nfw)
+    int kp_fam_alloc_check(kp_fam *f, int32_t ncip, int32_t nscidr)
     void kp_fam_free(kp_fam *f)
     void kp_fam_index(kp_fam *f)
     void kp_fe4_put(kp_fam *f, uint32_t addr, uint16_t port, uint8_t proto, int32_t rec)

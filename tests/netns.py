@@ -427,6 +427,14 @@ class Topology:
         lines = (re.sub(r"\[\d+:\d+\]$", "[0:0]", line) for line in out.splitlines() if not line.startswith("#"))
         return "".join(line + "\n" for line in lines)
 
+    def load_nft(self, text: str) -> None:
+        """Load an nftables transaction (``nft -f``) into the node; its base chains hook themselves."""
+        run(["ip", "netns", "exec", self.node, "nft", "-f", "-"], input=text)
+
+    def nft_list(self, what: str = "ruleset") -> str:
+        """``nft list <what>`` in the node, e.g. "ruleset" or "table ip kube-proxy"."""
+        return run(["ip", "netns", "exec", self.node, "nft", "list", *what.split()])
+
     def source_address(self, dst: str) -> str:
         """The source address the node picks towards dst (what MASQUERADE rewrites to)."""
         out = run(["ip", "-n", self.node, "-o", "route", "get", dst])

@@ -69,7 +69,9 @@ def test_save_form_is_what_the_kernel_prints(tmp_path: Path) -> None:
     if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode:
         pytest.skip("cannot create a network namespace")
     try:
-        for extra in ([], ["--iptables-localhost-nodeports", "false"], ["--nodeport-addresses", "172.20.0.0/16"]):
+        for extra in ([], ["--iptables-localhost-nodeports", "false"], ["--nodeport-addresses", "172.20.0.0/16"],
+                      ["--detect-local-mode", "BridgeInterface", "--pod-bridge-interface", "cbr0"],
+                      ["--detect-local-mode", "InterfaceNamePrefix", "--pod-interface-name-prefix", "veth"]):
             restore = run("rules", "-f", str(ARTICLE), *FLAGS, "--with-jumps", *extra).stdout
             save = run("rules", "-f", str(ARTICLE), *FLAGS, "--with-jumps", "--format", "save", *extra).stdout
             subprocess.run(["ip", "netns", "exec", ns, "iptables", "-F"], check=True)
@@ -116,3 +118,22 @@ def test_nftables_rules_load(tmp_path: Path) -> None:
         assert "dnat to 100.96.2.2:80" in listed
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.mark.parametrize(("mode", "flag", "iface", "ipt", "nft"), [
+    ("BridgeInterface", "--pod-bridge-interface", "cbr0", "! -i cbr0", "iifname != cbr0"),
+    ("InterfaceNamePrefix", "--pod-interface-name-prefix", "veth", "! -i veth+", "iifname != veth*"),
+])
+def test_interface_detectors(mode: str, flag: str, iface: str, ipt: str, nft: str) -> None:
+    args = ["-f", str(ARTICLE), "--node", "worker-1", "--detect-local-mode", mode, flag, iface]
+    assert f"--dport 80 {ipt} -j KUBE-MARK-MASQ" in run("rules", *args).stdout
+    assert f"ip daddr 100.68.181.31 {nft} jump mark-for-masquerade" in run("rules", *args, "--mode", "nftables").stdout
+    # for lookups an interface detector stands for this node's podCIDR (100.96.1.0/24 on worker-1)
+    kw = {"pod_bridge_interface": iface} if mode == "BridgeInterface" else {"pod_interface_name_prefix": iface}
+    engine = kp.Engine(kp.load(ARTICLE), node="worker-1", detect_local_mode=mode, **kw)
+    assert not engine.lookup("100.96.1.5", "100.68.181.31", 80, "TCP", sport=1, now=0.0).masquerade
+    assert engine.lookup("100.96.2.9", "100.68.181.31", 80, "TCP", sport=1, now=0.0).masquerade
+    r = run("rules", "-f", str(ARTICLE), "--detect-local-mode", mode)
+    assert r.returncode == 2 and flag in r.stderr
+    r = run("rules", "-f", str(ARTICLE), "--detect-local-mode", mode, flag, "bad name!")
+    assert r.returncode == 2 and "interface name" in r.stderr

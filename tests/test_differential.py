@@ -20,8 +20,15 @@ LB_RANGES = ["192.168.0.0/24", "192.168.0.2/32", "10.0.0.0/8", "203.0.113.0/25",
              "fd00:1::/64", "fd00:10::/64", "2001:db8::/64"]
 
 
+BOTH_MODES = ("iptables", "nftables")
+
+
 @st.composite
-def clusters(draw: st.DrawFn) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def clusters(
+    draw: st.DrawFn, modes: tuple[str, ...] = ("iptables",)
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A random cluster and Engine options; ``modes``: the proxy modes to draw from
+    (test_trace_walk.py's iptables walker needs iptables mode)."""
     objs: list[dict[str, Any]] = []
     for name, ip4, ip6 in NODES:
         o = node(name, ip4, ip6, pod_cidr=f"10.{NODES.index((name, ip4, ip6))}.0.0/24",
@@ -90,6 +97,8 @@ def clusters(draw: st.DrawFn) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         "cluster_cidr": draw(st.sampled_from([None, "10.0.0.0/8", "10.0.0.0/8,fd00:10::/64"])),
         "masquerade_all": draw(st.booleans()),
         "nodeport_addresses": draw(st.sampled_from([None, "192.168.0.0/24", "192.168.0.1/32,127.0.0.0/8"])),
+        "mode": draw(st.sampled_from(modes)),
+        "service_cidrs": draw(st.sampled_from([None, "172.30.0.0/24,fd00:30::/112"])),
     }
     return objs, opts
 
@@ -107,7 +116,7 @@ def packets(draw: st.DrawFn, objs: list[dict[str, Any]], v6: bool) -> list[tuple
         elif o["kind"] == "EndpointSlice":
             addrs += [e["addresses"][0] for e in o["endpoints"]]
     addrs += ["127.0.0.1", "127.0.0.9", "203.0.113.9", "203.0.113.200", "10.0.0.7", "::1", "2001:db8::9",
-              "fd00:10::77"]
+              "fd00:10::77", "172.30.0.99", "fd00:30::99"]
     fam = [a for a in addrs if (":" in a) == v6]
     out = []
     for _ in range(draw(st.integers(1, 30))):
@@ -140,7 +149,7 @@ def _same(a: Any, b: Any) -> bool:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_twins_agree(data: st.DataObject) -> None:
-    objs, opts = data.draw(clusters())
+    objs, opts = data.draw(clusters(BOTH_MODES))
     cluster = kp.Cluster.from_objects(objs)
     seed = data.draw(st.integers(0, 2**64 - 1))
     cap = data.draw(st.sampled_from([8, 64, 1 << 12]))
@@ -174,7 +183,7 @@ def test_twins_agree(data: st.DataObject) -> None:
 @given(data=st.data())
 def test_lookup_agrees_with_trace(data: st.DataObject) -> None:
     """Stateless lookups land on a candidate of the trace, with its verdict and masquerade."""
-    objs, opts = data.draw(clusters())
+    objs, opts = data.draw(clusters(BOTH_MODES))
     impl = "compiled" if kp.COMPILED_AVAILABLE else "python"
     engine = kp.Engine(kp.Cluster.from_objects(objs), seed=data.draw(st.integers(0, 2**32)), impl=impl, **opts)
     for v6 in (False, True):

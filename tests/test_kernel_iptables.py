@@ -560,7 +560,7 @@ def test_ipv6_cluster_ip_and_node_port() -> None:
             ("pod", NODE6, 30001), ("node", NODE6, 30001), ("external", NODE6, 30001),
             ("pod", NODE6, 30002), ("external", NODE6, 30002), ("external", "2001:db8::3", 30002),
         ]
-        probes = [(s, oracle.probe_for(s, d, p, count=16)) for s, d, p in cases]
+        probes = [(s, oracle.probe_for(s, d, p, count=24)) for s, d, p in cases]
         for (source, probe), replies in zip(probes, oracle.run(probes), strict=True):
             oracle.check(source, probe, replies, expect_all=True)
 

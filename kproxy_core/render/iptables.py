@@ -125,10 +125,7 @@ class _Buffers:
 def _detector_tokens(plan: ProxyPlan, options: IptablesOptions) -> tuple[str, str] | None:
     if options.detector_tokens is not None:
         return options.detector_tokens
-    det = plan.config.detector
-    if not det.implemented:
-        return None
-    return f"-s {det.cidr}", f"! -s {det.cidr}"
+    return plan.config.detector.iptables_tokens()
 
 
 def _large_cluster_mode(plan: ProxyPlan) -> bool:

@@ -316,11 +316,7 @@ def _detector_tokens(plan: ProxyPlan, options: NftablesOptions) -> tuple[str, st
     """``IfLocalNFT()`` / ``IfNotLocalNFT()`` of the local detector, or None (not implemented)."""
     if options.detector_tokens is not None:
         return options.detector_tokens
-    det = plan.config.detector
-    if not det.implemented or det.cidr is None:
-        return None
-    fam = "ip6" if ":" in det.cidr else "ip"
-    return f"{fam} saddr {det.cidr}", f"{fam} saddr != {det.cidr}"
+    return plan.config.detector.nftables_tokens()
 
 
 def _service_cidrs(plan: ProxyPlan, cidrs: Sequence[str]) -> str:
