@@ -70,6 +70,12 @@ class LocalDetector:
     def implemented(self) -> bool:
         return self.cidr is not None or self.interface is not None
 
+    def describe(self) -> str:
+        if self.interface is not None:
+            kind = "bridge" if self.mode == "BridgeInterface" else "interface prefix"
+            return f"pods' {kind} {self.interface}, taken as the node's podCIDR {self.cidr} ({self.mode} detector)"
+        return f"local pod range {self.cidr} ({self.mode} detector)"
+
     def iptables_tokens(self) -> tuple[str, str] | None:
         """``IfLocal()`` / ``IfNotLocal()``: the match words of the rules."""
         if self.mode == "BridgeInterface":
@@ -690,6 +696,33 @@ class Walk:
     steps: list[str] = field(default_factory=list)
 
 
+def _enter_internal(w: Walk, pp: PlanPort, cfg: ProxyConfig, from_pod: bool, chain: str, mark_chain: str) -> Walk:
+    """ClusterIP traffic with internal endpoints: the internal masquerade rule, then the pool
+    (the same in both modes; only the chain names differ)."""
+    det = cfg.detector
+    w.chains.append(chain)
+    if cfg.masquerade_all:
+        w.masquerade = True
+        w.chains.append(mark_chain)
+        w.steps.append("masquerade: --masquerade-all marks all cluster IP traffic")
+    elif det.implemented and not from_pod:
+        w.masquerade = True
+        w.chains.append(mark_chain)
+        w.steps.append(f"masquerade: the source is not a local pod ({det.describe()}), so it is marked for SNAT")
+    elif det.implemented:
+        w.steps.append(f"no masquerade: the source is a local pod ({det.describe()})")
+    else:
+        w.steps.append("no masquerade: no local detector, cluster IP traffic is assumed to come from pods")
+    w.pool = "local" if pp.internal_local else "cluster"
+    w.verdict = "DNAT"
+    w.steps.append(
+        f"internalTrafficPolicy=Local: only this node's endpoints ({chain})"
+        if pp.internal_local
+        else f"internalTrafficPolicy=Cluster: any ready endpoint ({chain})"
+    )
+    return w
+
+
 def walk(
     pp: PlanPort,
     cfg: ProxyConfig,
@@ -755,31 +788,8 @@ def walk(
                 f"{spn} has no local endpoints (internalTrafficPolicy=Local): "
                 "filter KUBE-SERVICES drops it",
             )
-        chain = pp.svl_chain if pp.internal_local else pp.svc_chain
-        w.chains.append(chain)
-        if cfg.masquerade_all:
-            w.masquerade = True
-            w.chains.append(KUBE_MARK_MASQ)
-            w.steps.append("masquerade: --masquerade-all marks all cluster IP traffic")
-        elif det.implemented and not from_pod:
-            w.masquerade = True
-            w.chains.append(KUBE_MARK_MASQ)
-            w.steps.append(
-                f"masquerade: source is not in the local pod range {det.cidr} "
-                f"({det.mode} detector), so it is marked for SNAT"
-            )
-        elif det.implemented:
-            w.steps.append(f"no masquerade: source is in the local pod range {det.cidr}")
-        else:
-            w.steps.append("no masquerade: no local detector, cluster IP traffic is assumed to come from pods")
-        w.pool = "local" if pp.internal_local else "cluster"
-        w.verdict = "DNAT"
-        w.steps.append(
-            "internalTrafficPolicy=Local: only this node's endpoints (KUBE-SVL)"
-            if pp.internal_local
-            else "internalTrafficPolicy=Cluster: any ready endpoint (KUBE-SVC)"
-        )
-        return w
+        return _enter_internal(w, pp, cfg, from_pod, pp.svl_chain if pp.internal_local else pp.svc_chain,
+                               KUBE_MARK_MASQ)
 
     external_filter = "KUBE-EXTERNAL-SERVICES"
     def output_only() -> Walk:
@@ -967,31 +977,7 @@ def _walk_nft(
                 f"{spn} has no local endpoints (internalTrafficPolicy=Local): the cluster IP is in "
                 f"@no-endpoint-services (drop), reached from {filt}",
             )
-        chain = local_chain if pp.internal_local else svc_chain
-        w.chains.append(chain)
-        if cfg.masquerade_all:
-            w.masquerade = True
-            w.chains.append(NFT_MARK_MASQ)
-            w.steps.append("masquerade: --masquerade-all marks all cluster IP traffic")
-        elif det.implemented and not from_pod:
-            w.masquerade = True
-            w.chains.append(NFT_MARK_MASQ)
-            w.steps.append(
-                f"masquerade: source is not in the local pod range {det.cidr} "
-                f"({det.mode} detector), so it is marked for SNAT"
-            )
-        elif det.implemented:
-            w.steps.append(f"no masquerade: source is in the local pod range {det.cidr}")
-        else:
-            w.steps.append("no masquerade: no local detector, cluster IP traffic is assumed to come from pods")
-        w.pool = "local" if pp.internal_local else "cluster"
-        w.verdict = "DNAT"
-        w.steps.append(
-            f"internalTrafficPolicy=Local: only this node's endpoints ({chain})"
-            if pp.internal_local
-            else f"internalTrafficPolicy=Cluster: any ready endpoint ({chain})"
-        )
-        return w
+        return _enter_internal(w, pp, cfg, from_pod, local_chain if pp.internal_local else svc_chain, NFT_MARK_MASQ)
 
     check = NFT_SERVICE_ENDPOINTS_CHECK
     hook = filt

@@ -248,10 +248,7 @@ def _source_steps(cfg: ProxyConfig, src: str, from_pod: bool, from_local: bool) 
     det = cfg.detector
     what = []
     if det.implemented:
-        what.append(
-            f"source {src} is {'inside' if from_pod else 'outside'} the local pod range "
-            f"{det.cidr} ({det.mode} detector)"
-        )
+        what.append(f"source {src} is {'a local pod' if from_pod else 'not a local pod'}: {det.describe()}")
     else:
         what.append("no local-traffic detector (no --cluster-cidr): pod and non-pod sources look alike")
     if from_local:
