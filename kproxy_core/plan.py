@@ -355,10 +355,10 @@ def fw_active(pp: PlanPort, cfg: ProxyConfig) -> bool:
     (NFTABLES.md §2.2, ``usesFWChain`` is not conditioned on endpoints)."""
     if not cfg.nftables:
         return pp.uses_fw_chain
-    return bool(pp.lb_ips) and bool(_valid_ranges(pp))
+    return bool(pp.lb_ips) and bool(valid_source_ranges(pp))
 
 
-def _valid_ranges(pp: PlanPort) -> list[IPNetwork]:
+def valid_source_ranges(pp: PlanPort) -> list[IPNetwork]:
     """The source ranges render/nftables.py writes: parsed, invalid ones skipped."""
     out = []
     for text in pp.source_ranges:
@@ -377,7 +377,7 @@ def fw_sources(pp: PlanPort, cfg: ProxyConfig) -> tuple[str, ...]:
     allowed then; see :func:`fw_allows`)."""
     if not fw_active(pp, cfg):
         return ()
-    ranges = [str(n) for n in _valid_ranges(pp)] if cfg.nftables else list(pp.source_ranges)
+    ranges = [str(n) for n in valid_source_ranges(pp)] if cfg.nftables else list(pp.source_ranges)
     out = list(ranges)
     node_ip = cfg.node_ip
     if node_ip is not None:

@@ -42,8 +42,8 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..addresses import IPNetwork, parse_cidr, parse_ip, split_host_port
-from ..plan import EndpointInfo, PlanPort, ProxyPlan
+from ..addresses import parse_cidr, parse_ip, split_host_port
+from ..plan import EndpointInfo, PlanPort, ProxyPlan, valid_source_ranges
 
 __all__ = [
     "BASE_CHAINS",
@@ -427,15 +427,6 @@ def _setup(tx: _Tx, plan: ProxyPlan, options: NftablesOptions, w: _Words, servic
             tx._obj("flush", kind, name)
 
 
-def _source_ranges(pp: PlanPort) -> list[IPNetwork]:
-    out = []
-    for text in pp.source_ranges:
-        net, _ = parse_cidr(text.strip())
-        if net is not None:
-            out.append(net)
-    return out
-
-
 def _service_port(
     tx: _Tx, pp: PlanPort, plan: ProxyPlan, options: NftablesOptions, w: _Words,
     detector: tuple[str, str] | None, node_ip: str | None,
@@ -482,7 +473,7 @@ def _service_port(
         if not pp.has_external_endpoints:
             tx.ensure_elem(NO_ENDPOINT_SERVICES, [ip, proto, port], external_verdict, pp.spn)
 
-    ranges = _source_ranges(pp)
+    ranges = valid_source_ranges(pp)
     uses_fw_chain = bool(pp.lb_ips) and bool(ranges)  # not conditioned on endpoints (unlike iptables)
     if uses_fw_chain:
         tx.ensure_chain(fw_chain)
