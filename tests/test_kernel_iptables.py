@@ -193,6 +193,8 @@ class Oracle:
 def make_engines(objs: list[dict[str, Any]], **kw: Any) -> list[kp.Engine]:
     cluster = kp.Cluster.from_objects(objs)
     kw.setdefault("cluster_cidr", CLUSTER_CIDR)
+    if kw.get("mode") == "nftables":
+        kw.setdefault("service_cidrs", SERVICE_CIDR)  # so that cluster-ips-check exists
     return [kp.Engine(cluster, node=NODE, impl=impl, seed=7, **kw) for impl in IMPLS]
 
 
@@ -231,9 +233,11 @@ class Sources:
 
 def build_oracle(
     topo: Topology, objs: list[dict[str, Any]], *, sources: Sources | None = None, family: str = "IPv4",
-    routes: Sequence[str] = (SERVICE_CIDR, EXTERNAL_IPS), **engine_kw: Any,
+    routes: Sequence[str] = (SERVICE_CIDR, EXTERNAL_IPS), sink_extra_ports: frozenset[int] = frozenset(),
+    **engine_kw: Any,
 ) -> Oracle:
-    """Hosts for every endpoint and client, servers, routes and the rendered rules."""
+    """Hosts for every endpoint and client, servers, routes and the rendered rules: iptables,
+    or the nftables table with ``mode="nftables"`` among ``engine_kw``."""
     sources = sources or Sources()
     engines = make_engines(objs, **engine_kw)
     servers = endpoint_servers(objs)
@@ -259,17 +263,19 @@ def build_oracle(
     clients["node"] = ("node", next(a for a in topo.node_ips if (":" in a) == (family == "IPv6")
                                     and a != masq_source))
     clients["node-auto"] = ("node", None)
-    if family == "IPv4":
-        clients["localhost"] = ("node", "127.0.0.1")
+    clients["localhost"] = ("node", "127.0.0.1" if family == "IPv4" else "::1")
     topo.start_servers({names[ip]: ports for ip, ports in servers.items()})
-    svc_ports, node_ports = service_ports(objs)
+    (svc_tcp, svc_udp), node_ports = service_ports(objs)
     if family == "IPv4":
-        topo.add_sink(routes, *svc_ports)
+        topo.add_sink(routes, svc_tcp | sink_extra_ports, svc_udp | sink_extra_ports)
     else:
         topo.route_to_node(*routes)
     topo.start_servers({"node": node_ports}, label=NODE_LABEL)
-    text = engines[0].render("iptables", family=family, with_jumps=True)  # type: ignore[arg-type]
-    topo.load_iptables(text, family)
+    if engines[0].mode == "nftables":
+        topo.load_nft(engines[0].render("nftables", family=family))  # type: ignore[arg-type]
+    else:
+        text = engines[0].render("iptables", family=family, with_jumps=True)  # type: ignore[arg-type]
+        topo.load_iptables(text, family)
     return Oracle(topo, engines, objs, clients, masq_source)
 
 

@@ -32,7 +32,6 @@ from netns import Probe, Reply, Topology, topology, unavailable_reason
 from test_kernel_iptables import (
     CLUSTER_CIDR,
     EXTERNAL_IPS,
-    IMPLS,
     NODE,
     NODE_IPS,
     NODE_LABEL,
@@ -46,17 +45,14 @@ from test_kernel_iptables import (
     describe,
     eip,
     endpoint_ip,
-    endpoint_servers,
     kernel_masquerades,
     kernel_verdict,
     nodeport,
     random_objects,
     random_service,
-    service_ports,
     table_cluster,
 )
-
-import kproxy_core as kp
+from test_kernel_iptables import build_oracle as build_oracle_any
 
 pytestmark = pytest.mark.slow
 
@@ -87,51 +83,12 @@ def _kernel_available() -> None:
 # --------------------------------------------------------------------------- oracle
 
 
-def make_engines(objs: list[dict[str, Any]], **kw: Any) -> list[kp.Engine]:
-    cluster = kp.Cluster.from_objects(objs)
-    kw.setdefault("cluster_cidr", CLUSTER_CIDR)
-    kw.setdefault("service_cidrs", SERVICE_CIDR)
-    return [kp.Engine(cluster, node=NODE, impl=impl, seed=7, mode="nftables", **kw) for impl in IMPLS]
-
-
-def build_oracle(
-    topo: Topology, objs: list[dict[str, Any]], *, sources: Sources | None = None, family: str = "IPv4",
-    routes: Sequence[str] = (SERVICE_CIDR, EXTERNAL_IPS), **engine_kw: Any,
-) -> Oracle:
-    """Hosts for every endpoint and client, servers, routes and the rendered nftables table."""
-    sources = sources or Sources()
-    engines = make_engines(objs, **engine_kw)
-    servers = endpoint_servers(objs)
-    names = {ip: f"e{i}" for i, ip in enumerate(sorted(servers))}
-    hosts = {names[ip]: (ip, "pod") for ip in servers}
-    clients: dict[str, tuple[str, str | None]] = {}
-    for src_name, ip in sources.pods.items():
-        host = next((n for n, (hip, _) in hosts.items() if hip == ip), None)
-        if host is None:
-            host = f"c{len(hosts)}"
-            hosts[host] = (ip, "pod")
-        clients[src_name] = (host, None)
-    for src_name, ip in sources.externals.items():
-        host = f"x{len(hosts)}"
-        hosts[host] = (ip, "external")
-        clients[src_name] = (host, None)
-    for ip, name in names.items():
-        clients.setdefault(f"endpoint {ip}", (name, None))
-    topo.add_hosts(hosts)
-    masq_source = topo.source_address(next(ip for ip, _ in hosts.values()))
-    clients["node"] = ("node", next(a for a in topo.node_ips if (":" in a) == (family == "IPv6")
-                                    and a != masq_source))
-    clients["node-auto"] = ("node", None)
-    clients["localhost"] = ("node", "127.0.0.1" if family == "IPv4" else "::1")
-    topo.start_servers({names[ip]: ports for ip, ports in servers.items()})
-    (svc_tcp, svc_udp), node_ports = service_ports(objs)
-    if family == "IPv4":
-        topo.add_sink(routes, svc_tcp | {UNKNOWN_PORT}, svc_udp | {UNKNOWN_PORT})
-    else:
-        topo.route_to_node(*routes)
-    topo.start_servers({"node": node_ports}, label=NODE_LABEL)
-    topo.load_nft(engines[0].render("nftables", family=family))  # type: ignore[arg-type]
-    return Oracle(topo, engines, objs, clients, masq_source)
+def build_oracle(topo: Topology, objs: list[dict[str, Any]], **kw: Any) -> Oracle:
+    """The iptables oracle's topology with the nftables table loaded and engines in nftables
+    mode; the sink also answers on UNKNOWN_PORT, so a REJECT cannot be mistaken for it."""
+    kw.setdefault("mode", "nftables")
+    kw.setdefault("sink_extra_ports", frozenset({UNKNOWN_PORT}))
+    return build_oracle_any(topo, objs, **kw)
 
 
 # --------------------------------------------------------------------------- the §8 table
