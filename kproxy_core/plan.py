@@ -16,13 +16,14 @@ import base64
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Literal
 
 from .addresses import Family, IPNetwork, join_host_port, parse_cidr
 from .errors import ManifestError, NodeNotFoundError
 from .model import Cluster, Node, Service, ServicePort
+from .selectors import DEFAULT_SELECTOR, Selector, selector_from_annotations, uniform_weights, weight_for
 
 Verdict = Literal["DNAT", "REJECT", "DROP", "PASS"]
 FrontendKind = Literal["ClusterIP", "NodePort", "ExternalIP", "LoadBalancer"]
@@ -205,6 +206,7 @@ class EndpointInfo:
     zone_hints: tuple[str, ...] = ()
     node_hints: tuple[str, ...] = ()
     target: str | None = None
+    weight: int = 1  # the selector's weight (kproxy_core.selectors); 0 = never chosen
 
     @property
     def endpoint(self) -> str:
@@ -246,6 +248,7 @@ class PlanPort:
     topology_mode: str
     cluster_fallback: bool  # cluster list fell back to serving+terminating endpoints
     local_fallback: bool
+    selector: Selector = DEFAULT_SELECTOR  # how a new connection picks from a pool
 
     # ---- port-level predicates (serviceport.go)
     @property
@@ -331,7 +334,9 @@ class PlanPort:
         for ep in self.endpoints:
             if ep.endpoint in used:
                 continue
-            if not ep.ready and not (ep.serving and ep.terminating):
+            if ep.weight == 0:
+                why = f"weight 0 ({self.selector.origin})"
+            elif not ep.ready and not (ep.serving and ep.terminating):
                 why = "not ready" if not ep.terminating else "terminating and not serving"
             elif ep.terminating:
                 why = "terminating (ready endpoints exist, so kube-proxy does not fall back to it)"
@@ -515,7 +520,8 @@ def plan_port(
     external_local = accessible_type and svc.external_traffic_policy == "Local"
     internal_local = svc.internal_traffic_policy == "Local"
     hc = svc.health_check_node_port if svc.type == "LoadBalancer" and external_local else 0
-    eps = _endpoints_for(cluster, svc, sp, cfg.family, cfg.node)
+    every, selector = endpoint_selection(svc, sp, _endpoints_for(cluster, svc, sp, cfg.family, cfg.node))
+    eps = [e for e in every if e.weight > 0]
 
     accessible = sp.node_port != 0 or bool(lb_ips) or bool(ext_ips)
     uses_cluster = not internal_local or accessible
@@ -565,7 +571,7 @@ def plan_port(
         internal_local=internal_local,
         external_local=external_local,
         affinity_timeout=svc.affinity_timeout if svc.session_affinity == "ClientIP" else 0,
-        endpoints=tuple(eps),
+        endpoints=tuple(every),
         cluster=tuple(cluster_eps),
         local=tuple(local_eps),
         all_reachable=tuple(reachable),
@@ -573,7 +579,28 @@ def plan_port(
         topology_mode=mode,
         cluster_fallback=cluster_fb,
         local_fallback=local_fb,
+        selector=selector,
     )
+
+
+def endpoint_selection(
+    svc: Service, sp: ServicePort, eps: list[EndpointInfo]
+) -> tuple[list[EndpointInfo], Selector]:
+    """The selector of one service port and its endpoints with their weights.
+
+    Weights with the ``random`` selector make it ``weighted``; equal weights with
+    ``weighted`` are kube-proxy's uniform choice. Bad annotations raise ManifestError.
+    """
+    try:
+        selector, weights = selector_from_annotations(svc.annotations, sp.name, f"Service {svc.ref}")
+    except ValueError as e:
+        raise ManifestError(str(e)) from None
+    if weights:
+        eps = [replace(e, weight=weight_for(weights, e.ip, e.endpoint, e.target)) for e in eps]
+    selector = selector or DEFAULT_SELECTOR
+    if selector.kind == "random" and not uniform_weights([e.weight for e in eps if e.weight > 0]):
+        selector = replace(selector, kind="weighted")
+    return eps, selector
 
 
 def make_config(
