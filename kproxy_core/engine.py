@@ -13,18 +13,22 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _engine_py
 from .addresses import FAMILIES, Family
+from .dns import DEFAULT_TTL, DEFAULT_ZONE, Answer, Zone, build_zone, normalize
 from .errors import PacketError
 from .manifests import apply_objects
 from .model import PROTO_NUMBERS, Cluster
 from .plan import PlanPort, ProxyConfig, ProxyPlan, make_config, plan_port
 from .tables import FRONTENDS, VERDICTS, FamilyTables, TableCache, build_tables
+
+if TYPE_CHECKING:
+    from .plugins import KproxyPluginManager
 
 try:
     from . import _engine as _compiled
@@ -124,6 +128,7 @@ class Engine:
         service_cidrs: str | Sequence[str] | None = None,
         pod_bridge_interface: str | None = None,
         pod_interface_name_prefix: str | None = None,
+        plugins: KproxyPluginManager | None = None,
     ) -> None:
         if mode not in ("iptables", "nftables"):
             raise ValueError(f"mode must be 'iptables' or 'nftables', not {mode!r}")
@@ -132,6 +137,12 @@ class Engine:
         self.cluster = cluster
         self.node = node
         self.mode = mode
+        if plugins is None:
+            from .plugins import get_plugin_manager
+
+            plugins = get_plugin_manager()
+        self.plugins: KproxyPluginManager = plugins
+        self._zones: dict[tuple[str, int], Zone] = {}
         self._service_cidr_flag = service_cidrs
         self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else seed
         self._settings = dict(
@@ -143,6 +154,7 @@ class Engine:
             mode=mode,
             pod_bridge_interface=pod_bridge_interface,
             pod_interface_name_prefix=pod_interface_name_prefix,
+            plugins=plugins,
         )
         self.configs: dict[Family, ProxyConfig] = {
             fam: make_config(cluster, fam, node, **self._settings)  # type: ignore[arg-type]
@@ -221,7 +233,8 @@ class Engine:
         or the new ones, never a mix.
         """
         with self._lock:
-            new_cluster, changes = apply_objects(self.cluster, objects)
+            new_cluster, changes = apply_objects(self.cluster, objects, self.plugins)
+            self._zones = {}
             before = sum(len(p.ports) for p in self.plans.values())
             self.cluster = new_cluster
             full = changes.all
@@ -305,6 +318,20 @@ class Engine:
         from .trace import trace_packet
 
         return trace_packet(self, src, dst, dport, proto, sport, now)
+
+    def dns_zone(self, zone: str = DEFAULT_ZONE, ttl: int = DEFAULT_TTL) -> Zone:
+        """The cluster DNS records of this engine's cluster (kept until :meth:`apply`)."""
+        key = (normalize(zone), ttl)
+        z = self._zones.get(key)
+        if z is None:
+            z = self._zones[key] = build_zone(self.cluster, self.plugins.registry, zone, ttl)
+        return z
+
+    def resolve(self, name: str, rtype: str = "A", *, zone: str = DEFAULT_ZONE) -> Answer:
+        """Answer a DNS question about the cluster zone offline: a Service name gives its
+        ClusterIPs, an ExternalName Service its CNAME (from the bundled plugin), plugin
+        types whatever records they add. See :class:`kproxy_core.dns.Answer`."""
+        return self.dns_zone(zone).resolve(name, rtype)
 
     @property
     def service_cidrs(self) -> tuple[str, ...]:

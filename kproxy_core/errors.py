@@ -42,3 +42,8 @@ class PacketError(KproxyError, ValueError):
 
 class EngineError(KproxyError, RuntimeError):
     """The compiled core reported a failure (out of memory, inconsistent tables)."""
+
+
+class PluginError(KproxyError, RuntimeError):
+    """A plugin failed: loading it, a hook it implements, or a Service type handler it
+    registered. The message names the plugin and the hook (or handler method)."""

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -43,6 +43,9 @@ from .model import (
     Service,
     ServicePort,
 )
+
+if TYPE_CHECKING:
+    from .plugins import KproxyPluginManager
 
 __all__ = [
     "ChangeSet",
@@ -65,7 +68,8 @@ LEGACY_ZONE_LABEL = "failure-domain.beta.kubernetes.io/zone"
 MIRRORING_MAX_ENDPOINTS_PER_SUBSET = 1000
 MAX_ADDRESSES_PER_ENDPOINT = 100
 
-SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")  # Kubernetes' own
+_TYPE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9.-]{0,62}$")
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
 IP_FAMILIES = ("IPv4", "IPv6")
 TRAFFIC_POLICIES = ("Cluster", "Local")
@@ -263,18 +267,24 @@ def _flatten(origin: str, doc: Any, out: list[tuple[str, dict[str, Any]]], probl
 # --------------------------------------------------------------------------- building
 
 
-def load(*sources: Any) -> Cluster:
+def load(*sources: Any, plugins: KproxyPluginManager | None = None) -> Cluster:
     """:func:`read_objects` then :func:`cluster_from_objects`."""
-    return cluster_from_objects(read_objects(*sources))
+    return cluster_from_objects(read_objects(*sources), plugins=plugins)
 
 
-def cluster_from_objects(objects: Any) -> Cluster:
-    """Build a validated :class:`Cluster` from objects (dicts or ``(origin, dict)`` pairs)."""
+def cluster_from_objects(objects: Any, plugins: KproxyPluginManager | None = None) -> Cluster:
+    """Build a validated :class:`Cluster` from objects (dicts or ``(origin, dict)`` pairs).
+
+    ``plugins``: the plugin manager whose Service types and ``kproxy_validate_service``
+    hooks check the Services (default: :func:`kproxy_core.plugins.get_plugin_manager`).
+    """
     with _gc_paused():
-        return _apply_objects(Cluster(), objects, False)[0]
+        return _apply_objects(Cluster(), objects, False, plugins)[0]
 
 
-def apply_objects(base: Cluster, objects: Any) -> tuple[Cluster, ChangeSet]:
+def apply_objects(
+    base: Cluster, objects: Any, plugins: KproxyPluginManager | None = None
+) -> tuple[Cluster, ChangeSet]:
     """Apply objects and watch events to ``base``; return the new cluster and what changed.
 
     ``objects``: dicts or ``(origin, dict)`` pairs. A plain object adds or replaces the
@@ -286,12 +296,18 @@ def apply_objects(base: Cluster, objects: Any) -> tuple[Cluster, ChangeSet]:
     listing every problem.
     """
     with _gc_paused():
-        return _apply_objects(base, objects, True)
+        return _apply_objects(base, objects, True, plugins)
 
 
-def _apply_objects(base: Cluster, objects: Any, want_changes: bool) -> tuple[Cluster, ChangeSet]:
+def _apply_objects(
+    base: Cluster, objects: Any, want_changes: bool, plugins: KproxyPluginManager | None
+) -> tuple[Cluster, ChangeSet]:
+    if plugins is None:
+        from .plugins import get_plugin_manager
+
+        plugins = get_plugin_manager()
     pairs, problems = _pairs(objects)
-    b = _Builder(base)
+    b = _Builder(base, plugins)
     for origin, obj in pairs:
         b.feed(origin, obj, problems)
     cross_errors, cross_warnings = _cross_check(b.services, b.slices)
@@ -360,7 +376,8 @@ class _Ctx:
 class _Builder:
     """Mutable copies of the base cluster's tables while objects are applied."""
 
-    def __init__(self, base: Cluster) -> None:
+    def __init__(self, base: Cluster, plugins: KproxyPluginManager) -> None:
+        self.plugins = plugins
         self.services: dict[tuple[str, str], Service] = dict(base.services)
         self.slices: dict[tuple[str, str], EndpointSlice] = dict(base.slices)
         self.legacy: dict[tuple[str, str], tuple[EndpointSlice, ...]] = dict(base.legacy_endpoints)
@@ -420,6 +437,8 @@ class _Builder:
         nk = (namespace, name)
         if kind == "Service":
             svc = _parse_service(ctx, namespace, name, obj, labels, annotations)
+            if not ctx.errors:
+                _plugin_checks(ctx, svc, self.plugins)
             if not ctx.errors:
                 self.services[nk] = svc
         elif kind == "EndpointSlice":
@@ -547,8 +566,9 @@ def _parse_service(
     stype = get("type")
     if stype is None or (type(stype) is str and stype in SERVICE_TYPES):
         stype = stype or "ClusterIP"
-    else:
+    elif type(stype) is not str or not _TYPE_NAME.match(stype):
         stype = _choice(ctx, stype, "spec.type", SERVICE_TYPES, "ClusterIP")
+    # any other name: a plugin's type, checked against the registry by _plugin_checks
 
     headless, cluster_ips, cluster_families = _cluster_ips(ctx, get("clusterIP"), get("clusterIPs"))
     ip_families: list[str] = []
@@ -636,6 +656,23 @@ def _parse_service(
         annotations=annotations,
         spec=spec,
     )
+
+
+def _plugin_checks(ctx: _Ctx, svc: Service, plugins: KproxyPluginManager) -> None:
+    """The Service type must be registered; its handler and the ``kproxy_validate_service``
+    hooks check the rest."""
+    registry = plugins.registry
+    handler = registry.get(svc.type)
+    if handler is None:
+        known = ", ".join(registry.names())
+        ctx.error("spec.type", f"{_q(svc.type)} is not a known Service type ({known}; plugins add others)")
+        return
+    if not handler.node_ports and svc.type not in SERVICE_TYPES:
+        for i, sp in enumerate(svc.ports):
+            if sp.node_port:
+                ctx.error(f"spec.ports[{i}].nodePort", f"may not be used when type is {_q(svc.type)}")
+    registry.call(svc.type, "validate", svc, ctx)
+    plugins.call_hook("kproxy_validate_service", service=svc, report=ctx)
 
 
 def _cluster_ips(ctx: _Ctx, cip_raw: Any, cips_raw: Any) -> tuple[bool, tuple[str, ...], list[str]]:
@@ -783,8 +820,8 @@ def _service_ports(ctx: _Ctx, raw_ports: Any, stype: str) -> tuple[ServicePort, 
         elif not _is_port(node_port):
             ctx.error(f"spec.ports[{i}].nodePort", f"{_q(node_port)} is not a valid port")
             node_port = 0
-        elif stype == "ClusterIP":
-            ctx.error(f"spec.ports[{i}].nodePort", "may not be used when type is 'ClusterIP'")
+        elif stype in ("ClusterIP", "ExternalName"):
+            ctx.error(f"spec.ports[{i}].nodePort", f"may not be used when type is {stype!r}")
         target = p.get("targetPort")
         if target is None or type(target) is str or (type(target) is int and 0 <= target < 65536):
             pass

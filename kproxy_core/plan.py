@@ -18,12 +18,16 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .addresses import Family, IPNetwork, join_host_port, parse_cidr
 from .errors import ManifestError, NodeNotFoundError
 from .model import Cluster, Node, Service, ServicePort
-from .selectors import DEFAULT_SELECTOR, Selector, selector_from_annotations, uniform_weights, weight_for
+from .selectors import DEFAULT_SELECTOR, MAX_WEIGHT, Selector, uniform_weights
+from .servicetypes import BUILTIN_FRONTEND_KINDS, FrontendPolicy, FrontendSpec
+
+if TYPE_CHECKING:
+    from .plugins import KproxyPluginManager
 
 Verdict = Literal["DNAT", "REJECT", "DROP", "PASS"]
 FrontendKind = Literal["ClusterIP", "NodePort", "ExternalIP", "LoadBalancer"]
@@ -121,6 +125,7 @@ class ProxyConfig:
     localhost_nodeports: bool = True
     prefer_same_node_hints: bool = True  # the PreferSameTrafficDistribution gate
     mode: Mode = "iptables"  # the proxier whose rules decide: "iptables" or "nftables"
+    plugins: KproxyPluginManager | None = field(default=None, compare=False, repr=False)  # None: the default
 
     @property
     def nftables(self) -> bool:
@@ -150,6 +155,14 @@ class ProxyConfig:
         """kube-proxy's ``nodeIP`` for this family (only the KUBE-FW allowFromNode check
         reads it): the node's first address of the family."""
         return self.node_ips[0] if self.node_ips else None
+
+    @property
+    def plugin_manager(self) -> KproxyPluginManager:
+        if self.plugins is not None:
+            return self.plugins
+        from .plugins import get_plugin_manager
+
+        return get_plugin_manager()
 
     @property
     def loopback(self) -> str:
@@ -215,10 +228,25 @@ class EndpointInfo:
 
 @dataclass(frozen=True, slots=True)
 class Frontend:
-    kind: FrontendKind
+    """An address (or, for NodePort, a port on the node) a service port answers on.
+
+    ``kind`` is one of :data:`BUILTIN_FRONTEND_KINDS` or a plugin's kind; a plugin kind
+    follows ``policy``: ``internal`` is written and walked like the ClusterIP,
+    ``external`` like an externalIP. ``comment`` is the rule comment's suffix."""
+
+    kind: str
     ip: str | None  # None for NodePort (any accepted node address)
     port: int
     protocol: str
+    policy: FrontendPolicy = "external"
+    comment: str = ""
+
+    @property
+    def shape(self) -> FrontendKind:
+        """The built-in kind whose rules this frontend gets."""
+        if self.kind in BUILTIN_FRONTEND_KINDS:
+            return self.kind  # type: ignore[return-value]
+        return "ClusterIP" if self.policy == "internal" else "ExternalIP"
 
 
 @dataclass(frozen=True)
@@ -249,6 +277,16 @@ class PlanPort:
     cluster_fallback: bool  # cluster list fell back to serving+terminating endpoints
     local_fallback: bool
     selector: Selector = DEFAULT_SELECTOR  # how a new connection picks from a pool
+    service_type: str = "ClusterIP"
+    extra_frontends: tuple[Frontend, ...] = ()  # plugin frontends other than LoadBalancer IPs
+
+    @property
+    def internal_frontends(self) -> tuple[Frontend, ...]:
+        return tuple(f for f in self.extra_frontends if f.policy == "internal")
+
+    @property
+    def external_frontends(self) -> tuple[Frontend, ...]:
+        return tuple(f for f in self.extra_frontends if f.policy == "external")
 
     # ---- port-level predicates (serviceport.go)
     @property
@@ -257,7 +295,9 @@ class PlanPort:
 
     @property
     def externally_accessible(self) -> bool:
-        return self.node_port != 0 or bool(self.lb_ips) or bool(self.external_ips)
+        return (
+            self.node_port != 0 or bool(self.lb_ips) or bool(self.external_ips) or bool(self.external_frontends)
+        )
 
     @property
     def uses_cluster_endpoints(self) -> bool:
@@ -320,9 +360,12 @@ class PlanPort:
         return self.cluster if which == "cluster" else self.local
 
     def frontends(self) -> list[Frontend]:
-        out = [Frontend("ClusterIP", self.cluster_ip, self.port, self.protocol)]
-        out += [Frontend("ExternalIP", ip, self.port, self.protocol) for ip in self.external_ips]
-        out += [Frontend("LoadBalancer", ip, self.port, self.protocol) for ip in self.lb_ips]
+        out = [Frontend("ClusterIP", self.cluster_ip, self.port, self.protocol, "internal", "cluster IP")]
+        out += self.internal_frontends
+        ext, lb = "external IP", "loadbalancer IP"
+        out += [Frontend("ExternalIP", ip, self.port, self.protocol, "external", ext) for ip in self.external_ips]
+        out += self.external_frontends
+        out += [Frontend("LoadBalancer", ip, self.port, self.protocol, "external", lb) for ip in self.lb_ips]
         if self.node_port:
             out.append(Frontend("NodePort", None, self.node_port, self.protocol))
         return out
@@ -491,39 +534,32 @@ def _topology_ok(ep: EndpointInfo, mode: str, cfg: ProxyConfig) -> bool:
     return True
 
 
-def _lb_ips(svc: Service, family: Family) -> tuple[str, ...]:
-    """A LoadBalancer's VIPs for one family (KUBE-PROXY.md §3.1): the
-    ``status.loadBalancer.ingress[].ip`` values, skipping hostname-only entries
-    (``ip == ""``) and ``ipMode: Proxy`` (nil or ``VIP`` means use it), in order."""
-    if svc.type != "LoadBalancer":
-        return ()
-    fam6 = family == "IPv6"
-    return tuple(
-        ing.ip
-        for ing in svc.load_balancer_ingress
-        if ing.ip and ing.ip_mode in (None, "VIP") and (":" in ing.ip) == fam6
-    )
-
-
 def plan_port(
     cluster: Cluster, svc: Service, sp: ServicePort, cfg: ProxyConfig
 ) -> PlanPort | None:
     """One service port for one proxier, or None when kube-proxy skips it for this family."""
     cip = svc.cluster_ip_for(cfg.family)
-    if svc.headless or svc.type == "ExternalName" or cip is None:
+    pm = cfg.plugin_manager
+    registry = pm.registry
+    handler = registry.get(svc.type)
+    if svc.headless or cip is None or handler is None or not handler.proxied:
         return None
     fam6 = cfg.family == "IPv6"
     ext_ips = tuple(ip for ip in svc.external_ips if (":" in ip) == fam6)
-    lb_ips = _lb_ips(svc, cfg.family)  # before categorisation: it feeds ExternallyAccessible
-    ranges = tuple(c for c in svc.load_balancer_source_ranges if (":" in c) == fam6)
-    accessible_type = svc.type in ("LoadBalancer", "NodePort") or bool(svc.external_ips)
+    specs: list[FrontendSpec] = registry.call(svc.type, "frontends", svc, sp, cfg.family, cluster)
+    lb_ips, ranges, extra = _plugin_frontends(svc, sp, cfg, specs)  # they feed ExternallyAccessible
+    accessible_type = handler.externally_accessible or bool(svc.external_ips)
     external_local = accessible_type and svc.external_traffic_policy == "Local"
     internal_local = svc.internal_traffic_policy == "Local"
-    hc = svc.health_check_node_port if svc.type == "LoadBalancer" and external_local else 0
-    every, selector = endpoint_selection(svc, sp, _endpoints_for(cluster, svc, sp, cfg.family, cfg.node))
+    hc = int(registry.call(svc.type, "health_check_node_port", svc)) if external_local else 0
+    every, selector = endpoint_selection(
+        svc, sp, _endpoints_for(cluster, svc, sp, cfg.family, cfg.node), cfg.family, pm
+    )
     eps = [e for e in every if e.weight > 0]
 
-    accessible = sp.node_port != 0 or bool(lb_ips) or bool(ext_ips)
+    accessible = (
+        sp.node_port != 0 or bool(lb_ips) or bool(ext_ips) or any(f.policy == "external" for f in extra)
+    )
     uses_cluster = not internal_local or accessible
     uses_local = internal_local or (external_local and accessible)
     cluster_eps: list[EndpointInfo] = []
@@ -580,23 +616,95 @@ def plan_port(
         cluster_fallback=cluster_fb,
         local_fallback=local_fb,
         selector=selector,
+        service_type=svc.type,
+        extra_frontends=tuple(extra),
     )
 
 
-def endpoint_selection(
-    svc: Service, sp: ServicePort, eps: list[EndpointInfo]
-) -> tuple[list[EndpointInfo], Selector]:
-    """The selector of one service port and its endpoints with their weights.
+def _plugin_frontends(
+    svc: Service, sp: ServicePort, cfg: ProxyConfig, specs: Sequence[FrontendSpec]
+) -> tuple[tuple[str, ...], tuple[str, ...], list[Frontend]]:
+    """A handler's frontends for one port and family: load-balancer IPs (with their
+    source ranges) and other frontends. A frontend of the other family is skipped;
+    a malformed one is an error naming the Service, the type and the address."""
+    lb_ips: list[str] = []
+    ranges: tuple[str, ...] | None = None
+    extra: list[Frontend] = []
+    fam6 = cfg.family == "IPv6"
+    who = f"Service {svc.ref}: type {svc.type}"
+    for spec in specs:
+        if not isinstance(spec, FrontendSpec):
+            raise ManifestError(f"{who}: frontends() returned {spec!r}, not a FrontendSpec")
+        try:
+            addr = ipaddress.ip_address(spec.ip)
+        except ValueError:
+            raise ManifestError(f"{who}: frontend {spec.ip!r} is not an IP address") from None
+        if (addr.version == 6) != fam6:
+            continue
+        protocol = spec.protocol or sp.protocol
+        port = spec.port if spec.port is not None else sp.port
+        if protocol not in ("TCP", "UDP", "SCTP") or not 0 < port < 65536:
+            raise ManifestError(f"{who}: frontend {spec.ip}: bad port {port}/{protocol}")
+        if spec.policy not in ("internal", "external"):
+            raise ManifestError(f"{who}: frontend {spec.ip}: policy {spec.policy!r} is not internal or external")
+        if spec.kind == "LoadBalancer":
+            if port != sp.port or protocol != sp.protocol or spec.policy != "external":
+                raise ManifestError(
+                    f"{who}: frontend {spec.ip}: a LoadBalancer frontend uses the service port and "
+                    "the external policy"
+                )
+            if ranges is not None and tuple(spec.source_ranges) != ranges:
+                raise ManifestError(f"{who}: LoadBalancer frontends of one port must share their source ranges")
+            ranges = tuple(spec.source_ranges)
+            if str(addr) not in lb_ips:
+                lb_ips.append(str(addr))
+            continue
+        if spec.kind in BUILTIN_FRONTEND_KINDS:
+            raise ManifestError(f"{who}: frontend {spec.ip}: kind {spec.kind!r} is kube-proxy's own")
+        if spec.source_ranges:
+            raise ManifestError(f"{who}: frontend {spec.ip}: source ranges apply to LoadBalancer frontends only")
+        if protocol != sp.protocol:
+            raise ManifestError(f"{who}: frontend {spec.ip}: protocol must be the service port's ({sp.protocol})")
+        extra.append(Frontend(spec.kind, str(addr), port, protocol, spec.policy, spec.comment))
+    return tuple(lb_ips), ranges or (), extra
 
-    Weights with the ``random`` selector make it ``weighted``; equal weights with
-    ``weighted`` are kube-proxy's uniform choice. Bad annotations raise ManifestError.
+
+def endpoint_selection(
+    svc: Service,
+    sp: ServicePort,
+    eps: list[EndpointInfo],
+    family: Family = "IPv4",
+    plugins: KproxyPluginManager | None = None,
+) -> tuple[list[EndpointInfo], Selector]:
+    """The selector of one service port and its endpoints with their weights, from the
+    ``kproxy_endpoint_selector`` and ``kproxy_endpoint_weights`` hooks (the bundled
+    annotations plugin answers last).
+
+    Weights with the ``random`` selector make it ``weighted``. A bad answer raises
+    ManifestError naming the Service and the hook.
     """
+    if plugins is None:
+        from .plugins import get_plugin_manager
+
+        plugins = get_plugin_manager()
+    who = f"Service {svc.ref}: port {sp.name or sp.port}"
     try:
-        selector, weights = selector_from_annotations(svc.annotations, sp.name, f"Service {svc.ref}")
-    except ValueError as e:
+        selector = plugins.call_hook("kproxy_endpoint_selector", service=svc, port=sp, family=family)
+        weights = plugins.call_hook("kproxy_endpoint_weights", service=svc, port=sp, endpoints=tuple(eps))
+    except ValueError as e:  # the annotations plugin words its own errors
         raise ManifestError(str(e)) from None
-    if weights:
-        eps = [replace(e, weight=weight_for(weights, e.ip, e.endpoint, e.target)) for e in eps]
+    if selector is not None and not isinstance(selector, Selector):
+        raise ManifestError(f"{who}: kproxy_endpoint_selector returned {selector!r}, not a Selector")
+    if weights is not None:
+        weights = list(weights)
+        if len(weights) != len(eps) or not all(
+            isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= MAX_WEIGHT for w in weights
+        ):
+            raise ManifestError(
+                f"{who}: kproxy_endpoint_weights must return {len(eps)} integers between 0 and {MAX_WEIGHT}, "
+                f"not {weights!r}"
+            )
+        eps = [replace(e, weight=w) for e, w in zip(eps, weights, strict=True)]
     selector = selector or DEFAULT_SELECTOR
     if selector.kind == "random" and not uniform_weights([e.weight for e in eps if e.weight > 0]):
         selector = replace(selector, kind="weighted")
@@ -616,6 +724,7 @@ def make_config(
     mode: str = "iptables",
     pod_bridge_interface: str | None = None,
     pod_interface_name_prefix: str | None = None,
+    plugins: KproxyPluginManager | None = None,
 ) -> ProxyConfig:
     """Build one family's ProxyConfig; bad flag values raise ManifestError (one line each).
 
@@ -679,6 +788,7 @@ def make_config(
         nodeport_cidrs=np_cidrs,
         localhost_nodeports=localhost_nodeports,
         mode=mode,
+        plugins=plugins,
     )
 
 
@@ -750,10 +860,25 @@ def _enter_internal(w: Walk, pp: PlanPort, cfg: ProxyConfig, from_pod: bool, cha
     return w
 
 
+def plugin_frontend(pp: PlanPort, kind: str) -> Frontend | None:
+    """The first plugin frontend of ``kind`` on ``pp`` (None for kube-proxy's kinds)."""
+    if kind in BUILTIN_FRONTEND_KINDS:
+        return None
+    for f in pp.extra_frontends:
+        if f.kind == kind:
+            return f
+    raise KeyError(f"{pp.spn} has no {kind} frontend")
+
+
+def _describe_plugin_frontend(fe: Frontend, spn: str) -> str:
+    like = "the cluster IP (internal policy)" if fe.policy == "internal" else "an external IP (external policy)"
+    return f"destination is a {fe.comment} of {spn}: a {fe.kind} frontend, handled like {like}"
+
+
 def walk(
     pp: PlanPort,
     cfg: ProxyConfig,
-    kind: FrontendKind,
+    kind: str,
     *,
     from_pod: bool,
     from_local: bool,
@@ -779,12 +904,15 @@ def walk(
     tests/test_kernel_iptables.py; kube-proxy's unit-test tracer runs every filter chain
     for every packet and would say REJECT).
     """
+    fe = plugin_frontend(pp, kind)
+    shape: FrontendKind = fe.shape if fe is not None else kind  # type: ignore[assignment]
     if cfg.nftables:
         return _walk_nft(
-            pp, cfg, kind, from_pod=from_pod, from_local=from_local, nodeport_accepted=nodeport_accepted,
-            source_allowed=source_allowed, dst_local=dst_local,
+            pp, cfg, shape, from_pod=from_pod, from_local=from_local, nodeport_accepted=nodeport_accepted,
+            source_allowed=source_allowed, dst_local=dst_local, plugin=fe,
         )
     spn = pp.spn
+    kind = shape
     w = Walk("PASS", chains=[KUBE_SERVICES])
     no_eps: Verdict = "REJECT" if not pp.has_endpoints else "DROP"
     det = cfg.detector
@@ -803,7 +931,10 @@ def walk(
         return w
 
     if kind == "ClusterIP":
-        w.steps.append(f"{pp.cluster_ip}:{pp.port}/{pp.protocol} is the cluster IP of {spn}")
+        w.steps.append(
+            _describe_plugin_frontend(fe, spn) if fe is not None
+            else f"{pp.cluster_ip}:{pp.port}/{pp.protocol} is the cluster IP of {spn}"
+        )
         if not pp.has_internal_endpoints:
             if not pp.has_endpoints:
                 return filter_verdict(
@@ -828,7 +959,9 @@ def walk(
         return w
 
     if kind == "ExternalIP":
-        w.steps.append(f"destination is an external IP of {spn}")
+        w.steps.append(
+            _describe_plugin_frontend(fe, spn) if fe is not None else f"destination is an external IP of {spn}"
+        )
         if not pp.has_endpoints:
             if from_local and not dst_local:
                 return output_only()
@@ -937,6 +1070,7 @@ def _walk_nft(
     nodeport_accepted: bool,
     source_allowed: bool,
     dst_local: bool,
+    plugin: Frontend | None = None,
 ) -> Walk:
     """:func:`walk` through the rules render/nftables.py writes (NFTABLES.md §1.6, §2).
 
@@ -995,7 +1129,10 @@ def _walk_nft(
 
     w.chains += [nft_nat_chain(from_local), NFT_SERVICES]
     if kind == "ClusterIP":
-        w.steps.append(f"{pp.cluster_ip}:{pp.port}/{pp.protocol} is the cluster IP of {spn}")
+        w.steps.append(
+            _describe_plugin_frontend(plugin, spn) if plugin is not None
+            else f"{pp.cluster_ip}:{pp.port}/{pp.protocol} is the cluster IP of {spn}"
+        )
         if not pp.has_internal_endpoints:
             if not pp.has_endpoints:
                 return no_endpoints(filt, NFT_SERVICE_ENDPOINTS_CHECK, "the cluster IP is")
@@ -1009,7 +1146,9 @@ def _walk_nft(
     check = NFT_SERVICE_ENDPOINTS_CHECK
     hook = filt
     if kind == "ExternalIP":
-        w.steps.append(f"destination is an external IP of {spn}")
+        w.steps.append(
+            _describe_plugin_frontend(plugin, spn) if plugin is not None else f"destination is an external IP of {spn}"
+        )
     elif kind == "LoadBalancer":
         w.steps.append(f"destination is a load-balancer IP of {spn}")
     else:  # NodePort

@@ -15,6 +15,15 @@ them. A record with an empty list has no KUBE-FW: bit 2 is always set (its actio
 4-7 equal 0-3 anyway). In nftables mode the firewall is ``firewall-<base>``
 (:func:`kproxy_core.plan.fw_active`: not conditioned on endpoints).
 
+Endpoint selectors (:mod:`kproxy_core.selectors`): each port has a selector code
+(``port_selector``) and seed (``port_seed``), each pool entry its weight
+(``pool_weight``); Maglev and source-hash pools have their lookup table (M entries, each
+an index into the pool) in ``sel_table`` at ``port_table_start``/``port_table_len``. The
+cores derive the rest (alias tables, round-robin state) when they load the tables.
+Maglev tables are the expensive part (M ≥ 100 × the pool's endpoints), so they are built
+by the compiled core's builder when it is available and cached per PlanPort with the
+walks.
+
 nftables mode adds cluster-ips-check (``cip_*``: every ClusterIP of the family with the
 first service port that has it; ``scidr_*``: this family's service CIDRs), consulted only
 for a packet that matches no frontend and is not addressed to the node. Both are empty
@@ -24,20 +33,37 @@ in iptables mode.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from .addresses import parse_cidr
 from .model import PROTO_NUMBERS
-from .plan import PlanPort, ProxyPlan, Walk, fw_active, fw_sources, walk
+from .plan import EndpointInfo, PlanPort, ProxyPlan, Walk, fw_active, fw_sources, walk
+from .selectors import SELECTOR_CODES, default_table_size, maglev_permutation
 
 VERDICTS = ("PASS", "DNAT", "REJECT", "DROP")
 VERDICT_CODE = {v: i for i, v in enumerate(VERDICTS)}
-FRONTENDS = (None, "ClusterIP", "NodePort", "ExternalIP", "LoadBalancer")
+# frontend kind codes: kube-proxy's four, then plugin kinds in the order first seen
+# (append-only and process-wide, so a code never changes meaning; 7 bits in the flow table)
+FRONTENDS: list[str | None] = [None, "ClusterIP", "NodePort", "ExternalIP", "LoadBalancer"]
 FRONTEND_CODE = {v: i for i, v in enumerate(FRONTENDS) if v is not None}
+MAX_FRONTEND_KINDS = 127
+
+
+def frontend_code(kind: str) -> int:
+    """The code of a frontend kind, assigning the next one to a new plugin kind."""
+    code = FRONTEND_CODE.get(kind)
+    if code is None:
+        if len(FRONTENDS) > MAX_FRONTEND_KINDS:
+            raise ValueError(f"frontend kind {kind!r}: more than {MAX_FRONTEND_KINDS} kinds")
+        code = FRONTEND_CODE[kind] = len(FRONTENDS)
+        FRONTENDS.append(kind)
+    return code
 POOL_CODE = {None: 0, "cluster": 1, "local": 2}
 
 # source classes: bit 0 = matched by the local detector, bit 1 = addrtype LOCAL,
@@ -102,7 +128,7 @@ class FamilyTables:
     det_on: bool
     det_addr: np.ndarray  # v4: uint32[1]; v6: uint8[1, 16]
     det_prefix: int
-    duplicates: tuple[str, ...] = ()
+    duplicates: tuple[str, ...] = ()  # warnings from flattening: duplicate frontends, Maglev table sizes
     # nftables' cluster-ips-check (empty in iptables mode), consulted only for a packet that
     # matches no frontend and is not addressed to the node: to an active ClusterIP (any
     # port, any protocol) -> REJECT with that ClusterIP's service; else inside a service
@@ -111,11 +137,54 @@ class FamilyTables:
     cip_service: np.ndarray = field(default_factory=_empty)  # (C,) int32: first service port with it
     scidr_addr: np.ndarray = field(default_factory=_empty)  # v4: uint32[S]; v6: uint8[S, 16]
     scidr_prefix: np.ndarray = field(default_factory=_empty)  # (S,) uint8
+    # endpoint selectors (kproxy_core.selectors); None: every port random, every weight 1
+    port_selector: np.ndarray | None = None  # (P,) uint8: selectors.SELECTOR_CODES
+    port_seed: np.ndarray | None = None  # (P,) uint64: the Maglev / source-hash seed
+    pool_weight: np.ndarray | None = None  # like pool_ep, uint32: 1 .. selectors.MAX_WEIGHT
+    port_table_start: np.ndarray | None = None  # (P, 2) int64: each pool's lookup table in sel_table
+    port_table_len: np.ndarray | None = None  # (P, 2) int64: its size M (0: none)
+    sel_table: np.ndarray | None = None  # (T,) int32: Maglev lookup tables, entries index the pool
 
 
-# id(PlanPort) -> (the PlanPort, {frontend kind: (actions, nodeport filter action)});
-# holding the PlanPort keeps its id from being reused while the entry lives.
-TableCache = dict[int, tuple[PlanPort, dict[str, tuple[list[int], int]]]]
+# id(PlanPort) -> (the PlanPort, {frontend kind: (actions, nodeport filter action),
+# "maglev/<pool>": (lookup table, warnings)}); holding the PlanPort keeps its id from
+# being reused while the entry lives.
+TableCache = dict[int, tuple[PlanPort, dict[str, Any]]]
+
+
+def maglev_builder() -> Callable[..., np.ndarray]:
+    """``maglev_table(offsets, skips, weights, M)`` of the compiled core when it is built
+    (and ``KPROXY_NO_EXTENSIONS`` is unset), else the pure-Python twin's (the same tables)."""
+    if os.environ.get("KPROXY_NO_EXTENSIONS", "") in ("", "0"):
+        try:
+            from ._engine import maglev_table
+
+            return maglev_table  # type: ignore[no-any-return]
+        except ImportError:  # pragma: no cover - only without a build
+            pass
+    from ._engine_py import maglev_table as py_table
+
+    return py_table
+
+
+def _maglev(pp: PlanPort, pool: tuple[EndpointInfo, ...], which: str,
+            build: Callable[..., np.ndarray]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """One pool's Maglev lookup table and the warnings its size deserves."""
+    sel = pp.selector
+    n = len(pool)
+    size = sel.table_size or default_table_size(n)
+    warn: list[str] = []
+    if sel.table_size and n > size:
+        fallback = default_table_size(n)
+        warn.append(f"{pp.spn}: {sel.kind} table size {size} is smaller than the {n} endpoints of its "
+                    f"{which} pool (some would get no slot); using {fallback}")
+        size = fallback
+    elif sel.table_size and size < 100 * n:
+        warn.append(f"{pp.spn}: {sel.kind} table size {size} is below 100 × the {n} endpoints of its "
+                    f"{which} pool: endpoints' shares may differ by more than 1%")
+    perms = [maglev_permutation(e.endpoint, size, sel.seed) for e in pool]
+    table = build([p[0] for p in perms], [p[1] for p in perms], [e.weight for e in pool], size)
+    return np.asarray(table, dtype=np.int32), tuple(warn)
 
 
 def _actions(pp: PlanPort, plan: ProxyPlan, kind: str, dst_local: bool) -> tuple[list[int], int]:
@@ -128,7 +197,7 @@ def _actions(pp: PlanPort, plan: ProxyPlan, kind: str, dst_local: bool) -> tuple
         ]
     else:  # no KUBE-FW: the source-range bit changes nothing
         actions = [
-            encode(walk(pp, cfg, kind, from_pod=p, from_local=lo, dst_local=dst_local))  # type: ignore[arg-type]
+            encode(walk(pp, cfg, kind, from_pod=p, from_local=lo, dst_local=dst_local))
             for p, lo in CLASSES
         ] * 2
     np_filter = 0
@@ -167,6 +236,14 @@ def build_tables(
     pool_start: list[tuple[int, int]] = []
     pool_len: list[tuple[int, int]] = []
     pool_ep: list[int] = []
+    pool_weight: list[int] = []
+    port_selector: list[int] = []
+    port_seed: list[int] = []
+    table_start: list[tuple[int, int]] = []
+    table_len: list[tuple[int, int]] = []
+    sel_tables: list[np.ndarray] = []
+    n_table = 0
+    build_maglev: Callable[..., np.ndarray] | None = None
     ep_index: dict[tuple[str, int], int] = {}
     ep_list: list[tuple[str, int]] = []
 
@@ -189,7 +266,7 @@ def build_tables(
 
     def add_record(pi: int, pp: PlanPort, kind: str, ip: str | None = None) -> int:
         hit = cache.get(id(pp)) if cache is not None else None
-        entry = hit if hit is not None and hit[0] is pp else (pp, {})
+        entry = hit if hit is not None and hit[0] is pp else fresh.get(id(pp), (pp, {}))
         fresh[id(pp)] = entry
         dst_local = ip is not None and cfg.is_local_address(ip)
         ckey = f"{kind}/{int(dst_local)}"
@@ -197,7 +274,7 @@ def build_tables(
             entry[1][ckey] = _actions(pp, plan, kind, dst_local)
         actions, np_filter = entry[1][ckey]
         rec_port.append(pi)
-        rec_kind.append(FRONTEND_CODE[kind])
+        rec_kind.append(frontend_code(kind))
         rec_action.append(actions)
         rec_np_filter.append(np_filter)
         rec_fw.append(fw_list(pi, pp) if kind == "LoadBalancer" and fw_active(pp, cfg) else (0, 0))
@@ -206,13 +283,35 @@ def build_tables(
     for pi, pp in enumerate(plan.ports):
         port_service.append(service_index[pp.spn])
         port_affinity.append(pp.affinity_timeout)
-        starts, lens = [], []
-        for pool in (pp.cluster, pp.local):
+        kind = pp.selector.kind
+        pools = (pp.cluster, pp.local)
+        if kind == "weighted" and all(len({e.weight for e in pool}) <= 1 for pool in pools):
+            kind = "random"  # equal weights: exactly kube-proxy's uniform pick, without the alias read
+        port_selector.append(SELECTOR_CODES[kind])
+        port_seed.append(pp.selector.seed)
+        starts, lens, tstarts, tlens = [], [], [0, 0], [0, 0]
+        for w, pool in enumerate(pools):
             starts.append(len(pool_ep))
             lens.append(len(pool))
             pool_ep.extend(ep_id(e.ip, e.port) for e in pool)
+            pool_weight.extend(e.weight for e in pool)
+            if kind in ("maglev", "source-hash") and pool:
+                hit = cache.get(id(pp)) if cache is not None else None
+                entry = hit if hit is not None and hit[0] is pp else fresh.get(id(pp), (pp, {}))
+                fresh[id(pp)] = entry
+                mkey = f"maglev/{w}"
+                if mkey not in entry[1]:
+                    build_maglev = build_maglev or maglev_builder()
+                    entry[1][mkey] = _maglev(pp, pool, "cluster" if w == 0 else "local", build_maglev)
+                table, warns = entry[1][mkey]
+                dups.extend(warns)
+                tstarts[w], tlens[w] = n_table, len(table)
+                sel_tables.append(table)
+                n_table += len(table)
         pool_start.append((starts[0], starts[1]))
         pool_len.append((lens[0], lens[1]))
+        table_start.append((tstarts[0], tstarts[1]))
+        table_len.append((tlens[0], tlens[1]))
         proto = PROTO_NUMBERS[pp.protocol]
         for f in pp.frontends():
             if f.kind == "NodePort":
@@ -284,4 +383,10 @@ def build_tables(
         cip_service=np.array(list(cips.values()), dtype=np.int32),
         scidr_addr=_addr_array([c[0] for c in scidrs], v6),
         scidr_prefix=np.array([c[1] for c in scidrs], dtype=np.uint8),
+        port_selector=np.array(port_selector, dtype=np.uint8),
+        port_seed=np.array(port_seed, dtype=np.uint64),
+        pool_weight=np.array(pool_weight, dtype=np.uint32),
+        port_table_start=np.array(table_start, dtype=np.int64).reshape(-1, 2),
+        port_table_len=np.array(table_len, dtype=np.int64).reshape(-1, 2),
+        sel_table=np.concatenate(sel_tables) if sel_tables else np.zeros(0, dtype=np.int32),
     )

@@ -23,7 +23,6 @@ from .plan import (
     NFT_MARK_MASQ,
     NFT_SERVICES,
     EndpointInfo,
-    FrontendKind,
     PlanPort,
     ProxyConfig,
     Walk,
@@ -123,7 +122,7 @@ def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
 
 def _match(
     engine: Engine, fam: Family, dst: str, dport: int, proto: str
-) -> tuple[PlanPort | None, FrontendKind | None, bool]:
+) -> tuple[PlanPort | None, str | None, bool]:
     """The frontend a NEW packet hits, as the core's tables match it."""
     plan = engine.plans[fam]
     cfg = plan.config

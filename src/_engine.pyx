@@ -76,7 +76,7 @@ cdef packed struct _out6:  # engine.OUT6_DTYPE (kp_out6 in kp_core.h)
 
 cdef uint64_t M64 = 0xFFFFFFFFFFFFFFFF
 cdef tuple _VERDICTS = tuple(VERDICTS)
-cdef tuple _FRONTENDS = tuple(FRONTENDS)
+cdef list _FRONTENDS = FRONTENDS  # grows as plugins add frontend kinds (tables.frontend_code)
 cdef dict _PROTO_IN = dict(PROTO_IN)
 _time = time.time
 assert SLOTS == KP_SLOTS and AFFINITY_SALT == 0x9E3779B97F4A7C15

@@ -12,6 +12,11 @@ import kproxy_core as kp
 
 IMPLS = ["compiled", "python"]
 
+# Whatever kproxy plugins happen to be installed must not change results; tests that
+# want entry points ask for them (make_plugin_manager(entry_points=True), or a
+# subprocess environment without this variable).
+os.environ.setdefault("KPROXY_DISABLE_PLUGIN_AUTOLOAD", "1")
+
 
 @pytest.fixture(params=IMPLS)
 def impl(request: pytest.FixtureRequest) -> str:

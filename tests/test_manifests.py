@@ -448,7 +448,8 @@ W = "Service default/web: "
         ),
         (
             {"type": "Balanced"},
-            'spec.type: "Balanced" is not supported (ClusterIP, NodePort, LoadBalancer or ExternalName)',
+            'spec.type: "Balanced" is not a known Service type (ClusterIP, NodePort, LoadBalancer, ExternalName; '
+            "plugins add others)",
         ),
         ({"clusterIP": "10.0.0.300"}, 'spec.clusterIP: "10.0.0.300" is not a valid IP address'),
         (
@@ -537,7 +538,8 @@ def test_service_problems_are_all_collected() -> None:
     assert found == [
         'Service default/a: spec.clusterIP: "x" is not a valid IP address',
         "Service default/a: spec.ports[0].port: 0 is not a valid port",
-        'Service default/b: spec.type: "Foo" is not supported (ClusterIP, NodePort, LoadBalancer or ExternalName)',
+        'Service default/b: spec.type: "Foo" is not a known Service type (ClusterIP, NodePort, LoadBalancer, '
+        "ExternalName; plugins add others)",
     ]
 
 

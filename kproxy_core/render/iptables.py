@@ -38,6 +38,7 @@ from functools import cmp_to_key
 
 from ..addresses import Family
 from ..plan import KUBE_MARK_MASQ, KUBE_NODEPORTS, KUBE_SERVICES, EndpointInfo, PlanPort, ProxyPlan
+from . import plugin_rules
 
 __all__ = [
     "LARGE_CLUSTER_ENDPOINTS_THRESHOLD",
@@ -108,6 +109,9 @@ class _Buffers:
     filter_rules: list[str] = field(default_factory=list)
     nat_chains: list[str] = field(default_factory=list)
     nat_rules: list[str] = field(default_factory=list)
+    # plugin rule text: (chain declarations, rules), after kube-proxy's own
+    filter_extra: tuple[list[str], list[str]] = field(default_factory=lambda: ([], []))
+    nat_extra: tuple[list[str], list[str]] = field(default_factory=lambda: ([], []))
 
     def filter_chain(self, name: str) -> None:
         self.filter_chains.append(f":{name} - [0:0]")
@@ -218,6 +222,13 @@ def render_iptables(
             localhost_nodeport_counter=options.nfacct and not ipv6 and localhost_nodeports,
         )
 
+    for rt in plugin_rules(plan, "iptables"):
+        if rt.table not in ("filter", "nat"):
+            raise ValueError(f"{rt!r}: table must be 'filter' or 'nat'")
+        extra = b.filter_extra if rt.table == "filter" else b.nat_extra
+        extra[0].extend(f":{c} - [0:0]" for c in rt.chains)
+        extra[1].extend(rt.lines)
+
     # The NodePort catch-all, after every per-service KUBE-SERVICES rule (§6.4).
     if cfg.nodeport_match_all:
         if ipv6:
@@ -253,8 +264,9 @@ def render_iptables(
     builtin_f = [f":{c} ACCEPT [0:0]" for c in BUILTIN_CHAINS["filter"]] if with_jumps else []
     builtin_n = [f":{c} ACCEPT [0:0]" for c in BUILTIN_CHAINS["nat"]] if with_jumps else []
     lines = [
-        "*filter", *builtin_f, *b.filter_chains, *b.filter_rules, *jumps_f, "COMMIT",
-        "*nat", *builtin_n, *b.nat_chains, *b.nat_rules, *jumps_n, "COMMIT",
+        "*filter", *builtin_f, *b.filter_chains, *b.filter_extra[0], *b.filter_rules, *b.filter_extra[1],
+        *jumps_f, "COMMIT",
+        "*nat", *builtin_n, *b.nat_chains, *b.nat_extra[0], *b.nat_rules, *b.nat_extra[1], *jumps_n, "COMMIT",
     ]
     return "\n".join(lines) + "\n"
 
@@ -307,7 +319,14 @@ def _render_port(
             "-A", KUBE_SERVICES, "-m comment --comment", internal_comment, match_proto,
             "-d", pp.cluster_ip, "--dport", port, "-j", internal_target,
         )
-    # 2. external IPs
+    # 1b. plugin frontends with the internal policy: written like the cluster IP
+    for fe in pp.internal_frontends:
+        fe_match = (f"-m {fe.protocol.lower()} -p {fe.protocol.lower()}", "-d", str(fe.ip), "--dport", str(fe.port))
+        if has_internal:
+            b.nat("-A", KUBE_SERVICES, "-m comment --comment", f'"{spn} {fe.comment}"', *fe_match, "-j", internal_chain)
+        else:
+            b.filter("-A", KUBE_SERVICES, "-m comment --comment", internal_comment, *fe_match, "-j", internal_target)
+    # 2. external IPs (and plugin frontends with the external policy, written the same way)
     for eip in pp.external_ips:
         if has_endpoints:
             b.nat(
@@ -318,6 +337,15 @@ def _render_port(
             b.filter(
                 "-A", KUBE_EXTERNAL_SERVICES, "-m comment --comment", external_comment, match_proto,
                 "-d", eip, "--dport", port, "-j", external_target,
+            )
+    for fe in pp.external_frontends:
+        fe_match = (f"-m {fe.protocol.lower()} -p {fe.protocol.lower()}", "-d", str(fe.ip), "--dport", str(fe.port))
+        if has_endpoints:
+            b.nat("-A", KUBE_SERVICES, "-m comment --comment", f'"{spn} {fe.comment}"', *fe_match, "-j", external_chain)
+        if not has_external:
+            b.filter(
+                "-A", KUBE_EXTERNAL_SERVICES, "-m comment --comment", external_comment, *fe_match,
+                "-j", external_target,
             )
     # 3. load-balancer IPs
     for lbip in pp.lb_ips:
@@ -365,12 +393,16 @@ def _render_port(
 
     # 7. internal masquerade (into the internal traffic chain, which may be KUBE-SVL)
     if has_internal:
-        head = ("-A", internal_chain, "-m comment --comment", f'"{spn} cluster IP"', match_proto,
-                "-d", pp.cluster_ip, "--dport", port)
-        if mark_masq_all:
-            b.nat(*head, "-j", KUBE_MARK_MASQ)
-        elif detector is not None:
-            b.nat(*head, detector[1], "-j", KUBE_MARK_MASQ)
+        internal = [(pp.cluster_ip, port, "cluster IP", match_proto)] + [
+            (str(fe.ip), str(fe.port), fe.comment, f"-m {fe.protocol.lower()} -p {fe.protocol.lower()}")
+            for fe in pp.internal_frontends
+        ]
+        for ip, dport, what, match in internal:
+            head = ("-A", internal_chain, "-m comment --comment", f'"{spn} {what}"', match, "-d", ip, "--dport", dport)
+            if mark_masq_all:
+                b.nat(*head, "-j", KUBE_MARK_MASQ)
+            elif detector is not None:
+                b.nat(*head, detector[1], "-j", KUBE_MARK_MASQ)
 
     # 8. external traffic chain
     if pp.uses_external_chain:

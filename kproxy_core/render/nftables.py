@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 from ..addresses import parse_cidr, parse_ip, split_host_port
 from ..plan import EndpointInfo, PlanPort, ProxyPlan, valid_source_ranges
+from . import plugin_rules
 
 __all__ = [
     "BASE_CHAINS",
@@ -467,11 +468,21 @@ def _service_port(
     else:
         tx.ensure_elem(NO_ENDPOINT_SERVICES, [pp.cluster_ip, proto, port], internal_verdict, pp.spn)
 
-    for ip in pp.external_ips:
+    # plugin frontends with the internal policy: like the ClusterIP (not in cluster-ips)
+    for fe in pp.internal_frontends:
+        key = [str(fe.ip), fe.protocol.lower(), str(fe.port)]
+        if pp.has_internal_endpoints:
+            tx.ensure_elem(SERVICE_IPS, key, f"goto {internal_chain}")
+        else:
+            tx.ensure_elem(NO_ENDPOINT_SERVICES, key, internal_verdict, pp.spn)
+
+    external = [[ip, proto, port] for ip in pp.external_ips]
+    external += [[str(fe.ip), fe.protocol.lower(), str(fe.port)] for fe in pp.external_frontends]
+    for key in external:
         if pp.has_endpoints:
-            tx.ensure_elem(SERVICE_IPS, [ip, proto, port], f"goto {external_chain}")
+            tx.ensure_elem(SERVICE_IPS, key, f"goto {external_chain}")
         if not pp.has_external_endpoints:
-            tx.ensure_elem(NO_ENDPOINT_SERVICES, [ip, proto, port], external_verdict, pp.spn)
+            tx.ensure_elem(NO_ENDPOINT_SERVICES, key, external_verdict, pp.spn)
 
     ranges = valid_source_ranges(pp)
     uses_fw_chain = bool(pp.lb_ips) and bool(ranges)  # not conditioned on endpoints (unlike iptables)
@@ -494,10 +505,11 @@ def _service_port(
 
     # chain contents
     if pp.has_internal_endpoints:
-        if cfg.masquerade_all:
-            tx.rule(internal_chain, f"{w.ipx} daddr {pp.cluster_ip} jump {MARK_MASQ}")
-        elif detector is not None:
-            tx.rule(internal_chain, f"{w.ipx} daddr {pp.cluster_ip} {detector[1]} jump {MARK_MASQ}")
+        for vip in [pp.cluster_ip] + [str(fe.ip) for fe in pp.internal_frontends]:
+            if cfg.masquerade_all:
+                tx.rule(internal_chain, f"{w.ipx} daddr {vip} jump {MARK_MASQ}")
+            elif detector is not None:
+                tx.rule(internal_chain, f"{w.ipx} daddr {vip} {detector[1]} jump {MARK_MASQ}")
 
     if pp.uses_external_chain:
         if not pp.external_local:
@@ -560,6 +572,10 @@ def render_nftables(
     setup_chains = set(tx.created)
     for pp in plan.ports:
         _service_port(tx, pp, plan, options, w, detector, node_ip)
+    for rt in plugin_rules(plan, "nftables"):
+        for chain in rt.chains:
+            tx.ensure_chain(chain)
+        tx.lines.extend(rt.lines)
     service_chains = tx.created - setup_chains
     for chain in options.stale_chains:
         if chain not in service_chains:

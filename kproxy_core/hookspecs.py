@@ -1,0 +1,99 @@
+"""The hooks a kproxy plugin can implement.
+
+A plugin is any module or object with functions decorated ``@kproxy_core.hookimpl`` and
+named after the specs below. It is found through the ``kproxy`` entry-point group (or
+handed to :func:`kproxy_core.plugins.make_plugin_manager`). ``NAME`` names the markers,
+the manager and the entry-point group.
+
+Hooks are grouped by when they run. Arguments are add-only across versions: a hook
+implementation may accept any subset of a spec's parameters (pluggy passes only those it
+names), so a plugin keeps working when a later version adds one. Every call of a plugin
+runs while the plan is built, never per packet: a plugin chooses and parameterises, the
+compiled core executes. An exception raised in a hook becomes a
+:class:`kproxy_core.errors.PluginError` naming the plugin and the hook.
+
+docs/plugins.md has one section per hook with a runnable example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .model import Service, ServicePort
+    from .plan import EndpointInfo
+    from .selectors import Selector
+    from .servicetypes import Report, ServiceTypeRegistry
+
+NAME = "kproxy"
+
+hookspec = pluggy.HookspecMarker(NAME)
+hookimpl = pluggy.HookimplMarker(NAME)
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+@hookspec
+def kproxy_register_service_types(registry: ServiceTypeRegistry) -> None:
+    """Add Service types: call ``registry.register(handler)`` for each.
+
+    Called once, when the plugin manager is built, after every plugin is registered
+    (bundled ones first, then entry points). ``registry`` is the
+    :class:`kproxy_core.servicetypes.ServiceTypeRegistry` of the manager; a handler is a
+    :class:`kproxy_core.servicetypes.ServiceType` whose ``name`` is the ``spec.type`` it
+    serves. Registering a name twice is an error unless ``replace=True``. Return nothing.
+    """
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@hookspec
+def kproxy_validate_service(service: Service, report: Report) -> None:
+    """Check one Service of any type as it is loaded.
+
+    Called for every Service read by :func:`kproxy_core.load`,
+    :meth:`kproxy_core.Cluster.from_objects` and :meth:`kproxy_core.Engine.apply`, after the
+    core checks and the type handler's own ``validate``. ``service`` is the parsed
+    :class:`kproxy_core.model.Service` (``service.spec`` and ``service.annotations`` hold
+    the raw fields); ``report.error(field, message)`` rejects the input with one line
+    naming the object and the field, ``report.warn(field, message)`` accepts it with a
+    warning. Return nothing.
+    """
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@hookspec(firstresult=True)
+def kproxy_endpoint_selector(service: Service, port: ServicePort, family: str) -> Selector | None:
+    """Choose how new connections to one service port pick an endpoint.
+
+    Called while the plan is built, once per service port and IP family (``"IPv4"`` or
+    ``"IPv6"``). Return a :class:`kproxy_core.selectors.Selector` (kind ``random``,
+    ``weighted``, ``round-robin``, ``source-hash`` or ``maglev``, with its table size and
+    seed), or None to leave the choice to the next plugin. firstresult: the first
+    non-None answer wins; the bundled ``annotations`` plugin answers last, from the
+    ``kproxy-core.io/selector`` annotation. Nobody answering means kube-proxy's uniform
+    random choice.
+    """
+
+
+@hookspec(firstresult=True)
+def kproxy_endpoint_weights(
+    service: Service, port: ServicePort, endpoints: Sequence[EndpointInfo]
+) -> Sequence[int] | None:
+    """Weigh the endpoints of one service port.
+
+    Called while the plan is built, once per service port and IP family, with every
+    endpoint of the port in kube-proxy's order (:class:`kproxy_core.plan.EndpointInfo`:
+    ``ip``, ``port``, ``node``, ``zone``, ``target`` (the pod name), readiness). Return one
+    integer weight (0 ... 1,000,000) per endpoint, in the same order, or None to leave
+    it to the next plugin. Weight 0 takes an endpoint out of every pool. firstresult;
+    the bundled ``annotations`` plugin answers last, from ``kproxy-core.io/weights``.
+    Weights with the ``random`` selector make it ``weighted``.
+    """

@@ -1,1 +1,0 @@
-"""Bundled Service-type plugins (LoadBalancer, ExternalName arrive with the plugin issue)."""
