@@ -21,7 +21,7 @@ import numpy as np
 
 from .addresses import join_host_port, split_host_port
 from .engine import FRONTEND_NAMES, VERDICT_NAMES, Engine
-from .errors import KproxyError, ManifestError
+from .errors import KproxyError, ManifestError, PluginError
 from .manifests import load
 from .model import PROTO_NUMBERS, Cluster
 
@@ -412,6 +412,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- plugins
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    dists = {id(plugin): f"{dist.project_name} {dist.version}" for plugin, dist in pm.list_plugin_distinfo()}
+    plugins = []
+    for name, plugin in pm.list_name_plugin():
+        hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or ())
+        where = getattr(plugin, "__name__", type(plugin).__name__)
+        plugins.append({"name": name, "module": where, "distribution": dists.get(id(plugin)), "hooks": hooks})
+    registry = pm.registry
+    types = [
+        {"type": t, "plugin": registry.owner(t), "handler": type(registry.get(t)).__qualname__}
+        for t in registry.names()
+    ]
+    if args.json:
+        print(json.dumps({"plugins": plugins, "service_types": types}, indent=2))
+        return 0
+    print("plugins")
+    for p in plugins:
+        dist = f" ({p['distribution']})" if p["distribution"] else ""
+        print(f"  {p['name']:<14} {p['module']}{dist}: {', '.join(p['hooks'])}")
+    print("service types")
+    for t in types:
+        print(f"  {t['type']:<14} {t['plugin']:<14} {t['handler']}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -425,7 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("trace", help="explain what kube-proxy does with one packet")
     _add_cluster(t)
     t.add_argument("--src", required=True, metavar="IP[:PORT]", help="source (port optional)")
-    t.add_argument("--dst", required=True, metavar="IP:PORT", help="destination; [IPv6]:PORT")
+    t.add_argument("--dst", required=True, metavar="IP:PORT",
+                   help="destination; [IPv6]:PORT, or NAME:PORT for a name of the cluster zone "
+                        "(mynginx.default.svc.cluster.local:80), resolved first")
     t.add_argument("--proto", default="tcp", type=str.lower, choices=["tcp", "udp", "sctp"])
     t.add_argument("--json", action="store_true", help="print the trace as one JSON object")
     _add_engine(t)
@@ -464,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine(r)
     r.set_defaults(func=cmd_rules)
 
+    pl = sub.add_parser("plugins", help="the loaded plugins and the Service types they add")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plugins)
+
     b = sub.add_parser("bench", help="lookups/s: compiled engine, pure-Python twin, numpy baseline")
     b.add_argument("--services", type=int, default=10_000)
     b.add_argument("--endpoints", type=int, default=10)
@@ -484,6 +521,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(e).splitlines() or [type(e).__name__]:
             print(f"{PROG}: error: {line}", file=sys.stderr)
         return 2
+    except PluginError as e:  # not the input's fault: a plugin failed
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
     except KproxyError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

@@ -314,9 +314,17 @@ class Engine:
         sport: int = 0,
         now: float | None = None,
     ) -> Any:
-        """Explain one packet: chain path, candidates and probabilities, reasons (a Trace)."""
-        from .trace import trace_packet
+        """Explain one packet: chain path, candidates and probabilities, reasons (a Trace).
 
+        ``dst`` may be a name of the cluster zone (``mynginx.default.svc.cluster.local``):
+        it is resolved first (:meth:`resolve`), and the trace says how."""
+        from .trace import trace_name, trace_packet
+
+        try:
+            ipaddress.ip_address(str(dst))
+        except ValueError:
+            if isinstance(dst, str) and "." in dst:
+                return trace_name(self, src, dst, dport, proto, sport, now)
         return trace_packet(self, src, dst, dport, proto, sport, now)
 
     def dns_zone(self, zone: str = DEFAULT_ZONE, ttl: int = DEFAULT_TTL) -> Zone:

@@ -33,6 +33,7 @@ from .plan import (
     nft_nat_chain,
     walk,
 )
+from .servicetypes import CORE
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -78,8 +79,9 @@ class Trace:
         p = self.packet
         src = join_host_port(p["src"], p["sport"])
         dst = join_host_port(p["dst"], p["dport"])
+        name = f" ({p['dst_name']})" if p.get("dst_name") and p["dst_name"] != p["dst"] else ""
         rows: list[tuple[str, str]] = [
-            ("packet", f"{src} -> {dst} {p['proto']}"),
+            ("packet", f"{src} -> {dst} {p['proto']}{name}"),
             ("node", f"{self.node or '(off-cluster observer)'} ({self.family})"),
         ]
         verdict = self.verdict
@@ -87,7 +89,7 @@ class Trace:
             verdict += f" to {self.endpoint}"
         rows.append(("verdict", verdict))
         if self.service:
-            rows.append(("service", f"{self.service} via {self.frontend}"))
+            rows.append(("service", f"{self.service} via {self.frontend}" if self.frontend else self.service))
         if self.verdict == "DNAT":
             rows.append(("masquerade", "yes (source NAT to the node)" if self.masquerade else "no"))
         if self.chains:
@@ -195,9 +197,63 @@ def trace_packet(
             f"({', '.join(fw_sources(pp, cfg))})"
         )
     t.steps.extend(w.steps)
+    t.steps.extend(plugin_steps(engine, pp, kind))
     t.chains = list(w.chains) if w.verdict != "PASS" else pass_chains
     _explain_pool(t, pp, w, decision, engine, src_s, now)
     return t
+
+
+def plugin_steps(engine: Engine, pp: PlanPort, kind: str | None) -> list[str]:
+    """What the plugin behind ``pp``'s Service type adds to the explanation."""
+    registry = engine.plugins.registry
+    svc = engine.cluster.services.get((pp.namespace, pp.service))
+    if svc is None or registry.owner(pp.service_type) == CORE:
+        return []
+    return [str(step) for step in registry.call(pp.service_type, "trace_steps", svc, pp, kind)]
+
+
+def trace_name(
+    engine: Engine, src: str, name: str, dport: int, proto: str | int, sport: int, now: float | None
+) -> Trace:
+    """Trace a packet to a DNS name of the cluster zone: resolve it as a pod would (A for an
+    IPv4 source, AAAA for IPv6), then trace the packet to the address. A name without an
+    address (an ExternalName's CNAME out of the cluster, NXDOMAIN) is explained instead."""
+    try:
+        v6 = ipaddress.ip_address(str(src)).version == 6
+    except ValueError:
+        raise PacketError(f"source {src!r} is not an IP address") from None
+    ans = engine.resolve(name, "AAAA" if v6 else "A")
+    steps = [f"DNS {ans.rtype} {ans.name}: {ans.rcode}"]
+    steps += [f"DNS answer: {r.name}. {r.rtype} {r.data}" for r in ans.records]
+    steps += [f"DNS: {n}" for n in ans.notes]
+    address = next((r.data for r in ans.records if r.rtype == ans.rtype), None)
+    if address is not None:
+        t = trace_packet(engine, src, address, dport, proto, sport, now)
+        t.packet["dst_name"] = ans.name
+        t.steps[:0] = steps
+        return t
+    proto_name = PROTO_NAMES[proto] if isinstance(proto, int) else str(proto).upper()
+    t = Trace(
+        packet={"src": str(src), "sport": sport, "dst": ans.name, "dport": dport, "proto": proto_name,
+                "dst_name": ans.name},
+        node=engine.node,
+        family="IPv6" if v6 else "IPv4",
+        verdict="PASS",
+        steps=steps,
+    )
+    svc = _service_of_name(engine, ans.name)
+    if svc is not None and svc.type in engine.plugins.registry:
+        t.service = svc.ref
+        t.steps += [str(x) for x in engine.plugins.registry.call(svc.type, "trace_steps", svc, None, None)]
+    t.steps.append("no cluster address to send the packet to: kube-proxy never sees it")
+    return t
+
+
+def _service_of_name(engine: Engine, name: str) -> Any:
+    labels = name.split(".")
+    if len(labels) >= 4 and labels[2] == "svc":
+        return engine.cluster.services.get((labels[1], labels[0]))
+    return None
 
 
 def _cluster_ips_check(

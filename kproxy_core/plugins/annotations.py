@@ -46,4 +46,7 @@ def kproxy_endpoint_weights(
     _, weights = selector_from_annotations(service.annotations, port.name, f"Service {service.ref}")
     if not weights:
         return None
-    return [weight_for(weights, e.ip, e.endpoint, e.target) for e in endpoints]
+    # a targetRef is kept as "Kind namespace/name"; the annotation names the pod
+    return [
+        weight_for(weights, e.ip, e.endpoint, e.target.rpartition("/")[2] if e.target else None) for e in endpoints
+    ]
