@@ -420,7 +420,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     pm = get_plugin_manager()
     dists = {id(plugin): f"{dist.project_name} {dist.version}" for plugin, dist in pm.list_plugin_distinfo()}
-    plugins = []
+    plugins: list[dict[str, Any]] = []
     for name, plugin in pm.list_name_plugin():
         hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or ())
         where = getattr(plugin, "__name__", type(plugin).__name__)
