@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from .dns import Answer, DnsRecord
 from .engine import (
     COMPILED_AVAILABLE,
     FRONTEND_NAMES,
@@ -25,11 +26,15 @@ from .errors import (
     ManifestError,
     NodeNotFoundError,
     PacketError,
+    PluginError,
     ServiceNotFoundError,
 )
+from .hookspecs import hookimpl
 from .manifests import load
 from .model import Cluster, Endpoint, EndpointPort, EndpointSlice, Node, Service, ServicePort
 from .plan import PlanPort, ProxyConfig, ProxyPlan
+from .selectors import Selector
+from .servicetypes import FrontendSpec, RuleText, ServiceType, ServiceTypeRegistry
 from .trace import Trace
 
 __version__ = "0.1.0"
@@ -58,11 +63,22 @@ __all__ = [
     "PlanPort",
     "ProxyConfig",
     "ProxyPlan",
+    # plugins
+    "FrontendSpec",
+    "RuleText",
+    "Selector",
+    "ServiceType",
+    "ServiceTypeRegistry",
+    "hookimpl",
+    # discovery
+    "Answer",
+    "DnsRecord",
     # errors
     "EngineError",
     "KproxyError",
     "ManifestError",
     "NodeNotFoundError",
     "PacketError",
+    "PluginError",
     "ServiceNotFoundError",
 ]

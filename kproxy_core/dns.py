@@ -86,8 +86,9 @@ class Zone:
 
     def resolve(self, name: str, rtype: str = "A") -> Answer:
         """Answer ``rtype`` for ``name``: NXDOMAIN for a name with no records, NOERROR
-        with no records (NODATA) for a name that has records of other types; a CNAME is
-        followed while its target is inside the zone."""
+        with no records (NODATA) for a name that has records of other types. For A and
+        AAAA a CNAME is answered and followed while its target is inside the zone (other
+        types on a CNAME name are NODATA, as CoreDNS answers for ExternalName)."""
         rtype = rtype.upper()
         qname = normalize(name)
         if not self.in_zone(qname):
@@ -108,7 +109,7 @@ class Zone:
                 out += exact
                 break
             cname = next((r for r in recs if r.rtype == "CNAME"), None)
-            if cname is None:
+            if cname is None or rtype not in ("A", "AAAA"):  # CoreDNS: TXT/SRV on a CNAME name is NODATA
                 break
             out.append(cname)
             target = normalize(cname.data)

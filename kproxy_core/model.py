@@ -167,11 +167,14 @@ class Cluster:
         return tuple(c for name in sorted(self.service_cidrs) for c in self.service_cidrs[name] if (":" in c) == v6)
 
     @classmethod
-    def from_objects(cls, objects: Iterable[Mapping[str, Any]]) -> Cluster:
-        """Build a cluster from manifest dicts (as ``yaml.safe_load`` returns them)."""
+    def from_objects(cls, objects: Iterable[Mapping[str, Any]], plugins: Any = None) -> Cluster:
+        """Build a cluster from manifest dicts (as ``yaml.safe_load`` returns them).
+
+        ``plugins``: the plugin manager whose Service types and validation hooks apply
+        (default: :func:`kproxy_core.plugins.get_plugin_manager`)."""
         from .manifests import cluster_from_objects
 
-        return cluster_from_objects(objects)
+        return cluster_from_objects(objects, plugins)
 
     @cached_property
     def _slices_by_service(self) -> dict[tuple[str, str], list[EndpointSlice]]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import re
 import threading
 from collections.abc import Iterable
 from types import TracebackType
@@ -116,7 +117,8 @@ def make_plugin_manager(
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as e:
-        raise PluginError(f"plugin {pm.get_name(e.plugin) or e.plugin!r}: {e}") from None
+        name = e.plugin if isinstance(e.plugin, str) else pm.get_name(e.plugin)
+        raise PluginError(f"plugin {name}: {_pluggy_message(e)}") from None
     pm.registry = ServiceTypeRegistry(trace_writer() if pm.tracing else None)
     # registration order (bundled first), so that a later plugin can replace a type
     for impl in pm.hook.kproxy_register_service_types.get_hookimpls():
@@ -134,12 +136,23 @@ def make_plugin_manager(
 
 
 def _register(pm: KproxyPluginManager, plugin: object, name: str | None) -> None:
+    if name is None:  # pluggy would name an instance by its id(); errors read better by class
+        base = getattr(plugin, "__name__", None) or type(plugin).__name__
+        name, n = base, 1
+        while pm.has_plugin(name):
+            n += 1
+            name = f"{base}#{n}"
     try:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as e:
-        raise PluginError(f"plugin {name or pm.get_canonical_name(plugin)}: {e}") from None
+        raise PluginError(f"plugin {name}: {_pluggy_message(e)}") from None
     except ValueError as e:  # registered twice
         raise PluginError(f"plugin {name or pm.get_canonical_name(plugin)}: {e}") from None
+
+
+def _pluggy_message(e: Exception) -> str:
+    """pluggy's text without its ``in plugin <object repr>`` parts (the name says it)."""
+    return re.sub(r"\s+in plugin\s+(<[^>]*>|'[^']*'|\S+)", "", " ".join(str(e).split()))
 
 
 def _load_entry_points(pm: KproxyPluginManager) -> None:
