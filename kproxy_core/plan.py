@@ -542,7 +542,12 @@ def plan_port(
     pm = cfg.plugin_manager
     registry = pm.registry
     handler = registry.get(svc.type)
-    if svc.headless or cip is None or handler is None or not handler.proxied:
+    if handler is None:  # loaded with other plugins than the engine's
+        raise ManifestError(
+            f"Service {svc.ref}: spec.type: {svc.type!r} is not a known Service type "
+            f"({', '.join(registry.names())}; plugins add others)"
+        )
+    if svc.headless or cip is None or not handler.proxied:
         return None
     fam6 = cfg.family == "IPv6"
     ext_ips = tuple(ip for ip in svc.external_ips if (":" in ip) == fam6)

@@ -452,3 +452,10 @@ def test_cli_lists_plugins_and_exits_1_on_plugin_failure(tmp_path: Path) -> None
     assert r.stderr.strip() == (
         "kproxy: error: plugin crash: hook kproxy_endpoint_selector failed: RuntimeError: crashed on default/mynginx"
     )
+
+
+def test_engine_refuses_a_type_its_plugins_do_not_know() -> None:
+    pm = make_plugin_manager([BoxPlugin()], entry_points=False)
+    cluster = kp.Cluster.from_objects(box_objs(), plugins=pm)
+    with pytest.raises(kp.ManifestError, match=r"^Service ns/web: spec.type: 'Box' is not a known Service type"):
+        kp.Engine(cluster, node=NODE, plugins=make_plugin_manager(entry_points=False))
