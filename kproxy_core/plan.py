@@ -553,7 +553,10 @@ def plan_port(
     ext_ips = tuple(ip for ip in svc.external_ips if (":" in ip) == fam6)
     specs: list[FrontendSpec] = registry.call(svc.type, "frontends", svc, sp, cfg.family, cluster)
     lb_ips, ranges, extra = _plugin_frontends(svc, sp, cfg, specs)  # they feed ExternallyAccessible
-    accessible_type = handler.externally_accessible or bool(svc.external_ips)
+    # kube-proxy's ExternallyAccessible, with a plugin's external frontends counting like externalIPs
+    accessible_type = handler.externally_accessible or bool(svc.external_ips) or any(
+        f.policy == "external" for f in extra
+    )
     external_local = accessible_type and svc.external_traffic_policy == "Local"
     internal_local = svc.internal_traffic_policy == "Local"
     hc = int(registry.call(svc.type, "health_check_node_port", svc)) if external_local else 0
@@ -875,9 +878,13 @@ def plugin_frontend(pp: PlanPort, kind: str) -> Frontend | None:
     raise KeyError(f"{pp.spn} has no {kind} frontend")
 
 
+def _a(word: str) -> str:
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
+
+
 def _describe_plugin_frontend(fe: Frontend, spn: str) -> str:
     like = "the cluster IP (internal policy)" if fe.policy == "internal" else "an external IP (external policy)"
-    return f"destination is a {fe.comment} of {spn}: a {fe.kind} frontend, handled like {like}"
+    return f"destination is {_a(fe.comment)} of {spn}: {_a(fe.kind)} frontend, handled like {like}"
 
 
 def walk(

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
 
-from .errors import PluginError
+from .errors import ManifestError, PluginError
 
 if TYPE_CHECKING:
     from .dns import DnsRecord
@@ -97,13 +97,21 @@ class ServiceType:
     ``name``: the ``spec.type`` value served. ``proxied``: False for types kube-proxy
     writes no rules for (ExternalName): their ports get no plan entry. ``externally_accessible``:
     kube-proxy's ``ExternallyAccessible`` (NodePort, LoadBalancer): externalTrafficPolicy
-    applies. ``node_ports``: the type's ports may carry ``nodePort``.
+    applies. ``node_ports``: the type's ports may carry ``nodePort``. ``cluster_wide``: the
+    handler's answers for one Service depend on other Services (an address allocated
+    cluster-wide), so :meth:`kproxy_core.Engine.apply` replans every Service of the type
+    whenever any Service changes.
+
+    A problem with the input that only shows across Services (two Services asking for one
+    address) can be raised as :class:`kproxy_core.ManifestError` from any method: it
+    reaches the user as bad input (exit 2), not as a plugin failure.
     """
 
     name: ClassVar[str] = ""
     proxied: ClassVar[bool] = True
     externally_accessible: ClassVar[bool] = False
     node_ports: ClassVar[bool] = False
+    cluster_wide: ClassVar[bool] = False
 
     def validate(self, service: Service, report: Report) -> None:
         """Check the spec of a Service of this type; report problems on ``report``."""
@@ -209,7 +217,7 @@ class ServiceTypeRegistry:
             result = getattr(handler, method)(*args)
             if method in _ITERABLE_METHODS:
                 result = list(result)
-        except PluginError:
+        except (PluginError, ManifestError):  # ManifestError: the input is wrong, and the plugin says so
             raise
         except Exception as e:
             raise PluginError(

@@ -31,9 +31,10 @@ from types import TracebackType
 from typing import Any
 
 import pluggy
+from pluggy._manager import DistFacade  # type: ignore[attr-defined]  # what pluggy records per entry point
 
 from .. import hookspecs
-from ..errors import PluginError
+from ..errors import ManifestError, PluginError
 from ..hookspecs import NAME
 from ..servicetypes import ServiceTypeRegistry, trace_writer
 
@@ -59,7 +60,7 @@ class KproxyPluginManager(pluggy.PluginManager):
         caller = getattr(self.hook, name)
         try:
             return caller(**kwargs)
-        except PluginError:
+        except (PluginError, ManifestError):
             raise
         except Exception as e:
             plugin = self._culprit(name, e.__traceback__)
@@ -117,8 +118,8 @@ def make_plugin_manager(
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as e:
-        name = e.plugin if isinstance(e.plugin, str) else pm.get_name(e.plugin)
-        raise PluginError(f"plugin {name}: {_pluggy_message(e)}") from None
+        culprit = e.plugin if isinstance(e.plugin, str) else pm.get_name(e.plugin)
+        raise PluginError(f"plugin {culprit}: {_pluggy_message(e)}") from None
     pm.registry = ServiceTypeRegistry(trace_writer() if pm.tracing else None)
     # registration order (bundled first), so that a later plugin can replace a type
     for impl in pm.hook.kproxy_register_service_types.get_hookimpls():
@@ -168,6 +169,8 @@ def _load_entry_points(pm: KproxyPluginManager) -> None:
             except Exception as e:
                 raise PluginError(f"plugin {ep.name}: loading {where} failed: {type(e).__name__}: {e}") from e
             _register(pm, plugin, ep.name)
+            # what pluggy's own loader records, so list_plugin_distinfo() names the distribution
+            pm._plugin_distinfo.append((plugin, DistFacade(dist)))  # type: ignore[arg-type]
 
 
 _default: KproxyPluginManager | None = None
