@@ -4,10 +4,19 @@ An exact twin of :mod:`kproxy_core._engine_py`: the same API, the same results f
 every input (the same hash, the same flow and affinity tables, the same errors).
 Users go through :class:`kproxy_core.Engine`; this is the contract the facade relies on.
 
-Tracking modes (``track``): 0 = a pure function of the packet (no flow or affinity
-table is read or written); 1 = read and write (conntrack-like: a known 5-tuple keeps
+Tracking modes (``track``): 0 = no flow or affinity table is read or written: every
+packet is a new connection; 1 = read and write (conntrack-like: a known 5-tuple keeps
 its endpoint, a new one is recorded); 2 = read only (``trace`` uses it). As in the
 twin, any true value other than 1 means read only.
+
+Endpoint selectors (:mod:`kproxy_core.selectors`; the tables' ``port_selector``): random,
+weighted, Maglev and source-hash picks are pure functions of the packet and the tables,
+the same in every mode. Round-robin keeps a cursor per pool, which every new connection
+moves on: in modes 0 and 1 (a packet that hits the flow table, or whose client has a live
+ClientIP affinity entry, is no new choice and does not move it); mode 2 only looks at
+where the cursor stands. ``load`` carries a pool's cursor over to the new tables when the
+pool is unchanged (same service port, same pool, same endpoints in the same order with
+the same weights); any other pool starts at its head.
 
 Threads: every method may be called from any thread. Batches run without the GIL;
 batches, per-call lookups, ``load``, ``clear`` and ``flow_count`` are serialised by
@@ -23,7 +32,7 @@ from typing_extensions import disjoint_base
 
 from .tables import FamilyTables
 
-__all__ = ["Core", "Decision", "affinity_hash", "mix", "packet_hash", "pick"]
+__all__ = ["Core", "Decision", "affinity_hash", "maglev_table", "mix", "packet_hash", "pick"]
 
 @disjoint_base
 class Decision:
@@ -91,7 +100,9 @@ class Core:
 
         Inconsistent tables (an index out of range, a bad shape or dtype, an action
         byte with pool code 3, a KUBE-FW source list past the end of ``fw_addr`` or a
-        prefix longer than the family's) raise ValueError and leave the core unchanged.
+        prefix longer than the family's, a selector code, weight or seed out of range, a
+        Maglev or source-hash pool without a lookup table or with an entry outside its
+        pool) raise ValueError and leave the core unchanged.
         """
 
     def lookup(
@@ -166,3 +177,11 @@ def affinity_hash(seed: int, v6: bool, service: int, src: int) -> int:
 
 def pick(h: int, n: int) -> int:
     """``((h >> 32) * n) >> 32``: an index in [0, n) from a hash, without modulo bias."""
+
+def maglev_table(offsets: Sequence[int], skips: Sequence[int], weights: Sequence[int], size: int) -> np.ndarray:
+    """The Maglev lookup table (``size`` int32 entries, each an endpoint index) of endpoints
+    given by their permutations (offset, skip) and integer weights, built in C without the
+    GIL: exactly :func:`kproxy_core.selectors.maglev_fill`. Arguments are checked as
+    :func:`kproxy_core.selectors.check_maglev` does (ValueError): N <= M < 2**31, offsets in
+    [0, M), skips in [1, M) and coprime with M, weights in 1 .. 2**32 − 1. No endpoints:
+    every entry is −1."""

@@ -8,7 +8,9 @@ table pressure.
 Hash of a packet (64-bit splitmix finaliser, seeded):
   IPv4: h = mix(seed ^ (src << 32 | dst)); h = mix(h ^ (sport << 24 | dport << 8 | proto))
   IPv6: the four 64-bit halves of src and dst, then the ports, folded the same way.
-Endpoint pick: ((h >> 32) * n) >> 32 (multiply-shift, no modulo bias).
+Endpoint pick: ((h >> 32) * n) >> 32 (multiply-shift, no modulo bias) for kube-proxy's
+random choice; the other selectors run the reference code of kproxy_core.selectors
+(alias tables, round-robin cursors, Maglev lookup tables), which the C core mirrors.
 Flow bucket: (h >> 16) & (buckets - 1), tag h & 0xffff (0 -> 1); 8 slots per bucket.
 """
 
@@ -24,6 +26,20 @@ from typing import Any
 import numpy as np
 
 from .errors import PacketError
+from .selectors import (
+    MAX_WEIGHT,
+    SELECTOR_CODES,
+    AliasTable,
+    RoundRobin,
+    alias_pick,
+    alias_table,
+    check_maglev,
+    maglev_fill,
+    maglev_slot,
+    mix,
+    pick,
+    selector_hash,
+)
 from .tables import FRONTENDS, VERDICTS, FamilyTables
 
 M64 = (1 << 64) - 1
@@ -41,12 +57,6 @@ OUT6_DTYPE = np.dtype(
     [("verdict", "u1"), ("service", "<i4"), ("frontend", "u1"), ("ep_ip", "u1", (16,)),
      ("ep_port", "<u2"), ("masq", "?")]
 )
-
-
-def mix(z: int) -> int:
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-    return z ^ (z >> 31)
 
 
 def packet_hash(seed: int, v6: bool, src: int, dst: int, sport: int, dport: int, proto: int) -> int:
@@ -67,8 +77,20 @@ def affinity_hash(seed: int, v6: bool, service: int, src: int) -> int:
     return mix(mix(mix(base ^ service) ^ (src >> 64)) ^ (src & M64))
 
 
-def pick(h: int, n: int) -> int:
-    return ((h >> 32) * n) >> 32
+def maglev_table(offsets: Sequence[int], skips: Sequence[int], weights: Sequence[int], size: int) -> np.ndarray:
+    """The Maglev lookup table (int32, ``size`` entries) of endpoints given by their
+    permutations: :func:`kproxy_core.selectors.maglev_fill` as an array."""
+    offs, sks, ws = (_int_list(x, name) for x, name in ((offsets, "offsets"), (skips, "skips"), (weights, "weights")))
+    size = operator.index(size)
+    check_maglev(offs, sks, ws, size)
+    return np.array(maglev_fill(offs, sks, ws, size), dtype=np.int32)
+
+
+def _int_list(x: Any, name: str) -> list[int]:
+    try:
+        return [operator.index(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+    except TypeError:
+        raise ValueError(f"maglev: {name} must be a sequence of integers") from None
 
 
 class Decision:
@@ -214,6 +236,26 @@ class _Family:
         self.det_mask = ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1) if self.det_on else 0
         self.det_net = conv(c["det_addr"])[0] if self.det_on else 0
         self.service_port = {s: p for p, s in enumerate(self.port_service)}
+        # selectors: per port its code and seed; per pool (port, which) its alias table
+        # (weighted), round-robin cursor, or lookup table segment (Maglev, source-hash)
+        self.port_selector: list[int] = c["port_selector"].tolist()
+        self.port_seed: list[int] = c["port_seed"].tolist()
+        self.pool_weight: list[int] = c["pool_weight"].tolist()
+        self.table: np.ndarray = c["sel_table"]
+        self.table_start: list[list[int]] = c["port_table_start"].tolist()
+        self.table_len: list[list[int]] = c["port_table_len"].tolist()
+        self.alias: dict[tuple[int, int], AliasTable] = {}
+        self.rr: dict[tuple[int, int], RoundRobin] = {}
+        for port, kind in enumerate(self.port_selector):
+            if kind not in (SELECTOR_CODES["weighted"], SELECTOR_CODES["round-robin"]):
+                continue
+            for which in (0, 1):
+                start, n = self.pool_start[port][which], self.pool_len[port][which]
+                w = self.pool_weight[start:start + n]
+                if kind == SELECTOR_CODES["weighted"]:
+                    self.alias[port, which] = alias_table(w)
+                else:
+                    self.rr[port, which] = RoundRobin(w)
         # nftables' cluster-ips-check (both empty in iptables mode)
         self.cip: dict[int, int] = {}
         for a, svc in zip(conv(c["cip_addr"]), c["cip_service"].tolist(), strict=True):
@@ -268,6 +310,50 @@ class _Family:
             return self.np_loopback or (a >> 24) != 0x7F
         return a in self.np_addrs
 
+    def select(self, port: int, which: int, h: int, src: int, sport: int, dport: int, proto: int,
+               advance: bool) -> int:
+        """The pool index a new connection takes under the port's selector (n > 0)."""
+        kind = self.port_selector[port]
+        if kind == 0:
+            return pick(h, self.pool_len[port][which])
+        if kind == SELECTOR_CODES["weighted"]:
+            i = alias_pick(self.alias[port, which], h)
+        elif kind == SELECTOR_CODES["round-robin"]:
+            rr = self.rr[port, which]
+            i = rr.pick() if advance else rr.peek()
+        else:
+            fh = selector_hash(self.port_seed[port], self.v6, src, sport, dport, proto,
+                               source_only=kind == SELECTOR_CODES["source-hash"])
+            slot = maglev_slot(fh, self.table_len[port][which])
+            return int(self.table[self.table_start[port][which] + slot])
+        assert i is not None  # pools hold weights >= 1 (check_tables)
+        return i
+
+    def same_pool(self, port: int, which: int, other: _Family, oport: int) -> bool:
+        """The same endpoints in the same order with the same weights (round-robin carry)."""
+        a, b = self.pool_start[port][which], other.pool_start[oport][which]
+        n = self.pool_len[port][which]
+        if n != other.pool_len[oport][which]:
+            return False
+        for i in range(n):
+            e, f = self.pool_ep[a + i], other.pool_ep[b + i]
+            if (self.pool_weight[a + i] != other.pool_weight[b + i] or self.ep_addr[e] != other.ep_addr[f]
+                    or self.ep_port[e] != other.ep_port[f]):
+                return False
+        return True
+
+    def carry_round_robin(self, old: _Family | None) -> None:
+        """Unchanged round-robin pools (same service, pool, endpoints and weights) continue
+        where the old tables stopped; the others start at their head."""
+        if old is None:
+            return
+        for (port, which), rr in self.rr.items():
+            oport = old.service_port.get(self.port_service[port])
+            if oport is None or (oport, which) not in old.rr or not self.pool_len[port][which]:
+                continue
+            if self.same_pool(port, which, old, oport):
+                rr.restore(old.rr[oport, which])
+
     def find_endpoint(self, port: int, ep_a: int, ep_p: int) -> int:
         """The index of an endpoint in either pool of a port, or -1."""
         for which in (0, 1):
@@ -314,6 +400,8 @@ class Core:
         new = (_Family(t4, False, len(services)), _Family(t6, True, len(services)))
         with self._lock:
             old = self.fam
+            for f, o in zip(new, old, strict=True):
+                f.carry_round_robin(o)
             self.fam = new
             self.services = services
             dropped = 0
@@ -497,7 +585,9 @@ class Core:
                         ep = e
                         break
         if ep < 0:
-            ep = fam.pool_ep[start + pick(h, n)]
+            # round-robin: a new connection moves the cursor (track 0 and 1), a read-only
+            # lookup (track 2: the trace) does not
+            ep = fam.pool_ep[start + fam.select(port, which, h, src, sport, dport, proto, not track or track == 1)]
         masq = (action >> 4) & 1
         if fam.ep_addr[ep] == src:
             masq = 1
@@ -644,6 +734,7 @@ def check_tables(t: FamilyTables, v6: bool, nservices: int) -> dict[str, Any]:
             f"tables: a pool (port_pool_start + port_pool_len) ends past pool_ep ({n_pool})"
         )
     arr("pool_ep", 0, n_ep - 1)
+    _check_selectors(t, c, n_port, n_pool, length)
     c["ep_addr"] = addrs("ep_addr", n_ep)
     arr("ep_port", 0, 65535)
     c["ep_str"] = list(t.ep_str)
@@ -672,6 +763,76 @@ def check_tables(t: FamilyTables, v6: bool, nservices: int) -> dict[str, Any]:
             raise ValueError(f"tables: det_prefix {prefix} is out of range")
         c["det_prefix"] = int(prefix)
     return c
+
+
+def _check_selectors(t: FamilyTables, c: dict[str, Any], n_port: int, n_pool: int,
+                     pool_len: np.ndarray) -> None:
+    """The selector columns (all optional: None means every port random, every weight 1):
+    port_selector (a code of selectors.SELECTOR_CODES), port_seed (uint64), pool_weight
+    (1 .. MAX_WEIGHT per pool entry), and the Maglev / source-hash lookup tables: each
+    such port's non-empty pool has a non-empty segment of sel_table
+    (port_table_start/len), every entry of which indexes that pool."""
+
+    def opt(name: str, default: np.ndarray, lo: int, hi: int, width: int = 0, rows: int = 0) -> np.ndarray:
+        x = getattr(t, name, None)
+        a = default if x is None else _int_array(x, name, lo, hi, width)
+        if len(a) != rows:
+            raise ValueError(f"tables: {name} has {len(a)} rows, expected {rows}")
+        c[name] = a
+        return a
+
+    sel = opt("port_selector", np.zeros(n_port, np.int64), 0, len(SELECTOR_CODES) - 1, rows=n_port)
+    seed = getattr(t, "port_seed", None)
+    if seed is None:
+        c["port_seed"] = np.zeros(n_port, np.uint64)
+    else:
+        try:
+            a = np.asarray(seed)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"tables: port_seed is not an array ({e})") from None
+        if a.size == 0 and a.ndim >= 1 and a.shape[0] == 0:
+            a = np.zeros(0, np.uint64)
+        if a.dtype.kind not in "ui" or a.ndim != 1 or (a.dtype.kind == "i" and a.size and a.min() < 0):
+            raise ValueError(
+                f"tables: port_seed must be an unsigned 64-bit array of shape (n,), got {a.dtype} {a.shape}"
+            )
+        if len(a) != n_port:
+            raise ValueError(f"tables: port_seed has {len(a)} rows, expected {n_port}")
+        c["port_seed"] = a.astype(np.uint64)
+    opt("pool_weight", np.ones(n_pool, np.int64), 1, MAX_WEIGHT, rows=n_pool)
+    x = getattr(t, "sel_table", None)
+    if x is None:
+        tab = np.zeros(0, np.int32)
+    else:
+        try:
+            a = np.asarray(x)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"tables: sel_table is not an array ({e})") from None
+        if a.size == 0 and a.ndim >= 1 and a.shape[0] == 0:
+            a = np.zeros(0, np.int32)
+        if a.dtype.kind not in "ui" or a.ndim != 1:
+            raise ValueError(f"tables: sel_table must be an integer array of shape (n,), got {a.dtype} {a.shape}")
+        if len(a) > 0x7FFFFFFF:
+            raise ValueError("tables: sel_table has more than 2**31 - 1 entries")
+        if a.size and (a.min() < 0 or a.max() > 0x7FFFFFFF):
+            raise ValueError("tables: sel_table has values outside 0..2147483647")
+        tab = np.array(a, dtype=np.int32)  # a private copy: checked here, loaded as checked
+    c["sel_table"] = tab
+    n_tab = len(tab)
+    zeros2 = np.zeros((n_port, 2), np.int64)
+    tstart = opt("port_table_start", zeros2, 0, n_tab, 2, rows=n_port)
+    tlen = opt("port_table_len", zeros2, 0, n_tab, 2, rows=n_port)
+    if ((tstart + tlen) > n_tab).any():
+        raise ValueError(f"tables: a lookup table (port_table_start + port_table_len) ends past sel_table ({n_tab})")
+    hashed = np.isin(sel, (SELECTOR_CODES["maglev"], SELECTOR_CODES["source-hash"]))[:, None] & (pool_len > 0)
+    if (hashed & (tlen == 0)).any():
+        raise ValueError("tables: a Maglev or source-hash pool has no lookup table (port_table_len 0)")
+    if hashed.any():
+        starts, lens, bound = tstart[hashed], tlen[hashed], pool_len[hashed]
+        ext = np.append(tab, np.int32(0))  # reduceat needs every index, even n_tab, in range
+        top = np.maximum.reduceat(ext, np.stack([starts, starts + lens], axis=1).ravel())[::2]
+        if (top >= bound).any():
+            raise ValueError("tables: a Maglev or source-hash lookup table has entries past its pool")
 
 
 def _int_array(x: Any, name: str, lo: int, hi: int, width: int) -> np.ndarray:

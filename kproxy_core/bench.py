@@ -3,13 +3,15 @@
 The numpy baseline is the same stateless decision (``track=False``) written as
 whole-array numpy operations over the engine's own tables: sorted frontend keys and
 ``searchsorted``, the action byte per source class, and the same seeded hash for
-the endpoint pick. It is what a careful numpy user would write, and it must agree
-with the engine (the benchmarks assert it).
+the endpoint pick (and, for the weighted, Maglev and source-hash selectors, the same
+alias tables and lookup tables). It is what a careful numpy user would write, and it
+must agree with the engine (the benchmarks assert it).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,14 @@ import numpy.typing as npt
 
 from .engine import Engine
 from .model import Cluster, Endpoint, EndpointPort, EndpointSlice, Node, Service, ServicePort
+from .selectors import (
+    SELECTOR_ANNOTATION,
+    SELECTOR_CODES,
+    SELECTOR_KINDS,
+    WEIGHT_SALT,
+    WEIGHTS_ANNOTATION,
+    alias_table,
+)
 from .tables import FamilyTables
 
 SERVICE_BASE = 0x0A600000  # 10.96.0.0
@@ -28,8 +38,17 @@ def _ip(n: int) -> str:
     return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
 
 
-def synthetic_cluster(services: int, endpoints: int, nodes: int = 3) -> Cluster:
-    """``services`` ClusterIP services of one TCP port each, ``endpoints`` ready endpoints each."""
+def synthetic_cluster(
+    services: int, endpoints: int, nodes: int = 3, selector: str | None = None,
+    weights: Sequence[int] | None = None,
+) -> Cluster:
+    """``services`` ClusterIP services of one TCP port each, ``endpoints`` ready endpoints each.
+
+    ``selector``: every service's ``kproxy-core.io/selector`` annotation (None: kube-proxy's
+    random choice); ``weights``: the endpoints' weights (endpoint j of each service weighs
+    ``weights[j % len(weights)]``), as ``kproxy-core.io/weights``."""
+    if selector is not None and selector not in SELECTOR_KINDS:
+        raise ValueError(f"selector must be one of {', '.join(SELECTOR_KINDS)}, not {selector!r}")
     node_objs = {
         f"node-{i}": Node(
             f"node-{i}", (("InternalIP", f"192.168.0.{i + 1}"),), (f"100.64.{i}.0/24",)
@@ -41,14 +60,20 @@ def synthetic_cluster(services: int, endpoints: int, nodes: int = 3) -> Cluster:
     ep_ip = POD_BASE
     for i in range(services):
         name = f"svc-{i}"
-        svc = Service(
-            "bench", name, "ClusterIP", (_ip(SERVICE_BASE + i + 1),), ("IPv4",), False,
-            (ServicePort("http", "TCP", 80),), selector={"app": name},
-        )
         eps = []
+        annotations: dict[str, str] = {SELECTOR_ANNOTATION: selector} if selector else {}
+        weight_items = []
         for j in range(endpoints):
             eps.append(Endpoint((_ip(ep_ip),), node_name=f"node-{j % nodes}"))
+            if weights:
+                weight_items.append(f"{_ip(ep_ip)}={weights[j % len(weights)]}")
             ep_ip += 1
+        if weight_items:
+            annotations[WEIGHTS_ANNOTATION] = ",".join(weight_items)
+        svc = Service(
+            "bench", name, "ClusterIP", (_ip(SERVICE_BASE + i + 1),), ("IPv4",), False,
+            (ServicePort("http", "TCP", 80),), selector={"app": name}, annotations=annotations,
+        )
         sl = EndpointSlice("bench", f"{name}-abc", name, "IPv4",
                            (EndpointPort("http", "TCP", 8080),), tuple(eps))
         svcs[svc.key] = svc
@@ -100,8 +125,19 @@ def _mix(z: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     return out
 
 
+def _mulhi(a: npt.NDArray[np.uint64], b: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """The high 64 bits of a * b for b < 2**32, in 64-bit pieces."""
+    lo = a & np.uint64(0xFFFFFFFF)
+    hi = a >> np.uint64(32)
+    with np.errstate(over="ignore"):
+        out: npt.NDArray[np.uint64] = (hi * b + ((lo * b) >> np.uint64(32))) >> np.uint64(32)
+    return out
+
+
 class NumpyBaseline:
-    """Stateless IPv4 lookups (frontend table only: ClusterIP/externalIP) in numpy."""
+    """Stateless IPv4 lookups (frontend table only: ClusterIP/externalIP) in numpy, with
+    the random, weighted, Maglev and source-hash selectors (not round-robin: its cursor
+    is sequential state)."""
 
     def __init__(self, engine: Engine) -> None:
         t: FamilyTables = engine.tables["IPv4"]
@@ -119,6 +155,30 @@ class NumpyBaseline:
         self.det_mask = np.uint32(((1 << 32) - 1) ^ ((1 << (32 - t.det_prefix)) - 1)) if t.det_on else np.uint32(0)
         self.det_net = np.uint32(t.det_addr[0]) if t.det_on else np.uint32(0)
         self.local = t.local_addrs
+        n_port = len(t.port_service)
+        self.kind = (np.zeros(n_port, np.uint8) if t.port_selector is None else t.port_selector).astype(np.intp)
+        if (self.kind == SELECTOR_CODES["round-robin"]).any():
+            raise ValueError("NumpyBaseline: round-robin is sequential state, not an array operation")
+        self.pseed = np.zeros(n_port, np.uint64) if t.port_seed is None else t.port_seed.astype(np.uint64)
+        # weighted pools: the alias column's threshold and alias per pool entry, as the core
+        # keeps them (keep the entry iff mix(h ^ salt) < ceil(prob * 2**64 / W))
+        npool = len(t.pool_ep)
+        self.thr = np.full(npool, 0xFFFFFFFFFFFFFFFF, np.uint64)
+        self.alias = np.arange(npool, dtype=np.intp)
+        weights = np.ones(npool, np.int64) if t.pool_weight is None else t.pool_weight.astype(np.int64)
+        for p in np.flatnonzero(self.kind == SELECTOR_CODES["weighted"]):
+            for w in (0, 1):
+                st, n = int(t.port_pool_start[p, w]), int(t.port_pool_len[p, w])
+                if n == 0:
+                    continue
+                a = alias_table(weights[st:st + n].tolist())
+                for i, (pr, al) in enumerate(zip(a.prob, a.alias, strict=True)):
+                    self.alias[st + i] = st + al
+                    if pr < a.total:
+                        self.thr[st + i] = -(-(pr << 64) // a.total)
+        self.tstart = np.zeros((n_port, 2), np.int64) if t.port_table_start is None else t.port_table_start
+        self.tlen = np.zeros((n_port, 2), np.int64) if t.port_table_len is None else t.port_table_len
+        self.table = np.zeros(1, np.int32) if t.sel_table is None or not len(t.sel_table) else t.sel_table
 
     def lookup(self, p: Packets) -> dict[str, Any]:
         t = self.t
@@ -150,6 +210,22 @@ class NumpyBaseline:
         with np.errstate(over="ignore"):
             idx = (((h >> np.uint64(32)) * n) >> np.uint64(32)).astype(np.intp)
         dnat = verdict == 1
+        kind = np.where(dnat, self.kind[port], 0)
+        if (kind == SELECTOR_CODES["weighted"]).any():
+            wt = kind == SELECTOR_CODES["weighted"]
+            pos = np.where(wt, start + idx, 0)
+            keep = _mix(h ^ np.uint64(WEIGHT_SALT)) < self.thr[pos]
+            idx = np.where(wt & ~keep, self.alias[pos] - start, idx)
+        hashed = (kind == SELECTOR_CODES["maglev"]) | (kind == SELECTOR_CODES["source-hash"])
+        if hashed.any():
+            # the selector's hash: the 5-tuple without the destination, under its own seed
+            # (source-hash: the source address only)
+            sh = kind == SELECTOR_CODES["source-hash"]
+            fh = _mix(self.pseed[port] ^ (p.src.astype(np.uint64) << np.uint64(32)))
+            fh = _mix(fh ^ np.where(sh, np.uint64(0), ports))
+            m = self.tlen[port, which].astype(np.uint64)
+            slot = np.where(hashed, self.tstart[port, which] + _mulhi(fh, m).astype(np.int64), 0)
+            idx = np.where(hashed, self.table[slot], idx)
         ep = np.where(dnat, t.pool_ep[np.where(dnat, start + idx, 0)] if len(t.pool_ep) else 0, 0)
         ep_ip = np.where(dnat, t.ep_addr[ep] if len(t.ep_addr) else 0, 0).astype(np.uint32)
         masq = dnat & ((((action >> 4) & 1) == 1) | (ep_ip == p.src))
@@ -180,9 +256,15 @@ def run_bench(
     flows: int | None = 100_000,
     python_packets: int = 20_000,
     min_time: float = 0.5,
+    selector: str | None = None,
 ) -> dict[str, Any]:
-    """Lookups/s of the compiled engine, the pure-Python twin and the numpy baseline, one run."""
-    cluster = synthetic_cluster(services, endpoints)
+    """Lookups/s of the compiled engine, the pure-Python twin and the numpy baseline, one run.
+
+    ``selector``: every service's endpoint selector (None: kube-proxy's random choice);
+    ``weighted`` and ``round-robin`` get the weights 1, 2, ..., ``endpoints`` (equal weights
+    would make ``weighted`` the random choice)."""
+    weights = list(range(1, endpoints + 1)) if selector in ("weighted", "round-robin") else None
+    cluster = synthetic_cluster(services, endpoints, selector=selector, weights=weights)
     t0 = time.perf_counter()
     compiled = Engine(cluster, node="node-0", cluster_cidr="100.64.0.0/10", seed=7, impl=None)
     build_s = time.perf_counter() - t0
@@ -195,6 +277,7 @@ def run_bench(
         "packets": packets,
         "flows": flows,
         "engine": "compiled" if compiled.compiled else "python (extension not built)",
+        "selector": selector or "random",
         "engine_build_seconds": round(build_s, 3),
     }
 
@@ -206,12 +289,13 @@ def run_bench(
     rate["compiled_batch_stateless"] = packets / measure(lambda: batch(compiled, pk, False), min_time=min_time)
     n_small = len(small.src)
     rate["python_batch_track"] = n_small / measure(lambda: batch(twin, small, True), min_time=min_time, repeat=1)
-    base = NumpyBaseline(compiled)
-    out = batch(compiled, pk, False)
-    ref = base.lookup(pk)
-    if not (np.array_equal(ref["verdict"], out["verdict"]) and np.array_equal(ref["ep_ip"], out["ep_ip"])):
-        raise AssertionError("numpy baseline and engine disagree")
-    rate["numpy_batch_stateless"] = packets / measure(lambda: base.lookup(pk), min_time=min_time)
+    if selector != "round-robin":
+        base = NumpyBaseline(compiled)
+        out = batch(compiled, pk, False)
+        ref = base.lookup(pk)
+        if not (np.array_equal(ref["verdict"], out["verdict"]) and np.array_equal(ref["ep_ip"], out["ep_ip"])):
+            raise AssertionError("numpy baseline and engine disagree")
+        rate["numpy_batch_stateless"] = packets / measure(lambda: base.lookup(pk), min_time=min_time)
     srcs = [_ip(int(x)) for x in small.src[:10_000]]
     dsts = [_ip(int(x)) for x in small.dst[:10_000]]
     sps = [int(x) for x in small.sport[:10_000]]
@@ -236,7 +320,9 @@ def run_bench(
     res["lookups_per_second"] = {k: round(v) for k, v in rate.items()}
     res["ratios"] = {
         "batch_compiled_vs_python": round(rate["compiled_batch_track"] / rate["python_batch_track"], 1),
-        "batch_compiled_vs_numpy": round(rate["compiled_batch_stateless"] / rate["numpy_batch_stateless"], 1),
         "per_call_compiled_vs_python": round(rate["compiled_per_call"] / rate["python_per_call"], 1),
     }
+    if "numpy_batch_stateless" in rate:
+        res["ratios"]["batch_compiled_vs_numpy"] = round(
+            rate["compiled_batch_stateless"] / rate["numpy_batch_stateless"], 1)
     return res

@@ -62,6 +62,9 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iptables-localhost-nodeports", default="true", choices=["true", "false"],
                    help="accept NodePorts on 127.0.0.1 (IPv4; default true)")
     g.add_argument("--seed", type=int, default=None, help="seed for the endpoint choice")
+    g.add_argument("--local-address", metavar="IP[,IP]", action="append",
+                   help="an address the node owns besides its Node addresses (a load-balancer VIP "
+                        "kube-vip puts on the interface); repeatable")
 
 
 def _load(files: Sequence[str]) -> Cluster:
@@ -82,6 +85,7 @@ def _engine(args: argparse.Namespace, cluster: Cluster) -> Engine:
         service_cidrs=getattr(args, "service_cidr", None),
         pod_bridge_interface=args.pod_bridge_interface,
         pod_interface_name_prefix=args.pod_interface_name_prefix,
+        local_addresses=[a for arg in args.local_address or () for a in arg.split(",") if a.strip()],
     )
 
 
@@ -368,6 +372,8 @@ def cmd_rules(args: argparse.Namespace) -> int:
     engine = _engine(args, cluster)
     _warn(cluster, engine)
     text = _render(args, engine)
+    for note in engine.render_notes({"ipv4": "IPv4", "ipv6": "IPv6", None: None}[args.family]):
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
     if args.count:
         fam = {"ipv4": "IPv4", "ipv6": "IPv6", None: None}[args.family] or engine.primary_family
         c = count_rules(text, engine.plans[fam])
@@ -396,13 +402,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     res = run_bench(
         services=args.services, endpoints=args.endpoints, packets=args.packets,
         flows=None if args.flows == 0 else min(args.flows, args.packets),
-        min_time=args.min_time,
+        min_time=args.min_time, selector=args.selector,
     )
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
     print(f"synthetic cluster: {res['services']} service ports x {res['endpoints']} endpoints; "
-          f"{res['packets']} packets from {res['flows'] or res['packets']} flows; engine: {res['engine']}")
+          f"{res['packets']} packets from {res['flows'] or res['packets']} flows; engine: {res['engine']}; "
+          f"selector: {res['selector']}")
     rates = res["lookups_per_second"]
     width = max(len(k) for k in rates)
     for k, v in rates.items():
@@ -507,6 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--packets", type=int, default=1_000_000)
     b.add_argument("--flows", type=int, default=100_000, help="distinct flows (0: every packet new)")
     b.add_argument("--min-time", type=float, default=0.5, help="seconds per measurement")
+    from .selectors import SELECTOR_KINDS
+
+    b.add_argument("--selector", choices=SELECTOR_KINDS, default=None,
+                   help="every service's endpoint selector (weighted and round-robin get weights 1..N)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
     return p

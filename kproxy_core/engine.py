@@ -129,6 +129,7 @@ class Engine:
         pod_bridge_interface: str | None = None,
         pod_interface_name_prefix: str | None = None,
         plugins: KproxyPluginManager | None = None,
+        local_addresses: str | Sequence[str] | None = None,
     ) -> None:
         if mode not in ("iptables", "nftables"):
             raise ValueError(f"mode must be 'iptables' or 'nftables', not {mode!r}")
@@ -155,6 +156,7 @@ class Engine:
             pod_bridge_interface=pod_bridge_interface,
             pod_interface_name_prefix=pod_interface_name_prefix,
             plugins=plugins,
+            local_addresses=local_addresses,
         )
         self.configs: dict[Family, ProxyConfig] = {
             fam: make_config(cluster, fam, node, **self._settings)  # type: ignore[arg-type]
@@ -248,6 +250,13 @@ class Engine:
                     self._by_service[fam] = {}
             else:
                 keys = sorted(changes.services)
+                if keys:  # a cluster-wide type's answers may change with any Service
+                    registry = self.plugins.registry
+                    wide = {
+                        k for k, svc in new_cluster.services.items()
+                        if (h := registry.get(svc.type)) is not None and h.cluster_wide
+                    }
+                    keys = sorted(set(keys) | wide)
             for fam in FAMILIES:
                 for key in keys:
                     ports = self._plan_service(fam, key)
@@ -405,6 +414,14 @@ class Engine:
         opts = IptablesOptions(masquerade_bit=masquerade_bit, random_fully=random_fully, nfacct=nfacct)
         text = render_iptables(self.plans[fam], opts, with_jumps=with_jumps)
         return to_iptables_save(text, fam) if format == "save" else text
+
+    def render_notes(self, family: Family | None = None) -> list[str]:
+        """Where :meth:`render`'s rules cannot choose endpoints as the engine does (Maglev
+        and source-hash selectors have no iptables or nftables equivalent), one line each."""
+        from .render import selector_note
+
+        plan = self.plans[family or self.primary_family]
+        return [note for pp in plan.ports if (note := selector_note(pp)) is not None]
 
     @property
     def flow_count(self) -> int:

@@ -126,6 +126,14 @@ class ProxyConfig:
     prefer_same_node_hints: bool = True  # the PreferSameTrafficDistribution gate
     mode: Mode = "iptables"  # the proxier whose rules decide: "iptables" or "nftables"
     plugins: KproxyPluginManager | None = field(default=None, compare=False, repr=False)  # None: the default
+    # addresses the node owns besides its Node object's (a load-balancer VIP kube-vip puts on
+    # the interface): local to the kernel (addrtype LOCAL), never kube-proxy's nodeIP
+    extra_local_ips: tuple[str, ...] = ()
+
+    @property
+    def local_ips(self) -> tuple[str, ...]:
+        """Every address of the node of this family: its Node addresses, then the extra ones."""
+        return self.node_ips + tuple(ip for ip in self.extra_local_ips if ip not in self.node_ips)
 
     @property
     def nftables(self) -> bool:
@@ -170,7 +178,7 @@ class ProxyConfig:
 
     def is_local_address(self, ip: str) -> bool:
         """``-m addrtype --src-type/--dst-type LOCAL``: the node's addresses and loopback."""
-        if ip in self.node_ips:
+        if ip in self.node_ips or ip in self.extra_local_ips:
             return True
         addr = ipaddress.ip_address(ip)
         return addr.is_loopback if self.family == "IPv4" else ip == "::1"
@@ -183,7 +191,7 @@ class ProxyConfig:
         address inside the CIDRs; loopback counts only for IPv4 with localhost NodePorts.
         """
         nets = [ipaddress.ip_network(c) for c in self.nodeport_cidrs]
-        ips = [ip for ip in self.node_ips if any(ipaddress.ip_address(ip) in n for n in nets)]
+        ips = [ip for ip in self.local_ips if any(ipaddress.ip_address(ip) in n for n in nets)]
         if self.nftables:  # nodeport-ips skips loopback addresses
             ips = [ip for ip in ips if not ipaddress.ip_address(ip).is_loopback]
         if self.localhost_nodeports_active and any(
@@ -733,6 +741,7 @@ def make_config(
     pod_bridge_interface: str | None = None,
     pod_interface_name_prefix: str | None = None,
     plugins: KproxyPluginManager | None = None,
+    local_addresses: str | Sequence[str] | None = None,
 ) -> ProxyConfig:
     """Build one family's ProxyConfig; bad flag values raise ManifestError (one line each).
 
@@ -782,6 +791,15 @@ def make_config(
         c for c in _cidr_list("--nodeport-addresses", nodeport_addresses) if (":" in c) == fam6
     )
     node_ips = node_obj.ips(family) if node_obj else ()
+    extra: list[str] = []
+    items = local_addresses.split(",") if isinstance(local_addresses, str) else list(local_addresses or ())
+    for item in (i.strip() for i in items):
+        try:
+            addr = ipaddress.ip_address(item)
+        except ValueError:
+            raise ManifestError(f"--local-address: {item!r} is not an IP address") from None
+        if (addr.version == 6) == fam6 and str(addr) not in extra:
+            extra.append(str(addr))
     if mode == "nftables" and nodeport_addresses is None and node_ips:
         primary = ipaddress.ip_address(node_ips[0])
         if not primary.is_loopback:
@@ -797,6 +815,7 @@ def make_config(
         localhost_nodeports=localhost_nodeports,
         mode=mode,
         plugins=plugins,
+        extra_local_ips=tuple(extra),
     )
 
 

@@ -159,7 +159,7 @@ def maglev_builder() -> Callable[..., np.ndarray]:
         try:
             from ._engine import maglev_table
 
-            return maglev_table  # type: ignore[no-any-return]
+            return maglev_table
         except ImportError:  # pragma: no cover - only without a build
             pass
     from ._engine_py import maglev_table as py_table
@@ -371,7 +371,7 @@ def build_tables(
         ep_addr=_addr_array([e[0] for e in ep_list], v6),
         ep_port=np.array([e[1] for e in ep_list], dtype=np.uint16),
         ep_str=[e[0] for e in ep_list],
-        local_addrs=_addr_array(list(cfg.node_ips), v6),
+        local_addrs=_addr_array(list(cfg.local_ips), v6),
         np_addrs=_addr_array(list(cfg.nodeport_ips), v6),
         np_match_all=cfg.nodeport_match_all,
         np_loopback=cfg.localhost_nodeports_active,

@@ -317,17 +317,30 @@ def _explain_pool(
 ) -> None:
     if w.pool is None:
         return
+    from .selectors import DEFAULT_SELECTOR, selection_shares
+
     pool = pp.pool(w.pool)
     n = len(pool)
     nft = engine.configs[t.family].nftables
     ep_chain = _nft_ep_chain if nft else _ipt_ep_chain
+    sel = pp.selector
+    weights = [ep.weight for ep in pool]
+    table: list[int] | None = None
+    if sel.kind in ("maglev", "source-hash") and n:
+        # the lookup table the core holds for this pool
+        ft = engine.tables[t.family]
+        pi = next(i for i, p in enumerate(engine.plans[t.family].ports) if p is pp)
+        which = 0 if w.pool == "cluster" else 1
+        assert ft.sel_table is not None and ft.port_table_start is not None and ft.port_table_len is not None
+        start, size = int(ft.port_table_start[pi, which]), int(ft.port_table_len[pi, which])
+        table = ft.sel_table[start:start + size].tolist()
+    shares = selection_shares(sel, weights, table)
+    rules = _rule_texts(pp, pool, nft)
     for i, ep in enumerate(pool):
-        # nftables: one numgen random mod n vmap, no per-rule probabilities
-        last = i == n - 1
-        rule = f"numgen {i}" if nft else (None if last else probability_text(n - i))
+        rule = rules[i]
         t.candidates.append({
             "endpoint": ep.endpoint,
-            "probability": 1.0 / n,
+            "probability": shares[i],
             "rule_probability": rule,
             "node": ep.node,
             "local": ep.local,
@@ -350,7 +363,33 @@ def _explain_pool(
         t.steps.append("no ready local endpoint: falling back to serving, terminating local endpoints")
     if pp.topology_mode and w.pool == "cluster":
         t.steps.append(f"topology hints in use ({pp.topology_mode}): only hinted endpoints")
-    if n > 1 and nft:
+    if sel.kind != "random" and n:
+        origin = sel.origin
+        if sel.kind == "weighted" and origin == DEFAULT_SELECTOR.origin:
+            origin += ", weighted by the endpoints' weights"
+        ratio = ":".join(str(x) for x in weights)
+        equal = len(set(weights)) == 1
+        listed = ", ".join(f"{ep.endpoint} {x:.2%}" for ep, x in zip(pool, shares, strict=True))
+        if sel.kind == "weighted":
+            how = ("equal, so each is as likely as with kube-proxy's uniform choice" if equal
+                   else f"{ratio}")
+            t.steps.append(f"{n} candidates, weighted random (alias table; {origin}), weights {how}: "
+                           f"probabilities {listed}")
+        elif sel.kind == "round-robin":
+            if equal:
+                t.steps.append(f"{n} candidates, round-robin ({origin}): new connections take them in "
+                               "turn, in pool order (established flows and affinity do not move it)")
+            else:
+                t.steps.append(f"{n} candidates, smooth weighted round-robin ({origin}), weights {ratio}: "
+                               f"every {sum(weights)} new connections give {', '.join(map(str, weights))}")
+        else:
+            key = ("the source address only" if sel.kind == "source-hash"
+                   else "the connection's source address, ports and protocol")
+            weighted = "" if equal else f", weights {ratio}"
+            t.steps.append(f"{n} candidates, {sel.kind} ({origin}): a Maglev lookup table of "
+                           f"{len(table or ())} slots{weighted}, indexed by a hash of {key} "
+                           f"(seed {sel.seed}, the same on every node): shares {listed}")
+    elif n > 1 and nft:
         t.steps.append(f"{n} candidates, each with probability 1/{n} (numgen random mod {n} vmap)")
     elif n > 1:
         t.steps.append(
@@ -380,6 +419,34 @@ def _explain_pool(
     if decision.endpoint[0] == src:
         t.chains.append(NFT_MARK_MASQ if nft else KUBE_MARK_MASQ)
         t.steps.append("hairpin: the endpoint is the source itself, so it is masqueraded")
+
+
+def _rule_texts(pp: PlanPort, pool: Sequence[EndpointInfo], nft: bool) -> list[str | None]:
+    """What the rendered rules say of each endpoint of the pool (None: the last, unconditional
+    rule): kube-proxy's ``statistic`` probability or ``numgen`` value, the weighted ones, or
+    the round-robin cycle positions (render.selection_rules decides the form)."""
+    from .render import selection_rules
+    from .render.iptables import weighted_probability
+
+    n = len(pool)
+    mode, order, weights = selection_rules(pp, pool)
+    if mode == "cycle":
+        where = [[k for k, j in enumerate(order) if j == i] for i in range(n)]
+        word = f"numgen inc mod {len(order)}:" if nft else f"nth of a {len(order)}-turn cycle:"
+        return [f"{word} {','.join(map(str, ks))}" for ks in where]
+    if mode == "weighted":
+        out: list[str | None] = []
+        lo, rest = 0, sum(weights)
+        for i, wt in enumerate(weights):
+            if nft:
+                out.append(f"numgen {lo}" if wt == 1 else f"numgen {lo}-{lo + wt - 1}")
+            else:
+                out.append(None if i == n - 1 else weighted_probability(wt, rest))
+            lo += wt
+            rest -= wt
+        return out
+    # kube-proxy: one numgen random mod n vmap, or the 1/k, 1/(k-1), ... statistic cascade
+    return [f"numgen {i}" if nft else (None if i == n - 1 else probability_text(n - i)) for i in range(n)]
 
 
 def _ipt_ep_chain(pp: PlanPort, ep: EndpointInfo) -> str:

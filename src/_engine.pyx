@@ -33,6 +33,7 @@ from libc.string cimport memcpy, memset
 
 from kp_core cimport *
 
+import operator
 import time
 
 from kproxy_core._engine_py import (
@@ -46,9 +47,12 @@ from kproxy_core._engine_py import (
     check_tables,
 )
 from kproxy_core.errors import EngineError
+from kproxy_core.selectors import SELECTOR_CODES, WEIGHT_SALT, check_maglev
 from kproxy_core.tables import FRONTENDS, VERDICTS
 
-__all__ = ["Core", "Decision", "affinity_hash", "mix", "packet_hash", "pick"]
+import numpy as np
+
+__all__ = ["Core", "Decision", "affinity_hash", "maglev_table", "mix", "packet_hash", "pick"]
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object o)
@@ -80,6 +84,9 @@ cdef list _FRONTENDS = FRONTENDS  # grows as plugins add frontend kinds (tables.
 cdef dict _PROTO_IN = dict(PROTO_IN)
 _time = time.time
 assert SLOTS == KP_SLOTS and AFFINITY_SALT == 0x9E3779B97F4A7C15
+assert WEIGHT_SALT == 0xD6E8FEB86659FD93 and SELECTOR_CODES == {
+    "random": KP_SEL_RANDOM, "weighted": KP_SEL_WEIGHTED, "round-robin": KP_SEL_RR,
+    "source-hash": KP_SEL_SH, "maglev": KP_SEL_MAGLEV}
 
 
 cdef int _check(int status) except -1:
@@ -116,6 +123,34 @@ def affinity_hash(uint64_t seed, bint v6, int32_t service, src):
 
 def pick(uint64_t h, uint32_t n):
     return kp_pick(h, n)
+
+
+def maglev_table(offsets, skips, weights, size):
+    offs = _u32_list(offsets, "offsets")
+    sks = _u32_list(skips, "skips")
+    ws = _u32_list(weights, "weights")
+    check_maglev(offs, sks, ws, size)  # the twin's checks: the loop below always ends
+    cdef Py_ssize_t n = len(offs)
+    cdef uint32_t m = size
+    cdef const uint32_t[:] o = np.array(offs, dtype=np.uint32).reshape(n)
+    cdef const uint32_t[:] k = np.array(sks, dtype=np.uint32).reshape(n)
+    cdef const uint32_t[:] w = np.array(ws, dtype=np.uint32).reshape(n)
+    out = np.empty(m, dtype=np.int32)
+    cdef int32_t[:] t = out
+    cdef int status
+    with nogil:
+        status = kp_maglev_fill(&t[0], m, <int32_t>n, &o[0] if n else NULL, &k[0] if n else NULL,
+                                &w[0] if n else NULL)
+    _check(status)
+    return out
+
+
+cdef list _u32_list(object x, str name):
+    # as the twin's _int_list, then bounded: check_maglev refuses anything past 2**32 - 1
+    try:
+        return [operator.index(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+    except TypeError:
+        raise ValueError(f"maglev: {name} must be a sequence of integers") from None
 
 
 cdef inline kp_a6 _a6(object x) except *:
@@ -233,12 +268,18 @@ cdef _Fam _build_fam(object t, bint v6, Py_ssize_t nsvc):
     cdef const uint32_t[:] u4
     cdef const uint8_t[:, :] u6
     cdef kp_a6 x6
+    cdef const uint8_t[:] selv
+    cdef const uint64_t[:] seedv
+    cdef const int32_t[:] tab
     sizes = [len(c[name]) for name in ("rec_port", "port_service", "pool_ep", "ep_port", "fe_port",
                                  "np_port", "local_addrs", "np_addrs", "fw_prefix")]
     if max(sizes + [nsvc]) > 0x7FFFFFFF:
         raise ValueError("tables: more than 2**31 - 1 rows")
+    kinds = c["port_selector"]
+    nal = sizes[2] if (kinds == KP_SEL_WEIGHTED).any() else 0
+    nrr = sizes[2] if (kinds == KP_SEL_RR).any() else 0
     _check(kp_fam_alloc(f, v6, sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5],
-                        sizes[6], sizes[7], <int32_t>nsvc, sizes[8]))
+                        sizes[6], sizes[7], <int32_t>nsvc, sizes[8], len(c["sel_table"]), nal, nrr))
 
     a = c["rec_port"]
     b = c["rec_kind"]
@@ -269,9 +310,24 @@ cdef _Fam _build_fam(object t, bint v6, Py_ssize_t nsvc):
         for k in range(2):
             f.port[i].start[k] = <int32_t>a2[i, k]
             f.port[i].len[k] = <int32_t>b2[i, k]
+    selv = kinds.astype(np.uint8)
+    seedv = c["port_seed"]
+    a2 = c["port_table_start"]
+    b2 = c["port_table_len"]
+    for i in range(f.nport):
+        f.port[i].sel = selv[i]
+        f.port[i].seed = seedv[i]
+        for k in range(2):
+            f.port[i].tstart[k] = <int32_t>a2[i, k]
+            f.port[i].tlen[k] = <uint32_t>b2[i, k]
     a = c["pool_ep"]
+    b = c["pool_weight"]
     for i in range(f.npool):
         f.pool_ep[i] = <int32_t>a[i]
+        f.pool_w[i] = <uint32_t>b[i]
+    tab = c["sel_table"]
+    if f.ntab:
+        memcpy(f.tab, &tab[0], sizeof(int32_t) * f.ntab)
 
     a = c["ep_port"]
     if v6:
@@ -330,7 +386,7 @@ cdef _Fam _build_fam(object t, bint v6, Py_ssize_t nsvc):
         else:
             f.det_mask4 = mask
             f.det_net4 = int(c["det_addr"][0])
-    kp_fam_index(f)
+    _check(kp_fam_index(f))
     fam.ep_tuple = list(zip(c["ep_str"], c["ep_port"].tolist()))
     return fam
 
@@ -535,6 +591,8 @@ cdef class Core:
             self.c4 = &n4.f
             self.c6 = &n6.f
             with nogil:
+                kp_rr_carry(&n4.f, o4)
+                kp_rr_carry(&n6.f, o6)
                 dropped = kp_remap(&self.st.flows[0], &n4.f, o4)
                 dropped += kp_remap(&self.st.flows[1], &n6.f, o6)
         finally:
@@ -592,12 +650,12 @@ cdef class Core:
             fam = self.fam6
             kp_decide6(&self.st, self.c6, s6, d6, <uint16_t>sp, <uint16_t>dp, <uint8_t>p,
                        kp_hash6(self.st.seed, s6, d6, <uint16_t>sp, <uint16_t>dp, <uint8_t>p),
-                       KP_REC_UNKNOWN, t, mode, &r)
+                       KP_REC_UNKNOWN, t, mode, 1, &r)
         else:
             fam = self.fam4
             kp_decide4(&self.st, self.c4, s4, d4, <uint16_t>sp, <uint16_t>dp, <uint8_t>p,
                        kp_hash4(self.st.seed, s4, d4, <uint16_t>sp, <uint16_t>dp, <uint8_t>p),
-                       KP_REC_UNKNOWN, t, mode, 0, &r)
+                       KP_REC_UNKNOWN, t, mode, 0, 1, &r)
         services = self.services
         PyThread_release_lock(self.lock)
 

@@ -13,6 +13,11 @@ cdef extern from "kp_core.h" nogil:
         KP_SLOTS
         KP_DNAT
         KP_REC_UNKNOWN
+        KP_SEL_RANDOM
+        KP_SEL_WEIGHTED
+        KP_SEL_RR
+        KP_SEL_SH
+        KP_SEL_MAGLEV
 
     ctypedef struct kp_a6:
         uint64_t hi
@@ -36,6 +41,7 @@ cdef extern from "kp_core.h" nogil:
         uint8_t np_filter
         uint8_t action[4]
         uint8_t fw
+        uint8_t sel
 
     ctypedef struct kp_fwrec:
         int32_t start
@@ -51,6 +57,10 @@ cdef extern from "kp_core.h" nogil:
         uint32_t affinity
         int32_t start[2]
         int32_t len[2]
+        uint64_t seed
+        int32_t tstart[2]
+        uint32_t tlen[2]
+        uint8_t sel
 
     ctypedef struct kp_ep4:
         uint32_t addr
@@ -96,6 +106,9 @@ cdef extern from "kp_core.h" nogil:
         kp_cip6 *cip6
         kp_cidr4 *scidr4
         kp_cidr6 *scidr6
+        int64_t ntab
+        uint32_t *pool_w
+        int32_t *tab
 
     ctypedef struct kp_state:
         uint64_t seed
@@ -121,6 +134,7 @@ cdef extern from "kp_core.h" nogil:
     uint64_t kp_ahash4(uint64_t aseed, int32_t svc, uint32_t src)
     uint64_t kp_ahash6(uint64_t aseed, int32_t svc, kp_a6 src)
     uint32_t kp_pick(uint64_t h, uint32_t n)
+    uint64_t kp_mulhi(uint64_t a, uint64_t b)
     kp_a6 kp_a6_load(const uint8_t *p)
     void kp_a6_store(uint8_t *p, kp_a6 a)
     int kp_parse_ip4(const char *s, size_t n, uint32_t *out)
@@ -131,20 +145,20 @@ cdef extern from "kp_core.h" nogil:
 
     int kp_fam_alloc(kp_fam *f, int v6, int32_t nrec, int32_t nport, int32_t npool,
                      int32_t nep, int32_t nfe, int32_t nnp, int32_t nlocal, int32_t nnpaddr,
-                     int32_t nsvc, int32_t nfw)
+                     int32_t nsvc, int32_t nfw, int64_t ntab, int32_t nal, int32_t nrrcur)
     int kp_fam_alloc_check(kp_fam *f, int32_t ncip, int32_t nscidr)
     void kp_fam_free(kp_fam *f)
-    void kp_fam_index(kp_fam *f)
+    int kp_fam_index(kp_fam *f)
     void kp_fe4_put(kp_fam *f, uint32_t addr, uint16_t port, uint8_t proto, int32_t rec)
     void kp_fe6_put(kp_fam *f, kp_a6 addr, uint16_t port, uint8_t proto, int32_t rec)
     void kp_np_put(kp_fam *f, uint16_t port, uint8_t proto, int32_t rec)
 
     void kp_decide4(kp_state *st, const kp_fam *f, uint32_t src, uint32_t dst,
                     uint16_t sport, uint16_t dport, uint8_t proto, uint64_t h, int32_t rec,
-                    double now, int track, int want_ep, kp_res *r)
+                    double now, int track, int want_ep, int sels, kp_res *r)
     void kp_decide6(kp_state *st, const kp_fam *f, kp_a6 src, kp_a6 dst,
                     uint16_t sport, uint16_t dport, uint8_t proto, uint64_t h, int32_t rec,
-                    double now, int track, kp_res *r)
+                    double now, int track, int sels, kp_res *r)
 
     ctypedef struct kp_col:
         const char *p
@@ -158,3 +172,6 @@ cdef extern from "kp_core.h" nogil:
                    ptrdiff_t out_step, int64_t n, double now, int track)
 
     int64_t kp_remap(kp_table *t, const kp_fam *nf, const kp_fam *of)
+    void kp_rr_carry(kp_fam *nf, const kp_fam *of)
+    int kp_maglev_fill(int32_t *table, uint32_t M, int32_t n, const uint32_t *off,
+                       const uint32_t *skip, const uint32_t *w)

@@ -21,14 +21,36 @@ LB_RANGES = ["192.168.0.0/24", "192.168.0.2/32", "10.0.0.0/8", "203.0.113.0/25",
 
 
 BOTH_MODES = ("iptables", "nftables")
+# endpoint selector annotations (kproxy_core.selectors): every kind, per port, and table
+# sizes that are fine, below 100 × the endpoints, and below the endpoints (a fallback)
+SELECTOR_TEXTS = ["random", "weighted", "round-robin", "source-hash", "maglev", "p0=maglev,p1=round-robin",
+                  "p1=source-hash,p2=weighted", "=maglev"]
+
+
+def selector_annotations(draw: st.DrawFn, i: int) -> dict[str, str]:
+    """Random kproxy-core.io/ annotations for service ``s{i}`` (its endpoints' addresses
+    are known: see the slices below)."""
+    ann: dict[str, str] = {}
+    if draw(st.integers(0, 3)):
+        ann["kproxy-core.io/selector"] = draw(st.sampled_from(SELECTOR_TEXTS))
+    if draw(st.booleans()):
+        keys = [f"10.{k % 3}.{i}.{k + 1}" for k in range(4)] + [f"fd00:10::{i}:{k + 1}" for k in range(4)]
+        chosen = draw(st.lists(st.sampled_from(keys), max_size=5, unique=True))
+        ann["kproxy-core.io/weights"] = ",".join(f"{k}={draw(st.integers(0, 5))}" for k in chosen)
+    if draw(st.integers(0, 3)) == 0:
+        ann["kproxy-core.io/maglev-table-size"] = draw(st.sampled_from(["3", "7", "251", "1021"]))
+    if draw(st.booleans()):
+        ann["kproxy-core.io/maglev-seed"] = str(draw(st.integers(0, 2**64 - 1)))
+    return ann
 
 
 @st.composite
 def clusters(
-    draw: st.DrawFn, modes: tuple[str, ...] = ("iptables",)
+    draw: st.DrawFn, modes: tuple[str, ...] = ("iptables",), selectors: bool = False
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """A random cluster and Engine options; ``modes``: the proxy modes to draw from
-    (test_trace_walk.py's iptables walker needs iptables mode)."""
+    (test_trace_walk.py's iptables walker needs iptables mode); ``selectors``: give
+    services random endpoint selector annotations."""
     objs: list[dict[str, Any]] = []
     for name, ip4, ip6 in NODES:
         o = node(name, ip4, ip6, pod_cidr=f"10.{NODES.index((name, ip4, ip6))}.0.0/24",
@@ -76,6 +98,8 @@ def clusters(
         if draw(st.integers(0, 3)) == 0:
             spec["externalIPs"] = [f"192.168.99.{i + 1}"]
         svc = service("ns", f"s{i}", cips, ports, type=typ, **spec)
+        if selectors:
+            svc["metadata"]["annotations"] = selector_annotations(draw, i)
         if typ == "LoadBalancer":
             ingress: list[str | dict[str, Any]] = [
                 f"192.168.98.{i + 1}", f"fd00:98::{i + 1}", {"hostname": "lb.example"},
@@ -149,7 +173,7 @@ def _same(a: Any, b: Any) -> bool:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_twins_agree(data: st.DataObject) -> None:
-    objs, opts = data.draw(clusters(BOTH_MODES))
+    objs, opts = data.draw(clusters(BOTH_MODES, selectors=True))
     cluster = kp.Cluster.from_objects(objs)
     seed = data.draw(st.integers(0, 2**64 - 1))
     cap = data.draw(st.sampled_from([8, 64, 1 << 12]))
@@ -166,8 +190,8 @@ def test_twins_agree(data: st.DataObject) -> None:
             ta, tb = (e.trace(*r[:4], sport=r[4], now=now) for e in engines)
             assert ta.to_dict() == tb.to_dict()
         cols = _ip_arrays(rows, v6)
-        outs = [(e.lookup_batch6 if v6 else e.lookup_batch)(*cols, now=now, track=data.draw(st.booleans()))
-                for e in engines]
+        track = data.draw(st.booleans())  # once for both (it was drawn per engine: round-robin told)
+        outs = [(e.lookup_batch6 if v6 else e.lookup_batch)(*cols, now=now, track=track) for e in engines]
         assert outs[0].tobytes() == outs[1].tobytes()
         assert engines[0].flow_count == engines[1].flow_count
         if data.draw(st.booleans()):  # an update between rounds: drop one service's slices
@@ -183,7 +207,7 @@ def test_twins_agree(data: st.DataObject) -> None:
 @given(data=st.data())
 def test_lookup_agrees_with_trace(data: st.DataObject) -> None:
     """Stateless lookups land on a candidate of the trace, with its verdict and masquerade."""
-    objs, opts = data.draw(clusters(BOTH_MODES))
+    objs, opts = data.draw(clusters(BOTH_MODES, selectors=True))
     impl = "compiled" if kp.COMPILED_AVAILABLE else "python"
     engine = kp.Engine(kp.Cluster.from_objects(objs), seed=data.draw(st.integers(0, 2**32)), impl=impl, **opts)
     for v6 in (False, True):

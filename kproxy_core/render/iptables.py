@@ -38,7 +38,7 @@ from functools import cmp_to_key
 
 from ..addresses import Family
 from ..plan import KUBE_MARK_MASQ, KUBE_NODEPORTS, KUBE_SERVICES, EndpointInfo, PlanPort, ProxyPlan
-from . import plugin_rules
+from . import plugin_rules, selection_rules
 
 __all__ = [
     "LARGE_CLUSTER_ENDPOINTS_THRESHOLD",
@@ -98,6 +98,12 @@ _DEFAULT_OPTIONS = IptablesOptions()
 def compute_probability(n: int) -> str:
     """``computeProbability``: ``fmt.Sprintf("%0.10f", 1.0/float64(n))``."""
     return f"{1.0 / n:0.10f}"
+
+
+def weighted_probability(weight: int, rest: int) -> str:
+    """The probability of a weighted endpoint's rule: its weight over the weights of the
+    endpoints from it to the last, formatted as kube-proxy formats its own."""
+    return f"{weight / rest:0.10f}"
 
 
 # --------------------------------------------------------------------------- rendering
@@ -478,9 +484,23 @@ def _service_to_endpoint_rules(
                 "-A", chain, *comment(ep), "-m recent --name", sep,
                 "--rcheck --seconds", str(pp.affinity_timeout), "--reap -j", sep,
             )
+    mode, order, weights = selection_rules(pp, endpoints)
+    if mode == "cycle":  # round-robin: one nth rule per position of the cycle
+        for k, i in enumerate(order):
+            ep = endpoints[i]
+            nth = ("-m statistic --mode nth --every", str(len(order) - k), "--packet 0") if k < len(order) - 1 else ()
+            b.nat("-A", chain, *comment(ep), *nth, "-j", pp.sep_chain(ep))
+        return
     n = len(endpoints)
+    rest = sum(weights)
     for i, ep in enumerate(endpoints):
-        stat = ("-m statistic --mode random --probability", compute_probability(n - i)) if i < n - 1 else ()
+        if i == n - 1:
+            stat: tuple[str, ...] = ()
+        elif mode == "weighted":
+            stat = ("-m statistic --mode random --probability", weighted_probability(weights[i], rest))
+            rest -= weights[i]
+        else:
+            stat = ("-m statistic --mode random --probability", compute_probability(n - i))
         b.nat("-A", chain, *comment(ep), *stat, "-j", pp.sep_chain(ep))
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 from ..addresses import parse_cidr, parse_ip, split_host_port
 from ..plan import EndpointInfo, PlanPort, ProxyPlan, valid_source_ranges
-from . import plugin_rules
+from . import plugin_rules, selection_rules
 
 __all__ = [
     "BASE_CHAINS",
@@ -337,7 +337,7 @@ def _nodeport_ips(plan: ProxyPlan) -> list[str]:
     cfg = plan.config
     nets = [ipaddress.ip_network(c) for c in cfg.nodeport_cidrs]
     out: list[str] = []
-    for ip in cfg.node_ips:
+    for ip in cfg.local_ips:
         addr = ipaddress.ip_address(ip)
         if addr.is_loopback or ip in out:
             continue
@@ -538,6 +538,19 @@ def _service_port(
         if affinity:
             for ep in endpoints:
                 tx.rule(chain, f"{w.ipx} saddr @{affinity_set(ep)} goto {ep_chain(ep)}")
+        mode, order, weights = selection_rules(pp, endpoints)
+        if mode == "cycle":  # round-robin: the numgen counter walks one cycle
+            items = " , ".join(f"{k} : goto {ep_chain(endpoints[i])}" for k, i in enumerate(order))
+            tx.rule(chain, f"numgen inc mod {len(order)} vmap {{ {items} }}")
+            return
+        if mode == "weighted":  # a range of the numbers 0 .. W-1 per endpoint, as wide as its weight
+            ranges, lo = [], 0
+            for ep, wt in zip(endpoints, weights, strict=True):
+                hi = lo + wt - 1
+                ranges.append(f"{lo}{'' if hi == lo else f'-{hi}'} : goto {ep_chain(ep)}")
+                lo = hi + 1
+            tx.rule(chain, f"numgen random mod {lo} vmap {{ {' , '.join(ranges)} }}")
+            return
         items = " , ".join(f"{i} : goto {ep_chain(ep)}" for i, ep in enumerate(endpoints))
         tx.rule(chain, f"numgen random mod {len(endpoints)} vmap {{ {items} }}")
 
