@@ -341,6 +341,19 @@ class Topology:
         address as source."""
         self.ip_batch(self.node, [f"route add {c} dev kp0" for c in cidrs])
 
+    def add_node_addresses(self, *ips: str) -> None:
+        """More addresses on the node's own interface that are not InternalIPs: a
+        load-balancer VIP that kube-vip (ARP mode), or kube-proxy's IPVS mode, puts on a
+        node. The kernel counts them as LOCAL (addrtype, ``fib ... type local``); they stay
+        out of ``node_ips`` (as out of the Node object). IPv6 ones are deprecated
+        (``preferred_lft 0``), so that source selection (longest matching prefix) never picks
+        a VIP for the node's connections elsewhere; a connection to the VIP itself still
+        comes from the VIP."""
+        self.ip_batch(self.node, [
+            f"addr add {ip}/{_host_len(ip)} dev kp0" + (" nodad preferred_lft 0" if ":" in ip else "")
+            for ip in ips
+        ])
+
     def add_hosts(self, hosts: Mapping[str, tuple[str, str]]) -> None:
         """Add namespaces: name -> (ip, kind), kind "pod", "external" or "sink" (a label)."""
         node_cmds = []
@@ -411,7 +424,10 @@ class Topology:
         ranges leave with the node's first address as source, like the dummy routes."""
         self.add_hosts({"sink": (ip, "sink")})
         veth = self.hosts["sink"].veth
-        self.ip_batch(self.node, [f"route add {c} dev {veth}" for c in cidrs])
+        # IPv6 neighbour discovery answers only for configured addresses, not for a
+        # ``local`` route: an IPv6 range goes via the sink's own address
+        self.ip_batch(self.node, [f"route add {c} via {ip} dev {veth}" if ":" in c else f"route add {c} dev {veth}"
+                                  for c in cidrs])
         self.ip_batch(self.hosts["sink"].ns, [f"route add local {c} dev lo" for c in cidrs])
         self.start_servers({"sink": (tcp, udp)}, label=SINK_LABEL)
 

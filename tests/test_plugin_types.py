@@ -243,3 +243,22 @@ def test_annotations_plugin_validates_at_load() -> None:
         kp.Cluster.from_objects([obj])
     # without the bundled plugins nobody reads the annotations
     kp.Cluster.from_objects([obj], plugins=make_plugin_manager(entry_points=False, bundled=False))
+
+
+def test_local_addresses_make_a_vip_local(make_engine: Any) -> None:
+    """A load-balancer VIP on the node's interface (kube-vip) is LOCAL to the kernel: the
+    NodePort tail rule accepts it and the node's connection from it is a local source
+    (kernel-checked in test_kernel_loadbalancer.py)."""
+    objs = lb_objs([{"ip": "192.0.2.1"}], externalTrafficPolicy="Local", healthCheckNodePort=31000)
+    objs[2] = slice_("ns", "web", [ep("10.0.1.5", "n2")], [eport(8080, "http")])  # a remote endpoint only
+    plain = make_engine(objs, node=NODE)
+    vip_local = make_engine(objs, node=NODE, local_addresses="192.0.2.1")
+    assert plain.lookup("203.0.113.1", "192.0.2.1", 30080).verdict == "PASS"
+    # a NodePort packet now: eTP=Local without a local endpoint drops it
+    assert vip_local.lookup("203.0.113.1", "192.0.2.1", 30080).verdict == "DROP"
+    assert plain.lookup("192.0.2.1", "192.0.2.1", 80).verdict == "DROP"  # an external source, eTP=Local
+    d = vip_local.lookup("192.0.2.1", "192.0.2.1", 80)
+    assert (d.verdict, d.masquerade) == ("DNAT", True)
+    assert vip_local.plans["IPv4"].config.node_ip == "192.168.0.2"  # never kube-proxy's nodeIP
+    with pytest.raises(kp.ManifestError, match=r"--local-address: 'vip' is not an IP address"):
+        make_engine(objs, node=NODE, local_addresses=["vip"])
