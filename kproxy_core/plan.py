@@ -859,6 +859,14 @@ class Walk:
     chains: list[str] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
 
+    def enter_pool(self, chain: str, pool: Pool, why: str) -> Walk:
+        """DNAT into ``pool`` through ``chain``."""
+        self.chains.append(chain)
+        self.pool = pool
+        self.verdict = "DNAT"
+        self.steps.append(why)
+        return self
+
 
 def _enter_internal(w: Walk, pp: PlanPort, cfg: ProxyConfig, from_pod: bool, chain: str, mark_chain: str) -> Walk:
     """ClusterIP traffic with internal endpoints: the internal masquerade rule, then the pool
@@ -954,13 +962,6 @@ def walk(
         w.steps.append(why)
         return w
 
-    def enter_pool(chain: str, pool: Pool, why: str) -> Walk:
-        w.chains.append(chain)
-        w.pool = pool
-        w.verdict = "DNAT"
-        w.steps.append(why)
-        return w
-
     if kind == "ClusterIP":
         w.steps.append(
             _describe_plugin_frontend(fe, spn) if fe is not None
@@ -1038,9 +1039,9 @@ def walk(
         w.masquerade = True
         w.chains.append(KUBE_MARK_MASQ)
         w.steps.append("masquerade: externalTrafficPolicy=Cluster masquerades external destinations")
-        return enter_pool(pp.svc_chain, "cluster", "externalTrafficPolicy=Cluster: any ready endpoint")
+        return w.enter_pool(pp.svc_chain, "cluster", "externalTrafficPolicy=Cluster: any ready endpoint")
     if det.implemented and from_pod:
-        return enter_pool(
+        return w.enter_pool(
             pp.svc_chain, "cluster",
             f"externalTrafficPolicy=Local, but the source is a pod ({det.cidr}): "
             "short-circuit to all endpoints, no masquerade",
@@ -1049,7 +1050,7 @@ def walk(
         w.masquerade = True
         w.chains.append(KUBE_MARK_MASQ)
         w.steps.append("masquerade: the source is a node-local address (addrtype LOCAL)")
-        return enter_pool(
+        return w.enter_pool(
             pp.svc_chain, "cluster",
             "externalTrafficPolicy=Local, but node-local traffic is routed to all endpoints",
         )
@@ -1061,7 +1062,7 @@ def walk(
             first, "DROP",
             f"externalTrafficPolicy=Local and {spn} has no local endpoints: dropped",
         )
-    return enter_pool(
+    return w.enter_pool(
         pp.svl_chain, "local",
         "externalTrafficPolicy=Local: only this node's endpoints, source IP preserved",
     )
@@ -1130,13 +1131,6 @@ def _walk_nft(
         w.steps.append(why)
         return w
 
-    def enter_pool(chain: str, pool: Pool, why: str) -> Walk:
-        w.chains.append(chain)
-        w.pool = pool
-        w.verdict = "DNAT"
-        w.steps.append(why)
-        return w
-
     def no_endpoints(hook: str, check: str, what: str) -> Walk:
         verdict: Verdict = "REJECT" if not pp.has_endpoints else "DROP"
         return filter_verdict(
@@ -1201,9 +1195,9 @@ def _walk_nft(
         w.masquerade = True
         w.chains.append(NFT_MARK_MASQ)
         w.steps.append("masquerade: externalTrafficPolicy=Cluster masquerades external destinations")
-        return enter_pool(svc_chain, "cluster", "externalTrafficPolicy=Cluster: any ready endpoint")
+        return w.enter_pool(svc_chain, "cluster", "externalTrafficPolicy=Cluster: any ready endpoint")
     if det.implemented and from_pod:
-        return enter_pool(
+        return w.enter_pool(
             svc_chain, "cluster",
             f"externalTrafficPolicy=Local, but the source is a pod ({det.cidr}): "
             "short-circuit pod traffic to all endpoints, no masquerade",
@@ -1212,14 +1206,14 @@ def _walk_nft(
         w.masquerade = True
         w.chains.append(NFT_MARK_MASQ)
         w.steps.append("masquerade: the source is a node-local address (fib saddr type local)")
-        return enter_pool(
+        return w.enter_pool(
             svc_chain, "cluster",
             "externalTrafficPolicy=Local, but local traffic is short-circuited to all endpoints",
         )
     if not pp.has_external_endpoints:
         w.steps.append(f"externalTrafficPolicy=Local: {ext_chain} ends without a verdict, no DNAT")
         return no_endpoints(hook, check, "the destination is")
-    return enter_pool(
+    return w.enter_pool(
         local_chain, "local",
         "externalTrafficPolicy=Local: only this node's endpoints, source IP preserved",
     )
