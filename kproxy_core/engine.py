@@ -143,7 +143,7 @@ class Engine:
 
             plugins = get_plugin_manager()
         self.plugins: KproxyPluginManager = plugins
-        self._zones: dict[tuple[str, int], Zone] = {}
+        self._zones: dict[tuple[str, int, str, bool], Zone] = {}
         self._service_cidr_flag = service_cidrs
         self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else seed
         self._settings = dict(
@@ -236,9 +236,9 @@ class Engine:
         """
         with self._lock:
             new_cluster, changes = apply_objects(self.cluster, objects, self.plugins)
-            self._zones = {}
             before = sum(len(p.ports) for p in self.plans.values())
             self.cluster = new_cluster
+            self._zones = {}  # after the cluster: a zone built meanwhile from the old one is dropped
             full = changes.all
             if full:
                 self.configs = {
@@ -336,19 +336,33 @@ class Engine:
                 return trace_name(self, src, dst, dport, proto, sport, now)
         return trace_packet(self, src, dst, dport, proto, sport, now)
 
-    def dns_zone(self, zone: str = DEFAULT_ZONE, ttl: int = DEFAULT_TTL) -> Zone:
-        """The cluster DNS records of this engine's cluster (kept until :meth:`apply`)."""
-        key = (normalize(zone), ttl)
-        z = self._zones.get(key)
+    def dns_zone(
+        self,
+        zone: str = DEFAULT_ZONE,
+        ttl: int = DEFAULT_TTL,
+        *,
+        pods: str = "disabled",
+        endpoint_pod_names: bool = False,
+    ) -> Zone:
+        """The cluster DNS zone of this engine's cluster, as CoreDNS's ``kubernetes`` plugin
+        serves it (built once per cluster state: :meth:`apply` makes the next call build
+        the new one). See :mod:`kproxy_core.dns`."""
+        key = (normalize(zone), ttl, pods, endpoint_pod_names)
+        zones = self._zones
+        z = zones.get(key)
         if z is None:
-            z = self._zones[key] = build_zone(self.cluster, self.plugins.registry, zone, ttl)
+            z = zones[key] = build_zone(
+                self.cluster, self.plugins.registry, zone, ttl, pods=pods, endpoint_pod_names=endpoint_pod_names
+            )
         return z
 
-    def resolve(self, name: str, rtype: str = "A", *, zone: str = DEFAULT_ZONE) -> Answer:
-        """Answer a DNS question about the cluster zone offline: a Service name gives its
-        ClusterIPs, an ExternalName Service its CNAME (from the bundled plugin), plugin
-        types whatever records they add. See :class:`kproxy_core.dns.Answer`."""
-        return self.dns_zone(zone).resolve(name, rtype)
+    def resolve(
+        self, name: str, rtype: str = "A", *, zone: str = DEFAULT_ZONE, ttl: int = DEFAULT_TTL
+    ) -> Answer:
+        """Answer a DNS question about the cluster zone offline, as CoreDNS would: Service
+        and endpoint names, SRV, PTR, ``dns-version``, an ExternalName's CNAME (from the
+        bundled plugin), plugin types' records. See :class:`kproxy_core.dns.Answer`."""
+        return self.dns_zone(zone, ttl).resolve(name, rtype)
 
     @property
     def service_cidrs(self) -> tuple[str, ...]:

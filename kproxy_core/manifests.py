@@ -85,8 +85,9 @@ _READ_KINDS = {
     ("v1", "Node"),
     ("networking.k8s.io/v1", "ServiceCIDR"),
     ("networking.k8s.io/v1beta1", "ServiceCIDR"),
+    ("v1", "Namespace"),
 }
-_CLUSTER_SCOPED = ("Node", "ServiceCIDR")
+_CLUSTER_SCOPED = ("Node", "ServiceCIDR", "Namespace")
 
 _SPACE = re.compile(r"\s*")
 # An IPv4 address already in canonical form (no leading zeros): the common case.
@@ -333,6 +334,7 @@ def _apply_objects(
         warnings=tuple(dict.fromkeys(warnings)),
         legacy_endpoints=b.legacy,
         service_cidrs=b.service_cidrs,
+        namespaces=frozenset(b.namespaces),
     )
     return cluster, b.changes(base) if want_changes else ChangeSet()
 
@@ -383,6 +385,7 @@ class _Builder:
         self.legacy: dict[tuple[str, str], tuple[EndpointSlice, ...]] = dict(base.legacy_endpoints)
         self.nodes: dict[str, Node] = dict(base.nodes)
         self.service_cidrs: dict[str, tuple[str, ...]] = dict(base.service_cidrs)
+        self.namespaces: set[str] = set(base.namespaces)
         self.touched: set[ObjectKey] = set()
         self.object_warnings: dict[Any, list[str]] = {}
         self._plain_seen: set[ObjectKey] = set()
@@ -456,6 +459,8 @@ class _Builder:
             cidrs = _parse_service_cidr(ctx, obj)
             if not ctx.errors:
                 self.service_cidrs[name] = cidrs
+        elif kind == "Namespace":
+            self.namespaces.add(name)  # only its existence matters (cluster DNS)
         else:
             node = _parse_node(ctx, name, obj, labels)
             if not ctx.errors:
@@ -473,6 +478,8 @@ class _Builder:
             self.legacy.pop((namespace, name), None)
         elif kind == "ServiceCIDR":
             self.service_cidrs.pop(name, None)
+        elif kind == "Namespace":
+            self.namespaces.discard(name)
         else:
             self.nodes.pop(name, None)
 
@@ -494,8 +501,8 @@ class _Builder:
             elif kind == "Endpoints":
                 if base.legacy_endpoints.get(nk) != self.legacy.get(nk):
                     services.add(nk)
-            elif kind == "ServiceCIDR":
-                continue  # no lookup depends on them (nftables' cluster-ips-check does)
+            elif kind in ("ServiceCIDR", "Namespace"):
+                continue  # no lookup depends on them (nftables' cluster-ips-check and DNS do)
             elif base.nodes.get(name) != self.nodes.get(name):
                 nodes.add(name)
         return ChangeSet(frozenset(services), frozenset(nodes), bool(nodes))
