@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from .dns import Answer, DnsRecord
+from .dns import Answer, DnsRecord, Lookup, Zone, build_zone, resolve_as_pod
 from .engine import (
     COMPILED_AVAILABLE,
     FRONTEND_NAMES,
@@ -20,6 +20,7 @@ from .engine import (
     Engine,
     ServicePortInfo,
 )
+from .envvars import container_env, format_env, service_env
 from .errors import (
     EngineError,
     KproxyError,
@@ -73,6 +74,13 @@ __all__ = [
     # discovery
     "Answer",
     "DnsRecord",
+    "Lookup",
+    "Zone",
+    "build_zone",
+    "resolve_as_pod",
+    "container_env",
+    "format_env",
+    "service_env",
     # errors
     "EngineError",
     "KproxyError",

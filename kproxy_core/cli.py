@@ -162,11 +162,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     external = engine.trace("203.0.113.77", ext_ip, 30379, "TCP", sport=51000, now=0.0)
     out.write(f"\n2. A client on the internet connects to NodePort {ext_ip}:30379\n\n")
     out.write(_indent(str(external)) + "\n")
+    _demo_discovery(out, cluster, engine)
     out.write(
         "\nTry it yourself: kproxy trace -f examples/mynginx.yaml --node worker-1 "
         "--cluster-cidr 100.96.0.0/11 --src 100.96.1.5 --dst 100.68.181.31:80\n"
     )
     return 0
+
+
+def _demo_discovery(out: IO[str], cluster: Cluster, engine: Engine) -> None:
+    from .dns import resolve_as_pod
+    from .envvars import format_env, service_env
+
+    zone = engine.dns_zone()
+    out.write("\n3. How the pod found the Service: cluster DNS (CoreDNS's answers) and kubelet's variables\n\n")
+    walk = resolve_as_pod(zone, "mynginx", "A", "default")
+    out.write(f"   resolv.conf: search {' '.join(walk.search)}, options ndots:{walk.ndots}\n")
+    for rtype, name in (("A", "mynginx"), ("SRV", "mynginx.default.svc.cluster.local."),
+                        ("PTR", "31.181.68.100.in-addr.arpa.")):
+        for r in resolve_as_pod(zone, name, rtype, "default").answer.records:
+            out.write(f"   {' '.join(r.text(zone.ttl).split())}\n")
+    for line in format_env(service_env(cluster, "default")).splitlines():
+        out.write(f"   {line}\n")
+    out.write(
+        "\n   Serve it: kproxy dns serve -f examples/mynginx.yaml --listen 127.0.0.1:5353, then\n"
+        "   dig @127.0.0.1 -p 5353 mynginx.default.svc.cluster.local\n"
+    )
 
 
 def _indent(text: str) -> str:
@@ -450,6 +471,126 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- dns, env
+
+
+def _dns_engine(args: argparse.Namespace, cluster: Cluster) -> Engine:
+    return Engine(cluster, node=cluster.first_node)
+
+
+def cmd_dns_resolve(args: argparse.Namespace) -> int:
+    from .dns import resolve_as_pod
+
+    cluster = _load(args.files)
+    _warn(cluster)
+    try:
+        zone = _dns_engine(args, cluster).dns_zone(args.domain, args.ttl, pods=args.pods,
+                                                   endpoint_pod_names=args.endpoint_pod_names)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    try:
+        result = resolve_as_pod(zone, args.name, args.type, args.from_namespace)
+    except ValueError as e:
+        raise UsageError(f"NAME: {e}") from None
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.text())
+    return 0
+
+
+def cmd_dns_serve(args: argparse.Namespace) -> int:
+    from .dnsserver import serve_command
+
+    def load_cluster() -> Cluster:
+        cluster = _load(args.files)
+        _warn(cluster)
+        return cluster
+
+    return serve_command(args, load_cluster, lambda c: _dns_engine(args, c))
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from .envvars import config_sources, container_env, format_env, service_env
+    from .manifests import read_objects
+
+    if args.pod is None and args.namespace is None:
+        raise UsageError("--namespace: required (or --pod FILE)")
+    cluster = _load(args.files)
+    _warn(cluster)
+    if args.pod is None:
+        env = service_env(cluster, args.namespace, enable_service_links=not args.no_service_links)
+    else:
+        pods = [(origin, o) for origin, o in read_objects(args.pod) if o.get("kind") == "Pod"]
+        if len(pods) != 1:
+            raise UsageError(f"--pod: {args.pod} holds {len(pods)} Pod objects; give exactly one")
+        pod = dict(pods[0][1])
+        if args.namespace is not None:
+            pod["metadata"] = {**(pod.get("metadata") or {}), "namespace": args.namespace}
+        if args.no_service_links:
+            pod["spec"] = {**(pod.get("spec") or {}), "enableServiceLinks": False}
+        configmaps, secrets = config_sources(o for _, o in read_objects(*args.files, args.pod))
+        warnings: list[str] = []
+        env = container_env(cluster, pod, args.container, configmaps=configmaps, secrets=secrets, warnings=warnings)
+        for w in warnings:
+            print(f"{PROG}: warning: {w}", file=sys.stderr)
+    text = format_env(env, args.format)
+    sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
+    return 0
+
+
+def _add_dns_parsers(sub: Any) -> None:
+    from .dns import DEFAULT_TTL, DEFAULT_ZONE, POD_MODES
+    from .dnsserver import add_serve_arguments
+
+    dns = sub.add_parser("dns", help="cluster DNS: resolve a name as a pod would, or serve the zone")
+    dsub = dns.add_subparsers(dest="dns_command", required=True, metavar="COMMAND")
+
+    r = dsub.add_parser(
+        "resolve", help="answer a name as a pod in a namespace sees it (search path, ndots:5), like dig",
+        description="Resolve NAME offline as CoreDNS's kubernetes plugin answers a ClusterFirst pod in "
+                    "--from-namespace: the search path <ns>.svc.<zone> svc.<zone> <zone> and ndots:5, "
+                    "printed like dig's sections (or --json).",
+    )
+    _add_cluster(r)
+    r.add_argument("name", metavar="NAME", help="a name (mynginx, mynginx.default, a full name, a reverse name)")
+    r.add_argument("--type", "-t", default="A", type=str.upper, metavar="TYPE",
+                   help="A, AAAA, SRV, PTR, CNAME, TXT, SOA, NS or any other type (NODATA) (default A)")
+    r.add_argument("--from-namespace", default="default", metavar="NS", help="the pod's namespace (default default)")
+    r.add_argument("--domain", default=DEFAULT_ZONE, metavar="ZONE", help=f"cluster zone (default {DEFAULT_ZONE})")
+    r.add_argument("--ttl", type=int, default=DEFAULT_TTL, help=f"record TTL, 0-3600 (default {DEFAULT_TTL})")
+    r.add_argument("--pods", choices=POD_MODES, default="disabled",
+                   help="pod records a-b-c-d.<ns>.pod.<zone> (default disabled, as CoreDNS)")
+    r.add_argument("--endpoint-pod-names", action="store_true",
+                   help="name endpoints without a hostname by their pod (CoreDNS's endpoint_pod_names)")
+    r.add_argument("--json", action="store_true", help="the walk and the answer as one JSON object")
+    r.set_defaults(func=cmd_dns_resolve)
+
+    s = dsub.add_parser("serve", help="serve the cluster zone on UDP and TCP (authoritative, no recursion)")
+    _add_cluster(s)
+    add_serve_arguments(s)
+    s.set_defaults(func=cmd_dns_serve)
+
+
+def _add_env_parser(sub: Any) -> None:
+    e = sub.add_parser(
+        "env", help="the service environment variables kubelet gives a pod",
+        description="The variables kubelet injects into a pod's containers: {SVC}_SERVICE_HOST, _SERVICE_PORT, "
+                    "{SVC}_PORT... for every Service of the namespace with a ClusterIP, and default/kubernetes "
+                    "always. With --pod, the container's whole environment in kubelet's precedence "
+                    "(envFrom, env, then service variables); ConfigMaps and Secrets come from -f.",
+    )
+    _add_cluster(e)
+    e.add_argument("--namespace", "-n", metavar="NS", help="the pod's namespace (required without --pod)")
+    e.add_argument("--format", default="dotenv", choices=["dotenv", "json", "shell"],
+                   help="dotenv NAME=value lines (default), a JSON object, or sh export lines; sorted by name")
+    e.add_argument("--no-service-links", action="store_true",
+                   help="enableServiceLinks: false (only default/kubernetes remains)")
+    e.add_argument("--pod", metavar="FILE", help="a Pod manifest: its namespace, enableServiceLinks, env and envFrom")
+    e.add_argument("--container", metavar="NAME", help="with --pod: which container (default the first)")
+    e.set_defaults(func=cmd_env)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -520,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every service's endpoint selector (weighted and round-robin get weights 1..N)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
+
+    _add_dns_parsers(sub)
+    _add_env_parser(sub)
     return p
 
 

@@ -429,7 +429,7 @@ def _match(want: str, have: str) -> bool:
 
 
 def _respell(r: DnsRecord, qname: str, spelled: str) -> DnsRecord:
-    return DnsRecord(spelled, r.rtype, r.data, r.ttl) if r.name == qname else r
+    return DnsRecord(spelled, r.rtype, r.data, r.ttl) if r.name.lower() == qname else r
 
 
 def _dedupe(records: Iterable[DnsRecord]) -> list[DnsRecord]:
