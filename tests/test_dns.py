@@ -411,3 +411,49 @@ def test_search_path_walk(zone: Zone) -> None:
         resolve_as_pod(zone, "a..b", "A")
     with pytest.raises(ValueError, match="empty"):
         resolve_as_pod(zone, " ", "A")
+
+
+# ------------------------------------------------------------------ any question, on the wire too
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_LABELS = ["svc1", "SVC1", "hdls1", "db", "db-0", "dup-name", "172-0-0-2", "5678-abcd--1", "_http", "_tcp", "http",
+           "tcp", "_pg", "udp", "testns", "other", "kube-system", "svc", "pod", "cluster", "local", "dns-version",
+           "ns", "dns", "in-addr", "arpa", "ip6", "10", "0", "1", "172", "byip", "external", "*", "any", "x",
+           "10-1-2-3", "a" * 63]
+_TYPES = ["A", "AAAA", "SRV", "PTR", "CNAME", "TXT", "SOA", "NS", "MX", "ANY", "HINFO"]
+_ZONE = build_zone(kp.Cluster.from_objects(coredns_objects() + extra_objects()), serial=SERIAL)
+
+
+@settings(max_examples=300, deadline=None)
+@given(labels=st.lists(st.sampled_from(_LABELS), min_size=0, max_size=8), qtype=st.sampled_from(_TYPES),
+       suffix=st.sampled_from(["cluster.local", "svc.cluster.local", "testns.svc.cluster.local", "in-addr.arpa",
+                               "ip6.arpa", "example.com", ""]))
+def test_any_question_is_answered_consistently(labels: list[str], qtype: str, suffix: str) -> None:
+    """Whatever the name: an rcode CoreDNS could give, records of the asked type (or the CNAME
+    chain), the SOA exactly on negative answers, and the server's wire carrying exactly that."""
+    import dns.message
+    import dns.rcode
+
+    from kproxy_core.dnsserver import handle
+
+    name = ".".join([*labels, suffix]).strip(".") or "cluster.local"
+    got = _ZONE.resolve(name, qtype)
+    assert got.rcode in ("NOERROR", "NXDOMAIN", "REFUSED")
+    if got.rcode == "REFUSED":
+        assert not got.records and not got.authority
+    elif got.records:
+        assert not got.authority
+        assert all(r.rtype in (qtype, "CNAME") or qtype == "ANY" for r in got.records)
+        assert got.records[0].name.lower() == name.lower()
+    else:
+        assert [r.rtype for r in got.authority] == ["SOA"]
+    if len(name) > 250:
+        return  # no such question on the wire
+    wire = handle(dns.message.make_query(name, qtype).to_wire(), _ZONE, tcp=True)
+    assert wire is not None
+    msg = dns.message.from_wire(wire)
+    assert dns.rcode.to_text(msg.rcode()) == got.rcode
+    assert sum(len(rrset) for rrset in msg.answer) == len(got.records)
+    assert sum(len(rrset) for rrset in msg.authority) == len(got.authority)
