@@ -53,6 +53,7 @@ from typing import Any
 
 from .addresses import join_host_port
 from .errors import ManifestError
+from .manifests import _Ctx, _q, _what
 from .model import Cluster, Service
 
 __all__ = [
@@ -236,44 +237,9 @@ def expand(text: str, *contexts: Mapping[str, str]) -> str:
 # --------------------------------------------------------------------------- Pods
 
 
-def _q(value: Any) -> str:
-    """A value as a manifest spells it (JSON), on one line, shortened."""
-    try:
-        text = json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError, RecursionError):
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _what(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    return f"a {type(value).__name__}"
-
-
-class _Pod:
-    """Reads one Pod manifest; each problem is one ``Pod ns/name: field: message`` line."""
-
-    def __init__(self, who: str) -> None:
-        self.who = who
-        self.errors: list[str] = []
-        self.notes: list[str] = []
-
-    def error(self, path: str, msg: str) -> None:
-        self.errors.append(f"{self.who}: {path}: {msg}")
-
-    def note(self, path: str, msg: str) -> None:
-        self.notes.append(f"{self.who}: {path}: {msg}")
+class _Pod(_Ctx):
+    """Reads one Pod manifest; each problem is one ``Pod ns/name: field: message`` line
+    (``errors``), each value left out one such line (``warnings``)."""
 
     def mapping(self, value: Any, path: str, required: bool = False) -> Mapping[str, Any]:
         if isinstance(value, Mapping):
@@ -492,7 +458,7 @@ def container_env(
         data = sources[src_kind].get((namespace, name))
         if data is None:
             extra = " (optional: kubelet skips it if the object does not exist)" if optional else ""
-            p.note(f"{path}.{fname}", f"{src_kind} {namespace}/{name} was not given{extra}; its keys left out")
+            p.warn(f"{path}.{fname}", f"{src_kind} {namespace}/{name} was not given{extra}; its keys left out")
             continue
         for key, value in data.items():
             env[prefix + key] = value
@@ -529,7 +495,7 @@ def container_env(
             else:
                 result, why, unresolved = None, "not known offline", True
             if why:
-                p.note(kpath, f"{why}; {name} left out")
+                p.warn(kpath, f"{why}; {name} left out")
         if not name:
             continue
         if result is None:
@@ -543,7 +509,7 @@ def container_env(
 
     if p.errors:
         raise ManifestError(p.errors)
-    for line in p.notes:
+    for line in p.warnings:
         if warnings is not None:
             warnings.append(line)
         else:

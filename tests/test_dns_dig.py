@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 import yaml
 from dns_cluster import coredns_objects, extra_objects
 from test_dns import CASES
+from test_dns_server import SERVE, Served
 
 pytestmark = pytest.mark.skipif(shutil.which("dig") is None, reason="dig (dnsutils) is not installed")
 
@@ -26,31 +25,11 @@ SERIAL = re.compile(r"(hostmaster\.\S+) \d+ ")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     path = tmp_path_factory.mktemp("dns") / "cluster.yaml"
     path.write_text(yaml.safe_dump_all(coredns_objects() + extra_objects()))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kproxy_core", "dns", "serve", "-f", str(path), "--listen", "127.0.0.1:0"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    served = Served([*SERVE, "-f", str(path), "--listen", "127.0.0.1:0"], path.with_suffix(".log"))
     try:
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 30
-        port = 0
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            m = re.search(r"on udp\+tcp 127\.0\.0\.1:(\d+)", line)
-            if m:
-                port = int(m.group(1))
-                break
-        assert port, f"kproxy dns serve did not start (exit {proc.poll()})"
-        yield port
+        yield served.port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        assert served.stop() == 0, served.log.read_text()
 
 
 def dig(port: int, *args: str) -> tuple[str, set[str], dict[str, list[str]]]:
