@@ -117,7 +117,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     _warn(cluster, engine)
     src, sport = _endpoint_arg(args.src, "src", False)
     dst, dport = _endpoint_arg(args.dst, "dst", True)
-    t = engine.trace(src, dst, dport, args.proto.upper(), sport=sport, now=0.0)
+    t = engine.trace(src, dst, dport, args.proto.upper(), sport=sport, now=0.0, namespace=args.from_namespace)
     if args.json:
         print(json.dumps(t.to_dict(), indent=2))
     else:
@@ -605,8 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster(t)
     t.add_argument("--src", required=True, metavar="IP[:PORT]", help="source (port optional)")
     t.add_argument("--dst", required=True, metavar="IP:PORT",
-                   help="destination; [IPv6]:PORT, or NAME:PORT for a name of the cluster zone "
-                        "(mynginx.default.svc.cluster.local:80), resolved first")
+                   help="destination; [IPv6]:PORT, or NAME:PORT for a DNS name (mynginx:80, "
+                        "mynginx.default.svc.cluster.local:80), resolved first as a pod would")
+    t.add_argument("--from-namespace", metavar="NS",
+                   help="resolve a NAME destination as a pod in NS (default: the source pod's namespace, "
+                        "else default)")
     t.add_argument("--proto", default="tcp", type=str.lower, choices=["tcp", "udp", "sctp"])
     t.add_argument("--json", action="store_true", help="print the trace as one JSON object")
     _add_engine(t)

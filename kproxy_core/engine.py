@@ -322,18 +322,22 @@ class Engine:
         proto: str | int = "TCP",
         sport: int = 0,
         now: float | None = None,
+        *,
+        namespace: str | None = None,
     ) -> Any:
         """Explain one packet: chain path, candidates and probabilities, reasons (a Trace).
 
-        ``dst`` may be a name of the cluster zone (``mynginx.default.svc.cluster.local``):
-        it is resolved first (:meth:`resolve`), and the trace says how."""
+        ``dst`` may be a DNS name (``mynginx``, ``mynginx.default``, a full name): it is
+        resolved first as a pod in ``namespace`` would (its search path and ndots:5; by
+        default the namespace of the pod whose address ``src`` is, else ``default``), and the
+        trace says how."""
         from .trace import trace_name, trace_packet
 
         try:
             ipaddress.ip_address(str(dst))
         except ValueError:
-            if isinstance(dst, str) and "." in dst:
-                return trace_name(self, src, dst, dport, proto, sport, now)
+            if isinstance(dst, str) and dst.strip():
+                return trace_name(self, src, dst, dport, proto, sport, now, namespace)
         return trace_packet(self, src, dst, dport, proto, sport, now)
 
     def dns_zone(

@@ -213,17 +213,36 @@ def plugin_steps(engine: Engine, pp: PlanPort, kind: str | None) -> list[str]:
 
 
 def trace_name(
-    engine: Engine, src: str, name: str, dport: int, proto: str | int, sport: int, now: float | None
+    engine: Engine,
+    src: str,
+    name: str,
+    dport: int,
+    proto: str | int,
+    sport: int,
+    now: float | None,
+    namespace: str | None = None,
 ) -> Trace:
-    """Trace a packet to a DNS name of the cluster zone: resolve it as a pod would (A for an
-    IPv4 source, AAAA for IPv6), then trace the packet to the address. A name without an
-    address (an ExternalName's CNAME out of the cluster, NXDOMAIN) is explained instead."""
+    """Trace a packet to a DNS name: resolve it as a pod in ``namespace`` would (default: the
+    namespace of the pod whose address ``src`` is, else ``default``), A for an IPv4 source
+    and AAAA for IPv6, with the pod's search path and ndots:5; then trace the packet to the
+    first address. A name without an address (an ExternalName's CNAME out of the cluster,
+    NXDOMAIN) is explained instead."""
+    from .dns import resolve_as_pod
+
     try:
         v6 = ipaddress.ip_address(str(src)).version == 6
     except ValueError:
         raise PacketError(f"source {src!r} is not an IP address") from None
-    ans = engine.resolve(name, "AAAA" if v6 else "A")
-    steps = [f"DNS {ans.rtype} {ans.name}: {ans.rcode}"]
+    ns = namespace or _namespace_of(engine, str(ipaddress.ip_address(str(src)))) or "default"
+    try:
+        walk = resolve_as_pod(engine.dns_zone(), name, "AAAA" if v6 else "A", ns)
+    except ValueError as e:
+        raise PacketError(f"destination {name!r}: {e}") from None
+    ans = walk.answer
+    steps = [f"DNS: {walk.query!r} resolved as a pod in namespace {ns} does "
+             f"(search {' '.join(walk.search)}, ndots:{walk.ndots})"]
+    steps += [f"DNS {t.rtype} {t.name}: {t.rcode}{' (NODATA)' if t.nodata else ''}" for t in walk.tried if t is not ans]
+    steps.append(f"DNS {ans.rtype} {ans.name}: {ans.rcode}{' (NODATA)' if ans.nodata else ''}")
     steps += [f"DNS answer: {r.name}. {r.rtype} {r.data}" for r in ans.records]
     steps += [f"DNS: {n}" for n in ans.notes]
     address = next((r.data for r in ans.records if r.rtype == ans.rtype), None)
@@ -249,8 +268,19 @@ def trace_name(
     return t
 
 
+def _namespace_of(engine: Engine, ip: str) -> str | None:
+    """The namespace of the pod (an endpoint's targetRef, else its slice) whose address ``ip`` is."""
+    for sl in engine.cluster.slices.values():
+        for ep in sl.endpoints:
+            if ip in ep.addresses:
+                if ep.target and ep.target.startswith("Pod ") and "/" in ep.target:
+                    return ep.target[4:].partition("/")[0]
+                return sl.namespace
+    return None
+
+
 def _service_of_name(engine: Engine, name: str) -> Any:
-    labels = name.split(".")
+    labels = name.lower().split(".")
     if len(labels) >= 4 and labels[2] == "svc":
         return engine.cluster.services.get((labels[1], labels[0]))
     return None

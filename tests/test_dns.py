@@ -457,3 +457,31 @@ def test_any_question_is_answered_consistently(labels: list[str], qtype: str, su
     assert dns.rcode.to_text(msg.rcode()) == got.rcode
     assert sum(len(rrset) for rrset in msg.answer) == len(got.records)
     assert sum(len(rrset) for rrset in msg.authority) == len(got.authority)
+
+
+# ------------------------------------------------------------------ trace to a name
+
+
+def test_trace_resolves_names_as_the_source_pod() -> None:
+    client = ep("10.8.5.5")
+    client["targetRef"] = {"kind": "Pod", "namespace": "other", "name": "client-0"}
+    objs = coredns_objects() + extra_objects() + [
+        service("other", "clients", "None", [port(80, "http")]),
+        slice_("other", "clients", [client], [eport(80, "http")]),
+        namespace("other"),
+    ]
+    engine = kp.Engine(kp.Cluster.from_objects(objs))
+    # the source is a pod of namespace "other": "dns" is other/dns
+    t = engine.trace("10.8.5.5", "dns", 53, "UDP")
+    assert t.packet["dst"] == "10.0.0.53" and t.packet["dst_name"] == "dns.other.svc.cluster.local"
+    assert "namespace other" in t.steps[0]
+    # an unknown source is in default: "svc1.testns" walks the search list
+    t = engine.trace("192.0.2.9", "svc1.testns", 80)
+    assert t.packet["dst"] == "10.0.0.1"
+    assert any("svc1.testns.default.svc.cluster.local: NXDOMAIN" in s for s in t.steps)
+    t = engine.trace("192.0.2.9", "dns", 53, "UDP", namespace="other")
+    assert t.packet["dst"] == "10.0.0.53"
+    miss = engine.trace("192.0.2.9", "nothing", 80)
+    assert miss.verdict == "PASS" and "kube-proxy never sees it" in miss.steps[-1]
+    with pytest.raises(kp.PacketError, match="not a valid DNS name"):
+        engine.trace("192.0.2.9", "a..b", 80)
