@@ -12,9 +12,10 @@ for the name, ``trace`` for the endpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -127,12 +128,16 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             time.sleep(0.05)
         client_ns = topo.hosts["client"].ns
         etc = Path("/etc/netns") / client_ns
+        made_parent = not etc.parent.exists()
         etc.mkdir(parents=True, exist_ok=True)
         try:
             (etc / "resolv.conf").write_text(RESOLV_CONF)
             yield Run(mode, topo, engine, client_ns)
         finally:
             shutil.rmtree(etc, ignore_errors=True)
+            if made_parent:
+                with contextlib.suppress(OSError):
+                    etc.parent.rmdir()
 
 
 def test_dig_through_the_kube_dns_cluster_ip(run: Run) -> None:
