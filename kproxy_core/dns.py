@@ -640,9 +640,11 @@ def resolve_as_pod(
     else:
         expanded = [f"{raw}.{s}" for s in suffixes]
         candidates = [raw, *expanded] if raw.count(".") >= ndots else [*expanded, raw]
-    for c in candidates:
-        if len(c) > 253 or any(not label or len(label) > 63 for label in c.split(".")):
-            raise ValueError(f"{c!r} is not a valid DNS name (empty label, label over 63 or name over 253 characters)")
+    if any(not label or len(label) > 63 for label in raw.removesuffix(".").split(".")):
+        raise ValueError(f"{raw!r} is not a valid DNS name (an empty label, or a label over 63 characters)")
+    if len(raw.removesuffix(".")) > 253:
+        raise ValueError(f"{raw!r} is not a valid DNS name (over 253 characters)")
+    candidates = [c for c in candidates if len(c) <= 253]  # a resolver skips suffixes that make it too long
     tried: list[Answer] = []
     for c in candidates:
         ans = zone.resolve(c, rtype)

@@ -485,3 +485,38 @@ def test_trace_resolves_names_as_the_source_pod() -> None:
     assert miss.verdict == "PASS" and "kube-proxy never sees it" in miss.steps[-1]
     with pytest.raises(kp.PacketError, match="not a valid DNS name"):
         engine.trace("192.0.2.9", "a..b", 80)
+
+
+# ------------------------------------------------------------------ kproxy dns resolve
+
+
+def test_cli_dns_resolve(tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from kproxy_core.cli import main
+
+    path = Path(str(tmp_path)) / "c.yaml"
+    path.write_text(yaml.safe_dump_all(coredns_objects() + extra_objects()))
+    assert main(["dns", "resolve", "-f", str(path), "svc1", "--from-namespace", "testns"]) == 0
+    out = capsys.readouterr().out
+    assert ";; ->>HEADER<<- opcode: QUERY, status: NOERROR" in out and ";; flags: qr aa rd;" in out
+    assert "svc1.testns.svc.cluster.local.\t5\tIN\tA\t10.0.0.1" in out.split(";; ANSWER SECTION:")[1]
+    assert main(["dns", "resolve", "-f", str(path), "db.other", "-t", "srv", "--from-namespace", "testns",
+                 "--ttl", "30", "--domain", "cluster.local"]) == 0
+    out = capsys.readouterr().out
+    assert ";; tried db.other.testns.svc.cluster.local. SRV: NXDOMAIN" in out
+    assert "db-0.db.other.svc.cluster.local.\t30\tIN\tA\t10.8.0.1" in out.split(";; ADDITIONAL SECTION:")[1]
+    assert main(["dns", "resolve", "-f", str(path), "nothing.testns.svc.cluster.local.", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["answer"]["rcode"] == "NXDOMAIN" and d["answer"]["authority"][0]["type"] == "SOA"
+    assert main(["dns", "resolve", "-f", str(path), "10-1-2-3.testns.pod", "--pods", "insecure",
+                 "--from-namespace", "x"]) == 0
+    assert "10.1.2.3" in capsys.readouterr().out
+    # bad input: one line, exit 2
+    for argv in (["a..b"], ["svc1", "--ttl", "4000"]):
+        assert main(["dns", "resolve", "-f", str(path), *argv]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("kproxy: warning: ")]
+        assert len(errors) == 1 and errors[0].startswith("kproxy: error: "), errors
