@@ -114,9 +114,6 @@ class Answer:
         """The answer section as ``dig`` prints it."""
         return "\n".join(r.text(self.ttl if ttl is None else ttl) for r in self.records)
 
-    def sections(self) -> dict[str, tuple[DnsRecord, ...]]:
-        return {"answer": self.records, "authority": self.authority, "additional": self.additional}
-
     def to_dict(self) -> dict[str, object]:
         def recs(rs: tuple[DnsRecord, ...]) -> list[dict[str, object]]:
             return [

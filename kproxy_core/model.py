@@ -162,15 +162,6 @@ class Cluster:
     service_cidrs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # ServiceCIDR name -> CIDRs
     namespaces: frozenset[str] = frozenset()  # Namespace objects given (only their names matter)
 
-    def namespace_exists(self, namespace: str) -> bool:
-        """A Namespace object was given, or some Service or EndpointSlice lives in it (the
-        API server would not hold those without their namespace)."""
-        return (
-            namespace in self.namespaces
-            or any(ns == namespace for ns, _ in self.services)
-            or any(ns == namespace for ns, _ in self.slices)
-        )
-
     def service_cidrs_for(self, family: Family) -> tuple[str, ...]:
         """Every ServiceCIDR's CIDR of one family, in name order (nftables' cluster-ips-check)."""
         v6 = family == "IPv6"
