@@ -479,8 +479,14 @@ def _dns_engine(args: argparse.Namespace, cluster: Cluster) -> Engine:
 
 
 def cmd_dns_resolve(args: argparse.Namespace) -> int:
+    import dns.rdatatype
+
     from .dns import resolve_as_pod
 
+    try:
+        dns.rdatatype.from_text(args.type)
+    except dns.rdatatype.UnknownRdatatype:
+        raise UsageError(f"--type: {args.type!r} is not a DNS record type (A, AAAA, SRV, PTR, TXT, ...)") from None
     cluster = _load(args.files)
     _warn(cluster)
     try:
@@ -491,7 +497,7 @@ def cmd_dns_resolve(args: argparse.Namespace) -> int:
     try:
         result = resolve_as_pod(zone, args.name, args.type, args.from_namespace)
     except ValueError as e:
-        raise UsageError(f"NAME: {e}") from None
+        raise UsageError(str(e)) from None
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -552,6 +553,7 @@ def _proxied(registry: ServiceTypeRegistry, svc: Service) -> bool:
 # --------------------------------------------------------------------------- a pod's resolver
 
 NDOTS = 5  # kubelet writes `options ndots:5` for ClusterFirst pods
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def search_path(namespace: str, zone: str = DEFAULT_ZONE) -> tuple[str, ...]:
@@ -631,6 +633,8 @@ def resolve_as_pod(
     raw = name.strip()
     if not raw or raw == ".":
         raise ValueError("empty DNS name")
+    if search is None and not _NAMESPACE.fullmatch(namespace):
+        raise ValueError(f"namespace {namespace!r} is not a valid namespace name (a lowercase RFC 1123 label)")
     suffixes = search if search is not None else search_path(namespace, zone.zone)
     if raw.endswith("."):
         candidates = [raw[:-1]]

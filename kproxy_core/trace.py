@@ -237,7 +237,7 @@ def trace_name(
     try:
         walk = resolve_as_pod(engine.dns_zone(), name, "AAAA" if v6 else "A", ns)
     except ValueError as e:
-        raise PacketError(f"destination {name!r}: {e}") from None
+        raise PacketError(f"resolving {name!r}: {e}") from None
     ans = walk.answer
     steps = [f"DNS: {walk.query!r} resolved as a pod in namespace {ns} does "
              f"(search {' '.join(walk.search)}, ndots:{walk.ndots})"]

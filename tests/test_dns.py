@@ -411,6 +411,8 @@ def test_search_path_walk(zone: Zone) -> None:
         resolve_as_pod(zone, "a..b", "A")
     with pytest.raises(ValueError, match="empty"):
         resolve_as_pod(zone, " ", "A")
+    with pytest.raises(ValueError, match="namespace 'Bad' is not a valid namespace name"):
+        resolve_as_pod(zone, "svc1", "A", "Bad")
 
 
 # ------------------------------------------------------------------ any question, on the wire too
@@ -516,7 +518,8 @@ def test_cli_dns_resolve(tmp_path: pytest.TempPathFactory, capsys: pytest.Captur
                  "--from-namespace", "x"]) == 0
     assert "10.1.2.3" in capsys.readouterr().out
     # bad input: one line, exit 2
-    for argv in (["a..b"], ["svc1", "--ttl", "4000"]):
+    for argv in (["a..b"], ["svc1", "--ttl", "4000"], ["svc1", "--type", "FOO"], ["svc1", "--from-namespace", "a.b"],
+                 ["svc1", "--from-namespace", ""]):
         assert main(["dns", "resolve", "-f", str(path), *argv]) == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("kproxy: warning: ")]
         assert len(errors) == 1 and errors[0].startswith("kproxy: error: "), errors
