@@ -482,6 +482,7 @@ def cmd_dns_resolve(args: argparse.Namespace) -> int:
     import dns.rdatatype
 
     from .dns import resolve_as_pod
+    from .dnsserver import zone_options
 
     try:
         dns.rdatatype.from_text(args.type)
@@ -490,8 +491,7 @@ def cmd_dns_resolve(args: argparse.Namespace) -> int:
     cluster = _load(args.files)
     _warn(cluster)
     try:
-        zone = _dns_engine(args, cluster).dns_zone(args.domain, args.ttl, pods=args.pods,
-                                                   endpoint_pod_names=args.endpoint_pod_names)
+        zone = _dns_engine(args, cluster).dns_zone(args.domain, args.ttl, **zone_options(args))
     except ValueError as e:
         raise UsageError(str(e)) from None
     try:
@@ -546,8 +546,8 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def _add_dns_parsers(sub: Any) -> None:
-    from .dns import DEFAULT_TTL, DEFAULT_ZONE, POD_MODES
-    from .dnsserver import add_serve_arguments
+    from .dns import DEFAULT_TTL
+    from .dnsserver import add_serve_arguments, add_zone_arguments
 
     dns = sub.add_parser("dns", help="cluster DNS: resolve a name as a pod would, or serve the zone")
     dsub = dns.add_subparsers(dest="dns_command", required=True, metavar="COMMAND")
@@ -563,12 +563,8 @@ def _add_dns_parsers(sub: Any) -> None:
     r.add_argument("--type", "-t", default="A", type=str.upper, metavar="TYPE",
                    help="A, AAAA, SRV, PTR, CNAME, TXT, SOA, NS or any other type (NODATA) (default A)")
     r.add_argument("--from-namespace", default="default", metavar="NS", help="the pod's namespace (default default)")
-    r.add_argument("--domain", default=DEFAULT_ZONE, metavar="ZONE", help=f"cluster zone (default {DEFAULT_ZONE})")
     r.add_argument("--ttl", type=int, default=DEFAULT_TTL, help=f"record TTL, 0-3600 (default {DEFAULT_TTL})")
-    r.add_argument("--pods", choices=POD_MODES, default="disabled",
-                   help="pod records a-b-c-d.<ns>.pod.<zone> (default disabled, as CoreDNS)")
-    r.add_argument("--endpoint-pod-names", action="store_true",
-                   help="name endpoints without a hostname by their pod (CoreDNS's endpoint_pod_names)")
+    add_zone_arguments(r)
     r.add_argument("--json", action="store_true", help="the walk and the answer as one JSON object")
     r.set_defaults(func=cmd_dns_resolve)
 

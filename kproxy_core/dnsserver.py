@@ -83,9 +83,11 @@ __all__ = [
     "DnsServer",
     "ServerThread",
     "add_serve_arguments",
+    "add_zone_arguments",
     "handle",
     "serve_command",
     "serve_in_thread",
+    "zone_options",
 ]
 
 log = logging.getLogger("kproxy.dns")
@@ -644,6 +646,22 @@ def _count_arg(text: str) -> int:
     return value
 
 
+def add_zone_arguments(g: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The zone's options that ``kproxy dns serve`` and ``kproxy dns resolve`` share (the TTL
+    aside); :func:`zone_options` turns them into :meth:`Engine.dns_zone` keywords."""
+    g.add_argument("--domain", type=_domain_arg, default=DEFAULT_ZONE, metavar="ZONE",
+                   help=f"the cluster zone (default {DEFAULT_ZONE})")
+    g.add_argument("--pods", choices=POD_MODES, default="disabled",
+                   help="pod records a-b-c-d.<ns>.pod.<zone> (default disabled, as CoreDNS)")
+    g.add_argument("--endpoint-pod-names", action="store_true",
+                   help="name endpoints without a hostname by their pod (CoreDNS's endpoint_pod_names)")
+
+
+def zone_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``pods`` and ``endpoint_pod_names`` from the options of :func:`add_zone_arguments`."""
+    return {"pods": args.pods, "endpoint_pod_names": args.endpoint_pod_names}
+
+
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``kproxy dns serve`` (the caller adds ``-f`` and the engine options);
     sets the parser's description when it has none (see :data:`SERVE_DESCRIPTION`)."""
@@ -654,14 +672,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"address for UDP and TCP (default {DEFAULT_LISTEN}; IPv6 as [::1]:5353; port 0 picks a "
                         "free port). Answers only the cluster zone and in-addr.arpa/ip6.arpa, no recursion: "
                         "other names get REFUSED")
-    g.add_argument("--domain", type=_domain_arg, default=DEFAULT_ZONE, metavar="ZONE",
-                   help=f"the cluster zone (default {DEFAULT_ZONE})")
     g.add_argument("--ttl", type=_ttl_arg, default=DEFAULT_TTL, metavar="SECONDS",
                    help=f"TTL of the records, 0-3600 (default {DEFAULT_TTL}, as CoreDNS)")
-    g.add_argument("--pods", choices=POD_MODES, default="disabled",
-                   help="pod records a-b-c-d.<ns>.pod.<zone> (default disabled, as CoreDNS)")
-    g.add_argument("--endpoint-pod-names", action="store_true",
-                   help="name endpoints without a hostname by their pod (CoreDNS's endpoint_pod_names)")
+    add_zone_arguments(g)
     g.add_argument("--watch", action="store_true",
                    help="reload when a -f file or directory changes; a load error is logged and the previous "
                         "records keep being served")
@@ -681,11 +694,7 @@ class _Current:
         self.engine = engine
         self.domain: str = args.domain
         self.ttl: int = args.ttl
-        self.options: dict[str, Any] = {}  # only what differs from the defaults
-        if getattr(args, "pods", "disabled") != "disabled":
-            self.options["pods"] = args.pods
-        if getattr(args, "endpoint_pod_names", False):
-            self.options["endpoint_pod_names"] = True
+        self.options = zone_options(args)
 
     def zone(self, engine: Engine | None = None) -> Zone:
         return (engine or self.engine).dns_zone(self.domain, self.ttl, **self.options)
