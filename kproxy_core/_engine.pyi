@@ -94,9 +94,9 @@ class Core:
         """Swap in new tables (IPv4, IPv6) and the service-port names their indices refer to.
 
         A flow survives iff its endpoint (address, port) is still in a pool of its
-        service's port in the new tables (its endpoint index is re-pointed); the others
-        are dropped. Returns how many were dropped. Affinity entries are kept (they name
-        addresses, and are checked against the pool when used).
+        service's port in the new tables; the others are dropped. Returns how many were
+        dropped. Affinity entries are kept (they name addresses, and are checked against
+        the pool when used).
 
         Inconsistent tables (an index out of range, a bad shape or dtype, an action
         byte with pool code 3, a KUBE-FW source list past the end of ``fw_addr`` or a
@@ -157,6 +157,38 @@ class Core:
     ) -> None:
         """As ``lookup_batch`` for IPv6: ``src``/``dst`` are (n, 16) uint8 arrays
         (network byte order) and ``out`` is an ``engine.OUT6_DTYPE`` array."""
+
+    def update(self, t4: FamilyTables, t6: FamilyTables, services: Sequence[str]) -> int:
+        """Change some service ports in place, one publication per family.
+
+        ``t4``/``t6`` hold only the ports that change (``port_service``: their service
+        indices; each replaces the port of its index, or adds it) with the records of the
+        keys they hold, and ``port_removed``: the service indices whose port goes. A key
+        whose record belonged to a replaced or removed port and that is not given again is
+        deleted; every other port and key stays as it is. ``services``: names to append
+        to the service-port names (the new indices).
+
+        Lookups and batches running meanwhile in other threads get, per packet, the
+        answer of the state before or after the update, never a mix (DESIGN §5): records
+        are published with release stores, and what an update replaces is freed only once
+        no lookup that started before it can still read it. Flows whose endpoint is no
+        longer in a pool of their service's port are dropped; returns how many.
+
+        Bad tables (as for :meth:`load`, or a service index given twice) raise ValueError
+        and leave the core unchanged.
+        """
+
+    def frontend(self, dst: object, dport: int, proto: object = "TCP") -> tuple[int, int, int]:
+        """Which service port a new packet to ``dst:dport/proto`` meets, as a lookup
+        matches it: ``(service index, frontend code, how)`` with ``how`` 1 = the frontend
+        table, 2 = the NodePort table (``dst`` is the node's), 3 = nftables'
+        cluster-ips set (no frontend, but a ClusterIP); ``(-1, 0, 0)`` for none."""
+
+    def memory(self) -> dict[str, int]:
+        """Bytes the core holds, by part: ``frontends`` and ``nodeports`` (the hash
+        tables), ``blocks`` (every service port's records, pools and selector data),
+        ``index`` (service index to port; the retire list), ``flows``, ``affinity``; and
+        ``blocks_count``."""
 
     def flow_count(self) -> int:
         """Entries in both flow tables (expired ones included until evicted)."""

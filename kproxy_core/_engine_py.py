@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import PacketError
+from .errors import EngineError, PacketError
 from .selectors import (
     MAX_WEIGHT,
     SELECTOR_CODES,
@@ -193,40 +193,59 @@ class _Bucketed:
             self.count -= 1
 
 
+class _Port:
+    """One service port: its two pools (entries ``(address, port, text)``; the text is the
+    model's address string), selector and selector state, and the keys its records hold."""
+
+    __slots__ = ("affinity", "alias", "keys", "pools", "rr", "seed", "selector", "svc", "tables", "weights")
+
+    def __init__(self, svc: int, affinity: int, selector: int, seed: int) -> None:
+        self.svc = svc
+        self.affinity = affinity
+        self.selector = selector
+        self.seed = seed
+        self.pools: list[list[tuple[int, int, str]]] = [[], []]
+        self.weights: list[list[int]] = [[], []]
+        self.tables: list[list[int]] = [[], []]
+        self.alias: list[AliasTable | None] = [None, None]
+        self.rr: list[RoundRobin | None] = [None, None]
+        self.keys: list[tuple[bool, tuple[int, ...]]] = []  # (NodePort?, key) of its records
+
+    def same_pool(self, which: int, other: _Port) -> bool:
+        """The same endpoints in the same order with the same weights (round-robin carry)."""
+        return (self.weights[which] == other.weights[which]
+                and [e[:2] for e in self.pools[which]] == [e[:2] for e in other.pools[which]])
+
+    def has(self, ep: tuple[int, int, str]) -> bool:
+        return any(e[0] == ep[0] and e[1] == ep[1] for pool in self.pools for e in pool)
+
+
+class _Rec:
+    """A frontend record: kind, the action byte per source class, the NodePort filter
+    action, the KUBE-FW allowed sources (None: no KUBE-FW) and its port."""
+
+    __slots__ = ("action", "fw", "kind", "np_filter", "port")
+
+    def __init__(self, kind: int, action: list[int], np_filter: int,
+                 fw: list[tuple[int, int]] | None, port: _Port) -> None:
+        self.kind = kind
+        self.action = action
+        self.np_filter = np_filter
+        self.fw = fw
+        self.port = port
+
+
 class _Family:
     def __init__(self, t: FamilyTables, v6: bool, nservices: int) -> None:
         c = check_tables(t, v6, nservices)
         self.v6 = v6
-        conv = self._addrs
-        self.fe = {
-            (a, int(p), int(pr)): int(r)
-            for a, p, pr, r in zip(
-                conv(c["fe_addr"]), c["fe_port"], c["fe_proto"], c["fe_rec"], strict=True
-            )
-        }
-        self.np = {
-            (int(p), int(pr)): int(r)
-            for p, pr, r in zip(c["np_port"], c["np_proto"], c["np_rec"], strict=True)
-        }
-        self.rec_port = c["rec_port"].tolist()
-        self.rec_kind = c["rec_kind"].tolist()
-        self.rec_action = c["rec_action"].tolist()
-        self.rec_np_filter = c["rec_np_filter"].tolist()
-        self.rec_fw_start = c["rec_fw_start"].tolist()
-        self.rec_fw_len = c["rec_fw_len"].tolist()
+        self.fe: dict[tuple[int, int, int], _Rec] = {}
+        self.np: dict[tuple[int, int], _Rec] = {}
+        self.ports: dict[int, _Port] = {}
+        self._put(c)
         bits = 128 if self.v6 else 32
         full = (1 << bits) - 1
-        masks = [full ^ ((1 << (bits - int(p))) - 1) for p in c["fw_prefix"]]
-        # allowed sources as (network, mask), the network pre-masked (as in C)
-        self.fw = [(a & m, m) for a, m in zip(conv(c["fw_addr"]), masks, strict=True)]
-        self.port_service = c["port_service"].tolist()
-        self.port_affinity = c["port_affinity"].tolist()
-        self.pool_start = c["port_pool_start"].tolist()
-        self.pool_len = c["port_pool_len"].tolist()
-        self.pool_ep: list[int] = c["pool_ep"].tolist()
-        self.ep_addr = conv(c["ep_addr"])
-        self.ep_port = c["ep_port"].tolist()
-        self.ep_str = c["ep_str"]
+        conv = self._addrs
         self.local = set(conv(c["local_addrs"]))
         self.np_addrs = set(conv(c["np_addrs"]))
         self.np_match_all = c["np_match_all"]
@@ -235,27 +254,6 @@ class _Family:
         prefix = c["det_prefix"]
         self.det_mask = ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1) if self.det_on else 0
         self.det_net = conv(c["det_addr"])[0] if self.det_on else 0
-        self.service_port = {s: p for p, s in enumerate(self.port_service)}
-        # selectors: per port its code and seed; per pool (port, which) its alias table
-        # (weighted), round-robin cursor, or lookup table segment (Maglev, source-hash)
-        self.port_selector: list[int] = c["port_selector"].tolist()
-        self.port_seed: list[int] = c["port_seed"].tolist()
-        self.pool_weight: list[int] = c["pool_weight"].tolist()
-        self.table: np.ndarray = c["sel_table"]
-        self.table_start: list[list[int]] = c["port_table_start"].tolist()
-        self.table_len: list[list[int]] = c["port_table_len"].tolist()
-        self.alias: dict[tuple[int, int], AliasTable] = {}
-        self.rr: dict[tuple[int, int], RoundRobin] = {}
-        for port, kind in enumerate(self.port_selector):
-            if kind not in (SELECTOR_CODES["weighted"], SELECTOR_CODES["round-robin"]):
-                continue
-            for which in (0, 1):
-                start, n = self.pool_start[port][which], self.pool_len[port][which]
-                w = self.pool_weight[start:start + n]
-                if kind == SELECTOR_CODES["weighted"]:
-                    self.alias[port, which] = alias_table(w)
-                else:
-                    self.rr[port, which] = RoundRobin(w)
         # nftables' cluster-ips-check (both empty in iptables mode)
         self.cip: dict[int, int] = {}
         for a, svc in zip(conv(c["cip_addr"]), c["cip_service"].tolist(), strict=True):
@@ -264,17 +262,88 @@ class _Family:
         self.scidr = [(a & m, m) for a, m in zip(conv(c["scidr_addr"]), smasks, strict=True)]
         self.check = bool(self.cip) or bool(self.scidr)
 
-    def cluster_ips_check(self, dst: int) -> tuple[int, int, int, int, int]:
+    def _put(self, c: dict[str, Any]) -> list[tuple[_Port | None, _Port]]:
+        """Install the ports and records of checked tables (a whole family or an update);
+        returns (old, new) for every port replaced or added."""
+        conv = self._addrs
+        bits = 128 if self.v6 else 32
+        full = (1 << bits) - 1
+        ep_addr = conv(c["ep_addr"])
+        ep_port = c["ep_port"].tolist()
+        ep_str = c["ep_str"]
+        pool_ep = c["pool_ep"].tolist()
+        weights = c["pool_weight"].tolist()
+        table = c["sel_table"]
+        starts, lens = c["port_pool_start"].tolist(), c["port_pool_len"].tolist()
+        tstarts, tlens = c["port_table_start"].tolist(), c["port_table_len"].tolist()
+        ports: list[_Port] = []
+        swapped: list[tuple[_Port | None, _Port]] = []
+        for i, (svc, aff, sel, seed) in enumerate(zip(
+                c["port_service"].tolist(), c["port_affinity"].tolist(), c["port_selector"].tolist(),
+                c["port_seed"].tolist(), strict=True)):
+            port = _Port(svc, aff, sel, seed)
+            for which in (0, 1):
+                st, n = starts[i][which], lens[i][which]
+                port.pools[which] = [(ep_addr[e], ep_port[e], ep_str[e]) for e in pool_ep[st:st + n]]
+                port.weights[which] = weights[st:st + n]
+                ts, tn = tstarts[i][which], tlens[i][which]
+                port.tables[which] = table[ts:ts + tn].tolist()
+                if sel == SELECTOR_CODES["weighted"]:
+                    port.alias[which] = alias_table(port.weights[which])
+                elif sel == SELECTOR_CODES["round-robin"]:
+                    port.rr[which] = RoundRobin(port.weights[which])
+            ports.append(port)
+            swapped.append((self.ports.get(svc), port))
+            self.ports[svc] = port
+        masks = [full ^ ((1 << (bits - int(p))) - 1) for p in c["fw_prefix"]]
+        # allowed sources as (network, mask), the network pre-masked (as in C)
+        fw = [(a & m, m) for a, m in zip(conv(c["fw_addr"]), masks, strict=True)]
+        recs = []
+        for port_i, kind, action, npf, fs, fl in zip(
+                c["rec_port"].tolist(), c["rec_kind"].tolist(), c["rec_action"].tolist(),
+                c["rec_np_filter"].tolist(), c["rec_fw_start"].tolist(), c["rec_fw_len"].tolist(), strict=True):
+            recs.append(_Rec(kind, action, npf, fw[fs:fs + fl] if fl else None, ports[port_i]))
+        for a, p, pr, r in zip(conv(c["fe_addr"]), c["fe_port"].tolist(), c["fe_proto"].tolist(),
+                               c["fe_rec"].tolist(), strict=True):
+            self.fe[(a, p, pr)] = recs[r]
+            recs[r].port.keys.append((False, (a, p, pr)))
+        for p, pr, r in zip(c["np_port"].tolist(), c["np_proto"].tolist(), c["np_rec"].tolist(), strict=True):
+            self.np[(p, pr)] = recs[r]
+            recs[r].port.keys.append((True, (p, pr)))
+        return swapped
+
+    def update(self, c: dict[str, Any], removed: list[int]) -> set[int]:
+        """Replace the ports of an update and remove others; a key whose record belonged
+        to a replaced or removed port and that the update does not give again is deleted.
+        Returns the service indices whose port changed or went."""
+        gone = [p for svc in removed if (p := self.ports.pop(svc, None)) is not None]
+        swapped = self._put(c)
+        for old, new in swapped:
+            if old is not None:
+                gone.append(old)
+                for which in (0, 1):
+                    rr, orr = new.rr[which], old.rr[which]
+                    if rr is not None and orr is not None and new.pools[which] and new.same_pool(which, old):
+                        rr.restore(orr)
+        for old in gone:
+            for nodeport, key in old.keys:
+                table: dict[Any, _Rec] = self.np if nodeport else self.fe
+                rec = table.get(key)
+                if rec is not None and rec.port is old:
+                    del table[key]
+        return {p.svc for p in gone} | {new.svc for _, new in swapped}
+
+    def cluster_ips_check(self, dst: int) -> tuple[int, int, int, Any, int]:
         """nftables' cluster-ips-check for a packet no frontend matched, not to the node:
         REJECT to an active ClusterIP (its service, frontend ClusterIP), DROP inside a
         service CIDR, else PASS."""
         svc = self.cip.get(dst, -1)
         if svc >= 0:
-            return 2, svc, 1, -1, 0
+            return 2, svc, 1, None, 0
         for net, mask in self.scidr:
             if dst & mask == net:
-                return 3, -1, 0, -1, 0
-        return 0, -1, 0, -1, 0
+                return 3, -1, 0, None, 0
+        return 0, -1, 0, None, 0
 
     def _addrs(self, arr: np.ndarray) -> list[int]:
         if not self.v6:
@@ -286,20 +355,18 @@ class _Family:
             return True
         return a == LOOP6 if self.v6 else (a >> 24) == 0x7F
 
-    def action(self, rec: int, src: int) -> int:
-        """The action byte of record ``rec`` for a packet from ``src`` (its source class)."""
+    def action(self, rec: _Rec, src: int) -> int:
+        """The action byte of a record for a packet from ``src`` (its source class)."""
         pod = self.det_on and (src & self.det_mask) == self.det_net
         cls = int(pod) | (int(self.is_local(src)) << 1)
-        n = self.rec_fw_len[rec]
-        if n == 0:
+        if rec.fw is None:
             cls |= 4  # no KUBE-FW: every source is allowed
         else:
-            start = self.rec_fw_start[rec]
-            for net, mask in self.fw[start:start + n]:
+            for net, mask in rec.fw:
                 if src & mask == net:
                     cls |= 4
                     break
-        return int(self.rec_action[rec][cls])
+        return int(rec.action[cls])
 
     def nodeport_accepts(self, a: int) -> bool:
         if self.np_match_all:
@@ -310,59 +377,41 @@ class _Family:
             return self.np_loopback or (a >> 24) != 0x7F
         return a in self.np_addrs
 
-    def select(self, port: int, which: int, h: int, src: int, sport: int, dport: int, proto: int,
+    def select(self, port: _Port, which: int, h: int, src: int, sport: int, dport: int, proto: int,
                advance: bool) -> int:
         """The pool index a new connection takes under the port's selector (n > 0)."""
-        kind = self.port_selector[port]
+        kind = port.selector
         if kind == 0:
-            return pick(h, self.pool_len[port][which])
+            return pick(h, len(port.pools[which]))
         if kind == SELECTOR_CODES["weighted"]:
-            i = alias_pick(self.alias[port, which], h)
+            alias = port.alias[which]
+            assert alias is not None
+            i = alias_pick(alias, h)
         elif kind == SELECTOR_CODES["round-robin"]:
-            rr = self.rr[port, which]
+            rr = port.rr[which]
+            assert rr is not None
             i = rr.pick() if advance else rr.peek()
         else:
-            fh = selector_hash(self.port_seed[port], self.v6, src, sport, dport, proto,
+            fh = selector_hash(port.seed, self.v6, src, sport, dport, proto,
                                source_only=kind == SELECTOR_CODES["source-hash"])
-            slot = maglev_slot(fh, self.table_len[port][which])
-            return int(self.table[self.table_start[port][which] + slot])
+            table = port.tables[which]
+            return int(table[maglev_slot(fh, len(table))])
         assert i is not None  # pools hold weights >= 1 (check_tables)
         return i
-
-    def same_pool(self, port: int, which: int, other: _Family, oport: int) -> bool:
-        """The same endpoints in the same order with the same weights (round-robin carry)."""
-        a, b = self.pool_start[port][which], other.pool_start[oport][which]
-        n = self.pool_len[port][which]
-        if n != other.pool_len[oport][which]:
-            return False
-        for i in range(n):
-            e, f = self.pool_ep[a + i], other.pool_ep[b + i]
-            if (self.pool_weight[a + i] != other.pool_weight[b + i] or self.ep_addr[e] != other.ep_addr[f]
-                    or self.ep_port[e] != other.ep_port[f]):
-                return False
-        return True
 
     def carry_round_robin(self, old: _Family | None) -> None:
         """Unchanged round-robin pools (same service, pool, endpoints and weights) continue
         where the old tables stopped; the others start at their head."""
         if old is None:
             return
-        for (port, which), rr in self.rr.items():
-            oport = old.service_port.get(self.port_service[port])
-            if oport is None or (oport, which) not in old.rr or not self.pool_len[port][which]:
+        for svc, port in self.ports.items():
+            oport = old.ports.get(svc)
+            if oport is None:
                 continue
-            if self.same_pool(port, which, old, oport):
-                rr.restore(old.rr[oport, which])
-
-    def find_endpoint(self, port: int, ep_a: int, ep_p: int) -> int:
-        """The index of an endpoint in either pool of a port, or -1."""
-        for which in (0, 1):
-            start = self.pool_start[port][which]
-            for i in range(start, start + self.pool_len[port][which]):
-                e = self.pool_ep[i]
-                if self.ep_addr[e] == ep_a and self.ep_port[e] == ep_p:
-                    return e
-        return -1
+            for which in (0, 1):
+                rr, orr = port.rr[which], oport.rr[which]
+                if rr is not None and orr is not None and port.pools[which] and port.same_pool(which, oport):
+                    rr.restore(orr)
 
 
 class Core:
@@ -404,20 +453,85 @@ class Core:
                 f.carry_round_robin(o)
             self.fam = new
             self.services = services
+            return sum(self._drop_flows(fl, f, None) for f, fl in zip(new, self.flows, strict=True))
+
+    def update(self, t4: FamilyTables, t6: FamilyTables, services: Sequence[str]) -> int:
+        """Replace the ports of an update (``port_service``: their service indices), remove
+        those of ``port_removed``, and add ``services``' names after the known ones. Only
+        those ports change; flows whose endpoint left their service are dropped (returns
+        how many). Inconsistent tables raise ValueError and leave the core as it was."""
+        names = self.services + list(services)
+        checked = [_check_update(t, v6, len(names)) for t, v6 in ((t4, False), (t6, True))]
+        with self._lock:
+            if self.fam[0] is None or self.fam[1] is None:
+                raise EngineError("Core.update before Core.load")
+            self.services = names
             dropped = 0
-            for f, o, fl in zip(new, old, self.flows, strict=True):
-                for s in [i for i, tag in enumerate(fl.tags) if tag]:
-                    key, svc, fe, ep, masq = fl.vals[s]
-                    port = f.service_port.get(svc)
-                    e = -1 if port is None or o is None else f.find_endpoint(
-                        port, o.ep_addr[ep], o.ep_port[ep]
-                    )
-                    if e < 0:
-                        fl.drop(s)
-                        dropped += 1
-                    else:
-                        fl.vals[s] = (key, svc, fe, e, masq)
+            for fam, (c, removed), fl in zip(self.fam, checked, self.flows, strict=True):
+                assert fam is not None
+                changed = fam.update(c, removed)
+                dropped += self._drop_flows(fl, fam, changed)
         return dropped
+
+    @staticmethod
+    def _drop_flows(fl: _Bucketed, fam: _Family, only: set[int] | None) -> int:
+        """Drop the flows (of services in ``only``; None: all) whose endpoint is in no pool
+        of their service's port any more."""
+        dropped = 0
+        for s in [i for i, tag in enumerate(fl.tags) if tag]:
+            svc, ep = fl.vals[s][1], fl.vals[s][3]
+            if only is not None and svc not in only:
+                continue
+            port = fam.ports.get(svc)
+            if port is None or not port.has(ep):
+                fl.drop(s)
+                dropped += 1
+        return dropped
+
+    def frontend(self, dst: object, dport: int, proto: object = "TCP") -> tuple[int, int, int]:
+        """Which service port a new packet to ``dst:dport/proto`` meets, as the decision
+        matches it: ``(service index, frontend code, how)``, how 1 = the frontend table,
+        2 = the NodePort table (``dst`` is the node's), 3 = nftables' cluster-ips set
+        (no frontend; the address is a ClusterIP); ``(-1, 0, 0)`` for none."""
+        d, _, v6 = _parse_pair(dst, dst)
+        p = _proto(proto)
+        _check_port(dport, "dport")
+        with self._lock:
+            fam = self.fam[v6]
+            if fam is None:
+                return -1, 0, 0
+            rec = fam.fe.get((d, int(dport), p))
+            if rec is not None:
+                return rec.port.svc, rec.kind, 1
+            if fam.is_local(d):
+                rec = fam.np.get((int(dport), p))
+                return (rec.port.svc, rec.kind, 2) if rec is not None else (-1, 0, 0)
+            svc = fam.cip.get(d, -1)
+            return (svc, 1, 3) if svc >= 0 else (-1, 0, 0)
+
+    def memory(self) -> dict[str, int]:
+        """As the compiled core's, measured with ``sys.getsizeof`` over the twin's own
+        containers (its figures are Python's, not comparable byte for byte)."""
+        import sys
+
+        out = {"frontends": 0, "nodeports": 0, "blocks": 0, "index": 0, "retired": 0, "flows": 0,
+               "affinity": 0, "blocks_count": 0}
+        with self._lock:
+            for fam in self.fam:
+                if fam is None:
+                    continue
+                out["frontends"] += sys.getsizeof(fam.fe)
+                out["nodeports"] += sys.getsizeof(fam.np)
+                out["index"] += sys.getsizeof(fam.ports)
+                out["blocks_count"] += len(fam.ports)
+                recs = {id(r): r for r in (*fam.fe.values(), *fam.np.values())}
+                out["blocks"] += sum(sys.getsizeof(r) for r in recs.values())
+                for port in fam.ports.values():
+                    out["blocks"] += sys.getsizeof(port) + sum(
+                        sys.getsizeof(pool) + sum(sys.getsizeof(e) for e in pool) for pool in port.pools)
+            for t, key in ((self.flows, "flows"), (self.aff, "affinity")):
+                out[key] = sum(sys.getsizeof(x.tags) + sys.getsizeof(x.vals) + sys.getsizeof(x.stamp) for x in t)
+        return out
 
     def flow_count(self) -> int:
         with self._lock:
@@ -452,7 +566,7 @@ class Core:
             services = self.services
         endpoint = None
         if verdict == 1 and fam is not None:
-            endpoint = (fam.ep_str[ep_i], fam.ep_port[ep_i])
+            endpoint = (ep_i[2], ep_i[1])
         return Decision(
             VERDICTS[verdict],
             services[svc] if svc >= 0 else None,
@@ -521,9 +635,9 @@ class Core:
                 frontends[i] = fe
                 masqs[i] = masq
                 if verdict == 1 and fam is not None:
-                    a = fam.ep_addr[ep_i]
+                    a = ep_i[0]
                     ep_ips[i] = np.frombuffer(a.to_bytes(16, "big"), np.uint8) if v6 else a
-                    ep_ports[i] = fam.ep_port[ep_i]
+                    ep_ports[i] = ep_i[1]
                 else:
                     ep_ips[i] = 0
                     ep_ports[i] = 0
@@ -532,11 +646,11 @@ class Core:
     def _decide(
         self, v6: bool, src: int, dst: int, sport: int, dport: int, proto: int,
         now: float, track: int,
-    ) -> tuple[int, int, int, int, int]:
-        """(verdict, service index, frontend, endpoint index, masquerade) as codes."""
+    ) -> tuple[int, int, int, Any, int]:
+        """(verdict, service index, frontend, endpoint (address, port, text), masquerade)."""
         fam = self.fam[v6]
         if fam is None:
-            return 0, -1, 0, -1, 0
+            return 0, -1, 0, None, 0
         h = packet_hash(self.seed, v6, src, dst, sport, dport, proto)
         flows = self.flows[v6]
         key = (src, dst, sport, dport, proto)
@@ -548,54 +662,52 @@ class Core:
                     flows.stamp[s] = now + self.timeouts.get(proto, 30.0)
                 return 1, svc, fe, ep, masq
 
-        rec = fam.fe.get((dst, dport, proto), -1)
-        if rec >= 0:
+        rec = fam.fe.get((dst, dport, proto))
+        if rec is not None:
             action = fam.action(rec, src)
         elif fam.is_local(dst):
-            rec = fam.np.get((dport, proto), -1)
-            if rec < 0:
-                return 0, -1, 0, -1, 0
-            action = fam.action(rec, src) if fam.nodeport_accepts(dst) else fam.rec_np_filter[rec]
+            rec = fam.np.get((dport, proto))
+            if rec is None:
+                return 0, -1, 0, None, 0
+            action = fam.action(rec, src) if fam.nodeport_accepts(dst) else rec.np_filter
         elif fam.check:
             return fam.cluster_ips_check(dst)
         else:
-            return 0, -1, 0, -1, 0
+            return 0, -1, 0, None, 0
         verdict = action & 3
-        port = fam.rec_port[rec]
-        svc = fam.port_service[port]
-        fe = fam.rec_kind[rec]
+        port = rec.port
+        svc = port.svc
+        fe = rec.kind
         if verdict != 1:
-            return verdict, (svc if verdict else -1), (fe if verdict else 0), -1, 0
+            return verdict, (svc if verdict else -1), (fe if verdict else 0), None, 0
         which = ((action >> 2) & 3) - 1
-        start = fam.pool_start[port][which]
-        n = fam.pool_len[port][which]
-        if which < 0 or n <= 0:  # cannot happen for tables built by kproxy_core.tables
-            return 3, svc, fe, -1, 0
-        ep = -1
-        timeout = fam.port_affinity[port]
+        if which < 0 or not port.pools[which]:  # cannot happen for tables built by kproxy_core.tables
+            return 3, svc, fe, None, 0
+        pool = port.pools[which]
+        ep = None
+        timeout = port.affinity
         aff = self.aff[v6]
         if timeout and track:
             ah = affinity_hash(self.seed, v6, svc, src)
             s = aff.find(ah, (svc, src))
             if s >= 0 and now - aff.stamp[s] <= timeout:
                 _, a_addr, a_port = aff.vals[s]
-                for i in range(start, start + n):
-                    e = fam.pool_ep[i]
-                    if fam.ep_addr[e] == a_addr and fam.ep_port[e] == a_port:
+                for e in pool:
+                    if e[0] == a_addr and e[1] == a_port:
                         ep = e
                         break
-        if ep < 0:
+        if ep is None:
             # round-robin: a new connection moves the cursor (track 0 and 1), a read-only
             # lookup (track 2: the trace) does not
-            ep = fam.pool_ep[start + fam.select(port, which, h, src, sport, dport, proto, not track or track == 1)]
+            ep = pool[fam.select(port, which, h, src, sport, dport, proto, not track or track == 1)]
         masq = (action >> 4) & 1
-        if fam.ep_addr[ep] == src:
+        if ep[0] == src:
             masq = 1
         if track == 1:
             if timeout:
                 ah = affinity_hash(self.seed, v6, svc, src)
                 s = aff.place(ah, (svc, src), now, live=True)
-                aff.vals[s] = ((svc, src), fam.ep_addr[ep], fam.ep_port[ep])
+                aff.vals[s] = ((svc, src), ep[0], ep[1])
                 aff.stamp[s] = now
             s = flows.place(h, key, now, live=False)
             flows.vals[s] = (key, svc, fe, ep, masq)
@@ -763,6 +875,17 @@ def check_tables(t: FamilyTables, v6: bool, nservices: int) -> dict[str, Any]:
             raise ValueError(f"tables: det_prefix {prefix} is out of range")
         c["det_prefix"] = int(prefix)
     return c
+
+
+def _check_update(t: FamilyTables, v6: bool, nservices: int) -> tuple[dict[str, Any], list[int]]:
+    """An update's tables (as :func:`check_tables`), its removed service indices, and that
+    no service index is given twice."""
+    c = check_tables(t, v6, nservices)
+    removed = _int_array(getattr(t, "port_removed", ()), "port_removed", 0, nservices - 1, 0).tolist()
+    svcs = c["port_service"].tolist()
+    if len(set(svcs)) != len(svcs) or set(svcs) & set(removed) or len(set(removed)) != len(removed):
+        raise ValueError("tables: an update gives a service index twice (port_service, port_removed)")
+    return c, removed
 
 
 def _check_selectors(t: FamilyTables, c: dict[str, Any], n_port: int, n_pool: int,

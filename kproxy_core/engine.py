@@ -7,6 +7,7 @@ or ``Engine(..., impl="python")`` selects the twin.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import threading
@@ -25,7 +26,7 @@ from .errors import PacketError
 from .manifests import apply_objects
 from .model import PROTO_NUMBERS, Cluster
 from .plan import PlanPort, ProxyConfig, ProxyPlan, make_config, plan_port
-from .tables import FRONTENDS, VERDICTS, FamilyTables, TableCache, build_tables
+from .tables import FRONTENDS, VERDICTS, FamilyState, FamilyTables, PortEntry, port_entry
 
 if TYPE_CHECKING:
     from .plugins import KproxyPluginManager
@@ -172,16 +173,11 @@ class Engine:
         )
         self.lookup = self._core.lookup
         self._lock = threading.Lock()
-        self._by_service: dict[Family, dict[tuple[str, str], list[PlanPort]]] = {}
         self._service_index: dict[str, int] = {}
         self.service_ports: list[ServicePortInfo] = []
-        self._cache: TableCache = {}
-        self.plans: dict[Family, ProxyPlan] = {}
-        for fam in FAMILIES:
-            self._by_service[fam] = {
-                key: self._plan_service(fam, key) for key in sorted(cluster.services)
-            }
-        self._publish()
+        self._names_loaded = 0  # how many of service_ports' names the core has
+        self._derived: dict[str, Any] = {}  # plans, tables, warnings: built on demand
+        self._build_all()
 
     # ------------------------------------------------------------------ building
     def _plan_service(self, fam: Family, key: tuple[str, str]) -> list[PlanPort]:
@@ -195,84 +191,187 @@ class Engine:
                 out.append(pp)
         return out
 
-    def _publish(self) -> int:
-        """Assemble plans, index service ports, build tables and swap them in."""
-        live: set[str] = set()
-        for fam in FAMILIES:
-            ports = tuple(
-                pp for key in sorted(self._by_service[fam]) for pp in self._by_service[fam][key]
+    def _index(self, pp: PlanPort) -> int:
+        """The service index of a service port, assigned on first sight and kept forever
+        (batch results refer to it; a deleted port's index stays reserved)."""
+        i = self._service_index.get(pp.spn)
+        if i is None:
+            i = self._service_index[pp.spn] = len(self.service_ports)
+            self.service_ports.append(
+                ServicePortInfo(pp.spn, pp.namespace, pp.service, pp.port_name, pp.protocol, pp.port)
             )
-            self.plans[fam] = ProxyPlan(self.configs[fam], ports)
-            for pp in ports:
-                live.add(pp.spn)
-                if pp.spn not in self._service_index:
-                    self._service_index[pp.spn] = len(self.service_ports)
-                    self.service_ports.append(
-                        ServicePortInfo(pp.spn, pp.namespace, pp.service, pp.port_name,
-                                        pp.protocol, pp.port)
-                    )
-        for i, info in enumerate(self.service_ports):
-            if (info.name in live) != info.present:
-                self.service_ports[i] = ServicePortInfo(
-                    info.name, info.namespace, info.service, info.port_name, info.protocol,
-                    info.port, present=info.name in live,
-                )
+        return i
+
+    def _entries(self, fam: Family, key: tuple[str, str]) -> dict[int, PortEntry]:
+        cfg = self.configs[fam]
+        out: dict[int, PortEntry] = {}
+        for i, pp in enumerate(self._plan_service(fam, key)):
+            svc = self._index(pp)
+            out[svc] = port_entry(pp, cfg, svc, (key[0], key[1], i))
+        return out
+
+    def _build_all(self) -> int:
+        """Plan every service port and load whole tables (at start and after a change
+        that can affect every port: a Node)."""
         cidrs = self.service_cidrs if self.mode == "nftables" else ()
-        t4 = build_tables(self.plans["IPv4"], self._service_index, self._cache, cidrs)
-        t6 = build_tables(self.plans["IPv6"], self._service_index, self._cache, cidrs)
-        self.tables: dict[Family, FamilyTables] = {"IPv4": t4, "IPv6": t6}
+        self._states: dict[Family, FamilyState] = {}
+        self._svc_ports: dict[Family, dict[tuple[str, str], list[int]]] = {}
+        registry = self.plugins.registry
+        self._wide = {
+            k for k, svc in self.cluster.services.items()
+            if (h := registry.get(svc.type)) is not None and h.cluster_wide
+        }
+        for fam in FAMILIES:
+            state = FamilyState(self.configs[fam], cidrs)
+            by_key: dict[tuple[str, str], list[int]] = {}
+            updates: dict[int, PortEntry | None] = {}
+            for key in sorted(self.cluster.services):
+                got = self._entries(fam, key)
+                if got:
+                    updates.update(got)
+                    by_key[key] = list(got)
+            state.set(updates)
+            self._states[fam] = state
+            self._svc_ports[fam] = by_key
+        for i, info in enumerate(self.service_ports):
+            present = any(i in st.entries for st in self._states.values())
+            if present != info.present:
+                self.service_ports[i] = dataclasses.replace(info, present=present)
+        return self._load_all()
+
+    def _load_all(self) -> int:
+        self._derived = {}
+        t4, t6 = self._states["IPv4"].tables(), self._states["IPv6"].tables()
         names = [s.name for s in self.service_ports]
         dropped: int = self._core.load(t4, t6, names)
-        self.warnings = tuple(self.cluster.warnings) + t4.duplicates + t6.duplicates
+        self._names_loaded = len(names)
+        self._derived["tables"] = {"IPv4": t4, "IPv6": t6}
         return dropped
+
+    @property
+    def plans(self) -> dict[Family, ProxyPlan]:
+        """Each family's whole plan (assembled on demand, and again after an update)."""
+        got: dict[Family, ProxyPlan] | None = self._derived.get("plans")
+        if got is None:
+            got = self._derived["plans"] = {
+                fam: ProxyPlan(self.configs[fam], tuple(e.pp for e in st.ordered()))
+                for fam, st in self._states.items()
+            }
+        return got
+
+    @property
+    def tables(self) -> dict[Family, FamilyTables]:
+        """Each family's whole flat tables (:mod:`kproxy_core.tables`), as :meth:`Core.load`
+        takes them; assembled on demand after an update."""
+        got: dict[Family, FamilyTables] | None = self._derived.get("tables")
+        if got is None:
+            got = self._derived["tables"] = {fam: st.tables() for fam, st in self._states.items()}
+        return got
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """The cluster's warnings, then the tables' (duplicate frontends, Maglev table sizes)."""
+        got: tuple[str, ...] | None = self._derived.get("warnings")
+        if got is None:
+            got = self._derived["warnings"] = tuple(self.cluster.warnings) + tuple(
+                w for fam in FAMILIES for w in self._states[fam].warnings()
+            )
+        return got
+
+    def port_entry(self, family: Family, spn: str) -> PortEntry | None:
+        """The tables' entry of one service port in one family (its plan port, records,
+        pools and lookup tables), or None."""
+        i = self._service_index.get(spn)
+        return None if i is None else self._states[family].entries.get(i)
 
     def apply(self, objects: Iterable[Mapping[str, Any]]) -> ApplyResult:
         """Add, replace or delete objects (plain manifests, or watch events with
-        ``type: ADDED|MODIFIED|DELETED``); recompute only the affected service ports.
+        ``type: ADDED|MODIFIED|DELETED``); recompute only the affected service ports and
+        change only their entries in the compiled tables (one publication per call).
 
         Flows whose endpoint is gone from its service are dropped, as kube-proxy's
-        conntrack cleanup does; lookups running in other threads see the old tables
-        or the new ones, never a mix.
+        conntrack cleanup does; lookups running in other threads see, per packet, the
+        old tables or the new ones, never a mix.
         """
         with self._lock:
             new_cluster, changes = apply_objects(self.cluster, objects, self.plugins)
-            before = sum(len(p.ports) for p in self.plans.values())
+            before = sum(len(st.entries) for st in self._states.values())
             self.cluster = new_cluster
             self._zones = {}  # after the cluster: a zone built meanwhile from the old one is dropped
+            self._derived = {}
             full = changes.all
             if full:
                 self.configs = {
                     fam: make_config(new_cluster, fam, self.node, **self._settings)  # type: ignore[arg-type]
                     for fam in FAMILIES
                 }
-                keys: Iterable[tuple[str, str]] = sorted(new_cluster.services)
-                for fam in FAMILIES:
-                    self._by_service[fam] = {}
+                keys: list[tuple[str, str]] = sorted(new_cluster.services)
+                dropped = self._build_all()
             else:
-                keys = sorted(changes.services)
-                if keys:  # a cluster-wide type's answers may change with any Service
-                    registry = self.plugins.registry
-                    wide = {
-                        k for k, svc in new_cluster.services.items()
-                        if (h := registry.get(svc.type)) is not None and h.cluster_wide
-                    }
-                    keys = sorted(set(keys) | wide)
-            for fam in FAMILIES:
-                for key in keys:
-                    ports = self._plan_service(fam, key)
-                    if ports:
-                        self._by_service[fam][key] = ports
-                    else:
-                        self._by_service[fam].pop(key, None)
-            dropped = self._publish()
-            after = sum(len(p.ports) for p in self.plans.values())
+                keys, dropped = self._update(changes)
+            after = sum(len(st.entries) for st in self._states.values())
             return ApplyResult(
-                services=tuple(f"{ns}/{n}" for ns, n in sorted(keys)),
+                services=tuple(f"{ns}/{n}" for ns, n in keys),
                 ports_before=before,
                 ports_after=after,
                 flows_dropped=dropped,
                 full=full,
             )
+
+    def _update(self, changes: Any) -> tuple[list[tuple[str, str]], int]:
+        registry = self.plugins.registry
+        touched = set(changes.services)
+        for k in touched:  # the index of cluster-wide Services follows the changed ones
+            svc = self.cluster.services.get(k)
+            h = registry.get(svc.type) if svc is not None else None
+            if h is not None and h.cluster_wide:
+                self._wide.add(k)
+            else:
+                self._wide.discard(k)
+        if touched:  # a cluster-wide type's answers may change with any Service
+            touched |= self._wide
+        keys = sorted(touched)
+        nft = self.mode == "nftables"
+        reload = nft and changes.service_cidrs
+        if reload:
+            for st in self._states.values():
+                st.service_cidrs = self.service_cidrs
+        deltas: dict[Family, FamilyTables] = {}
+        changed: set[int] = set()
+        for fam in FAMILIES:
+            state = self._states[fam]
+            by_key = self._svc_ports[fam]
+            updates: dict[int, PortEntry | None] = {}
+            for key in keys:
+                got = self._entries(fam, key)
+                for i in by_key.pop(key, ()):
+                    if i not in got:
+                        updates[i] = None
+                updates.update(got)
+                if got:
+                    by_key[key] = list(got)
+            if nft and not reload:
+                # nftables' cluster-ips-check holds every ClusterIP: a port added, removed or
+                # moved to another address changes it, and it is loaded whole
+                for i, e in updates.items():
+                    old = state.entries.get(i)
+                    if e is None or old is None or old.pp.cluster_ip != e.pp.cluster_ip:
+                        reload = True
+                        break
+            entries, removed = state.set(updates)
+            changed.update(updates)
+            deltas[fam] = state.delta(entries, removed)
+        for i in changed:
+            info = self.service_ports[i]
+            present = any(i in st.entries for st in self._states.values())
+            if present != info.present:
+                self.service_ports[i] = dataclasses.replace(info, present=present)
+        if reload:
+            return keys, self._load_all()
+        names = [s.name for s in self.service_ports[self._names_loaded:]]
+        dropped: int = self._core.update(deltas["IPv4"], deltas["IPv6"], names)
+        self._names_loaded += len(names)
+        return keys, dropped
 
     # ------------------------------------------------------------------ batches
     def lookup_batch(
@@ -441,6 +540,20 @@ class Engine:
         plan = self.plans[family or self.primary_family]
         return [note for pp in plan.ports if (note := selector_note(pp)) is not None]
 
+    def memory(self, *, model: bool = True) -> dict[str, int]:
+        """Bytes held, by part: the core's ``frontends`` and ``nodeports`` hash tables,
+        ``blocks`` (each service port's records, pools and selector data), ``index``,
+        ``flows`` and ``affinity`` tables; ``model`` (the Cluster and the engine's
+        per-port plan entries, measured by walking the Python objects once: O(objects),
+        about a second per million; ``model=False`` skips it); and ``total``. Also
+        ``service_ports`` and ``blocks_count``, to divide by."""
+        out: dict[str, int] = dict(self._core.memory())
+        out["model"] = deep_size((self.cluster, self._states, self._svc_ports, self._service_index,
+                                  self.service_ports)) if model else 0
+        out["total"] = sum(v for k, v in out.items() if k != "blocks_count")
+        out["service_ports"] = sum(1 for s in self.service_ports if s.present)
+        return out
+
     @property
     def flow_count(self) -> int:
         return int(self._core.flow_count())
@@ -481,6 +594,29 @@ class Engine:
                 "masquerade": bool(r["masq"]),
             })
         return rows
+
+
+def deep_size(root: object) -> int:
+    """Bytes of every Python object reachable from ``root`` (each counted once), without
+    modules, classes and functions (shared with everything else)."""
+    import gc
+    import sys
+    import types
+
+    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+    seen: set[int] = set()
+    total = 0
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, skip):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, np.ndarray) and obj.base is None:
+            total += obj.nbytes
+        stack.extend(gc.get_referents(obj))
+    return total
 
 
 def _columns(v6: bool, src: Any, dst: Any, dport: Any, proto: Any, sport: Any) -> tuple[Any, ...]:

@@ -20,11 +20,11 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
@@ -32,20 +32,27 @@ from .addresses import family_of, parse_cidr, parse_ip
 from .errors import ManifestError
 from .model import (
     DEFAULT_AFFINITY_TIMEOUT,
+    GONE,
     MAX_AFFINITY_TIMEOUT,
     PROTOCOLS,
     Cluster,
     Endpoint,
     EndpointPort,
     EndpointSlice,
+    FrozenMap,
     LoadBalancerIngress,
     Node,
     Service,
     ServicePort,
+    build_slice_index,
+    frozen,
 )
 
 if TYPE_CHECKING:
     from .plugins import KproxyPluginManager
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 __all__ = [
     "ChangeSet",
@@ -110,6 +117,7 @@ class ChangeSet:
     services: frozenset[tuple[str, str]] = frozenset()
     nodes: frozenset[str] = frozenset()
     all: bool = False
+    service_cidrs: bool = False  # a ServiceCIDR was added, changed or deleted
 
 
 @contextmanager
@@ -311,30 +319,42 @@ def _apply_objects(
     b = _Builder(base, plugins)
     for origin, obj in pairs:
         b.feed(origin, obj, problems)
-    cross_errors, cross_warnings = _cross_check(b.services, b.slices)
+    incremental = bool(base.services or base.slices)
+    if incremental:
+        cross_errors, ip_index, np_index = _index_check(base, b)
+    else:
+        cross_errors, ip_index, np_index = _full_index_check(b.services)
     problems.extend(cross_errors)
     if problems:
         raise ManifestError(problems)
+    slices = b.slices.result()
+    slice_index = _slice_index(base, b, slices)
 
-    # Warnings: the base's, minus those of objects touched here and minus its
-    # cross-object ones (recomputed), then this input's in input order.
+    # Warnings: the base's, minus those of objects touched here and minus the orphan-slice
+    # warnings of the slices whose Service may have come or gone (recomputed), then this
+    # input's in input order.
+    affected = _orphan_candidates(base, b, slice_index) if incremental else None
+    cross_warnings = _orphans(b.services, slices, affected)
     warnings: list[str] = []
     if base.warnings:
         touched_prefixes = {_who(*key) for key in b.touched}
-        stale = set(_cross_check(base.services, base.slices, errors=False)[1])
+        stale = set(_orphans(base.services, base.slices, affected))
         warnings = [w for w in base.warnings if w not in stale and w.partition(": ")[0] not in touched_prefixes]
     for ws in b.object_warnings.values():
         warnings.extend(ws)
     warnings.extend(cross_warnings)
 
     cluster = Cluster(
-        services=b.services,
-        slices=b.slices,
-        nodes=b.nodes,
+        services=b.services.result(),
+        slices=slices,
+        nodes=b.nodes.result(),
         warnings=tuple(dict.fromkeys(warnings)),
-        legacy_endpoints=b.legacy,
-        service_cidrs=b.service_cidrs,
-        namespaces=frozenset(b.namespaces),
+        legacy_endpoints=b.legacy.result(),
+        service_cidrs=b.service_cidrs.result(),
+        namespaces=b.namespace_set(),
+        slice_index=slice_index,
+        ip_index=ip_index,
+        nodeport_index=np_index,
     )
     return cluster, b.changes(base) if want_changes else ChangeSet()
 
@@ -380,12 +400,13 @@ class _Builder:
 
     def __init__(self, base: Cluster, plugins: KproxyPluginManager) -> None:
         self.plugins = plugins
-        self.services: dict[tuple[str, str], Service] = dict(base.services)
-        self.slices: dict[tuple[str, str], EndpointSlice] = dict(base.slices)
-        self.legacy: dict[tuple[str, str], tuple[EndpointSlice, ...]] = dict(base.legacy_endpoints)
-        self.nodes: dict[str, Node] = dict(base.nodes)
-        self.service_cidrs: dict[str, tuple[str, ...]] = dict(base.service_cidrs)
-        self.namespaces: set[str] = set(base.namespaces)
+        self.services: _Edit[tuple[str, str], Service] = _Edit(base.services)
+        self.slices: _Edit[tuple[str, str], EndpointSlice] = _Edit(base.slices)
+        self.legacy: _Edit[tuple[str, str], tuple[EndpointSlice, ...]] = _Edit(base.legacy_endpoints)
+        self.nodes: _Edit[str, Node] = _Edit(base.nodes)
+        self.service_cidrs: _Edit[str, tuple[str, ...]] = _Edit(base.service_cidrs)
+        self._base_namespaces = base.namespaces
+        self._namespaces: set[str] | None = None  # a copy, once a Namespace is touched
         self.touched: set[ObjectKey] = set()
         self.object_warnings: dict[Any, list[str]] = {}
         self._plain_seen: set[ObjectKey] = set()
@@ -468,6 +489,15 @@ class _Builder:
         problems.extend(ctx.errors)
         self.object_warnings[key] = ctx.warnings
 
+    @property
+    def namespaces(self) -> set[str]:
+        if self._namespaces is None:
+            self._namespaces = set(self._base_namespaces)
+        return self._namespaces
+
+    def namespace_set(self) -> frozenset[str]:
+        return self._base_namespaces if self._namespaces is None else frozenset(self._namespaces)
+
     def _delete(self, key: ObjectKey) -> None:
         kind, namespace, name = key
         if kind == "Service":
@@ -486,6 +516,7 @@ class _Builder:
     def changes(self, base: Cluster) -> ChangeSet:
         services: set[tuple[str, str]] = set()
         nodes: set[str] = set()
+        cidrs = False
         for kind, namespace, name in self.touched:
             nk = (namespace, name)
             if kind == "Service":
@@ -501,11 +532,13 @@ class _Builder:
             elif kind == "Endpoints":
                 if base.legacy_endpoints.get(nk) != self.legacy.get(nk):
                     services.add(nk)
-            elif kind in ("ServiceCIDR", "Namespace"):
-                continue  # no lookup depends on them (nftables' cluster-ips-check and DNS do)
+            elif kind == "ServiceCIDR":
+                cidrs = cidrs or base.service_cidrs.get(name) != self.service_cidrs.get(name)
+            elif kind == "Namespace":
+                continue  # no lookup depends on it (DNS does)
             elif base.nodes.get(name) != self.nodes.get(name):
                 nodes.add(name)
-        return ChangeSet(frozenset(services), frozenset(nodes), bool(nodes))
+        return ChangeSet(frozenset(services), frozenset(nodes), bool(nodes), cidrs)
 
 
 def _identify(
@@ -1284,42 +1317,204 @@ def _parse_service_cidr(ctx: _Ctx, obj: Mapping[str, Any]) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- cross-object
 
 
-def _cross_check(
+class _Edit(MutableMapping[_K, _V]):
+    """A mapping being edited: reads fall through to the base, writes are kept aside
+    (so an apply costs what it changes), :meth:`result` shares the base's bulk."""
+
+    __slots__ = ("base", "changes")
+
+    def __init__(self, base: Mapping[_K, _V]) -> None:
+        self.base = base
+        self.changes: dict[_K, Any] = {}
+
+    def __getitem__(self, key: _K) -> _V:
+        ch = self.changes
+        if key in ch:
+            v = ch[key]
+            if v is GONE:
+                raise KeyError(key)
+            return v  # type: ignore[no-any-return]
+        return self.base[key]
+
+    def __contains__(self, key: object) -> bool:
+        ch = self.changes
+        if key in ch:
+            return ch[key] is not GONE
+        return key in self.base
+
+    def __setitem__(self, key: _K, value: _V) -> None:
+        self.changes[key] = value
+
+    def __delitem__(self, key: _K) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self.changes[key] = GONE
+
+    def __iter__(self) -> Iterator[_K]:
+        ch = self.changes
+        for k in self.base:
+            if k not in ch:
+                yield k
+        for k, v in ch.items():
+            if v is not GONE:
+                yield k
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def result(self) -> FrozenMap[_K, _V]:
+        return frozen(self.base).updated(self.changes) if self.changes else frozen(self.base)
+
+
+def _claims(svc: Service) -> tuple[list[tuple[int, str]], list[tuple[int, tuple[int, str]]]]:
+    """The ClusterIPs (position, IP) and NodePorts (position, (port, protocol)) a Service holds."""
+    ips = [] if svc.headless or svc.type == "ExternalName" else list(enumerate(svc.cluster_ips))
+    nps = [(i, (p.node_port, p.protocol)) for i, p in enumerate(svc.ports) if p.node_port]
+    return ips, nps
+
+
+def _full_index_check(
+    services: Mapping[tuple[str, str], Service],
+) -> tuple[list[str], FrozenMap[str, tuple[str, str]], FrozenMap[tuple[int, str], tuple[tuple[str, str], int]]]:
+    """Conflicts between Services (errors: a ClusterIP or NodePort used twice; the first
+    in namespace/name order keeps it) and the indexes of who holds what."""
+    problems: list[str] = []
+    ip_owner: dict[str, tuple[str, str]] = {}
+    node_port_owner: dict[tuple[int, str], tuple[tuple[str, str], int]] = {}
+    for key in sorted(services):
+        _claim(services[key], ip_owner, node_port_owner, problems)
+    return problems, FrozenMap(ip_owner), FrozenMap(node_port_owner)
+
+
+def _claim(svc: Service, ip_owner: MutableMapping[str, Any], np_owner: MutableMapping[tuple[int, str], Any],
+           problems: list[str]) -> None:
+    who = f"Service {svc.namespace}/{svc.name}"
+    ips, nps = _claims(svc)
+    for i, ip in ips:
+        owner = ip_owner.get(ip)
+        if owner is None:
+            ip_owner[ip] = svc.key
+        elif owner != svc.key:
+            problems.append(f"{who}: spec.clusterIPs[{i}]: {ip} is already used by Service {owner[0]}/{owner[1]}")
+    for i, np_key in nps:
+        other = np_owner.get(np_key)
+        if other is None:
+            np_owner[np_key] = (svc.key, i)
+        elif other != (svc.key, i):
+            by = f"Service {other[0][0]}/{other[0][1]}" if other[0] != svc.key else f"spec.ports[{other[1]}]"
+            problems.append(
+                f"{who}: spec.ports[{i}].nodePort: {np_key[0]}/{np_key[1]} is already used by {by}"
+            )
+
+
+def _index_check(
+    base: Cluster, b: _Builder,
+) -> tuple[list[str], FrozenMap[str, tuple[str, str]], FrozenMap[tuple[int, str], tuple[tuple[str, str], int]]]:
+    """:func:`_full_index_check` for an apply: only the Services touched can conflict
+    (the base had none), so only their claims are checked, against the base's indexes."""
+    if base.ip_index is None or base.nodeport_index is None:
+        _, ip_index, np_index = _full_index_check(base.services)
+    else:
+        ip_index, np_index = frozen(base.ip_index), frozen(base.nodeport_index)
+    touched = sorted({(ns, name) for kind, ns, name in b.touched if kind == "Service"})
+    if not touched:
+        return [], ip_index, np_index
+    ips = _Edit(ip_index)
+    nps = _Edit(np_index)
+    for key in touched:  # first release what the touched Services held
+        old = base.services.get(key)
+        if old is None:
+            continue
+        old_ips, old_nps = _claims(old)
+        for _, ip in old_ips:
+            if ips.get(ip) == key:
+                del ips[ip]
+        for i, np_key in old_nps:
+            if nps.get(np_key) == (key, i):
+                del nps[np_key]
+    problems: list[str] = []
+    now = [svc for key in touched if (svc := b.services.get(key)) is not None]
+    # an untouched holder that sorts after a touched claimant loses the address to it,
+    # as the full check would have it: take those holders out and claim in order
+    late: set[tuple[str, str]] = set()
+    for svc in now:
+        new_ips, new_nps = _claims(svc)
+        for _, ip in new_ips:
+            holder = ips.get(ip)
+            if holder is not None and holder > svc.key:
+                late.add(holder)
+        for _, np_key in new_nps:
+            np_holder = nps.get(np_key)
+            if np_holder is not None and np_holder[0] > svc.key:
+                late.add(np_holder[0])
+    claimants = sorted([*now, *(b.services[k] for k in late)], key=lambda s: s.key)
+    for k in late:
+        old_ips, old_nps = _claims(b.services[k])
+        for _, ip in old_ips:
+            if ips.get(ip) == k:
+                del ips[ip]
+        for i, np_key in old_nps:
+            if nps.get(np_key) == (k, i):
+                del nps[np_key]
+    for svc in claimants:
+        _claim(svc, ips, nps, problems)
+    return problems, ips.result(), nps.result()
+
+
+def _slice_index(base: Cluster, b: _Builder, slices: Mapping[tuple[str, str], EndpointSlice]
+                 ) -> FrozenMap[tuple[str, str], tuple[str, ...]]:
+    """The new cluster's (namespace, service) -> slice names, from the base's."""
+    if base.slice_index is None or not (base.services or base.slices):
+        return build_slice_index(slices)
+    index = _Edit(frozen(base.slice_index))
+    for kind, ns, name in b.touched:
+        if kind != "EndpointSlice":
+            continue
+        old, new = base.slices.get((ns, name)), slices.get((ns, name))
+        if old is not None and old.service_name:
+            k = (ns, old.service_name)
+            names = tuple(n for n in index.get(k, ()) if n != name)
+            if names:
+                index[k] = names
+            elif k in index:
+                del index[k]
+        if new is not None and new.service_name:
+            k = (ns, new.service_name)
+            index[k] = (*index.get(k, ()), name)
+    return index.result()
+
+
+def _orphan_candidates(base: Cluster, b: _Builder, index: Mapping[tuple[str, str], tuple[str, ...]]
+                       ) -> set[tuple[str, str]]:
+    """The slices whose Service may have come or gone: those touched, and those of the
+    Services touched (before and after)."""
+    out: set[tuple[str, str]] = set()
+    old_index = base.slice_index if base.slice_index is not None else build_slice_index(base.slices)
+    for kind, ns, name in b.touched:
+        if kind == "EndpointSlice":
+            out.add((ns, name))
+        elif kind == "Service":
+            for idx in (old_index, index):
+                out.update((ns, n) for n in idx.get((ns, name), ()))
+    return out
+
+
+def _orphans(
     services: Mapping[tuple[str, str], Service],
     slices: Mapping[tuple[str, str], EndpointSlice],
-    errors: bool = True,
-) -> tuple[list[str], list[str]]:
-    """Conflicts between objects (errors) and orphan EndpointSlices (warnings)."""
-    problems: list[str] = []
-    if errors:
-        ip_owner: dict[str, str] = {}
-        node_port_owner: dict[tuple[int, str], tuple[str, int]] = {}
-        for key in sorted(services):
-            svc = services[key]
-            who = f"Service {svc.namespace}/{svc.name}"
-            if not svc.headless and svc.type != "ExternalName":
-                for i, ip in enumerate(svc.cluster_ips):
-                    owner = ip_owner.setdefault(ip, svc.ref)
-                    if owner != svc.ref:
-                        problems.append(f"{who}: spec.clusterIPs[{i}]: {ip} is already used by Service {owner}")
-            for i, port in enumerate(svc.ports):
-                if not port.node_port:
-                    continue
-                np_key = (port.node_port, port.protocol)
-                other = node_port_owner.setdefault(np_key, (svc.ref, i))
-                if other != (svc.ref, i):
-                    by = f"Service {other[0]}" if other[0] != svc.ref else f"spec.ports[{other[1]}]"
-                    problems.append(
-                        f"{who}: spec.ports[{i}].nodePort: {port.node_port}/{port.protocol} is already used by {by}"
-                    )
+    only: set[tuple[str, str]] | None = None,
+) -> list[str]:
+    """Warnings for EndpointSlices whose Service is missing (of the slices ``only``, or all)."""
     warnings: list[str] = []
     label = f"metadata.labels[{_q(SERVICE_NAME_LABEL)}]"
-    for s in slices.values():
+    keys: Iterable[tuple[str, str]] = slices if only is None else sorted(k for k in only if k in slices)
+    for key in keys:
+        s = slices[key]
         if s.service_name and (s.namespace, s.service_name) not in services:
             warnings.append(
                 f"EndpointSlice {s.namespace}/{s.name}: {label}: Service {s.namespace}/{s.service_name} not found"
             )
-    return problems, warnings
+    return warnings
 
 
 # --------------------------------------------------------------------------- field helpers

@@ -7,10 +7,10 @@ fields kube-proxy reads, already normalised (canonical addresses, defaults appli
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from .addresses import Family
 
@@ -20,6 +20,102 @@ MAX_AFFINITY_TIMEOUT = 86400  # MaxClientIPServiceAffinitySeconds
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Gone:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "GONE"
+
+
+GONE: Any = _Gone()  # FrozenMap.updated: remove the key
+
+
+class FrozenMap(Mapping[K, V], Generic[K, V]):
+    """An immutable mapping whose updated copies share their bulk.
+
+    A copy made by :meth:`updated` keeps the same base dict and a small top layer of
+    changes, so an update costs O(√n), not O(n): the top layer is folded into a new base
+    once it outgrows 4√n entries (so that amortised, each update also pays for its share
+    of the next fold). The clusters an :meth:`Engine.apply` produces share their objects
+    this way."""
+
+    __slots__ = ("_base", "_len", "_top")
+
+    def __init__(self, base: Mapping[K, V] | None = None) -> None:
+        self._base: dict[K, V] = dict(base) if base else {}
+        self._top: dict[K, Any] = {}
+        self._len = len(self._base)
+
+    def __getitem__(self, key: K) -> V:
+        top = self._top
+        if top and key in top:
+            v = top[key]
+            if v is GONE:
+                raise KeyError(key)
+            return v  # type: ignore[no-any-return]
+        return self._base[key]
+
+    def get(self, key: K, default: Any = None) -> Any:
+        top = self._top
+        if top and key in top:
+            v = top[key]
+            return default if v is GONE else v
+        return self._base.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        top = self._top
+        if top and key in top:
+            return top[key] is not GONE
+        return key in self._base
+
+    def __iter__(self) -> Iterator[K]:
+        top = self._top
+        if not top:
+            yield from self._base
+            return
+        for k in self._base:
+            if k not in top:
+                yield k
+        for k, v in top.items():
+            if v is not GONE:
+                yield k
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({dict(self.items())!r})"
+
+    def updated(self, changes: Mapping[K, Any]) -> FrozenMap[K, V]:
+        """A copy with ``changes`` applied (a value of :data:`GONE` removes its key)."""
+        out: FrozenMap[K, V] = FrozenMap.__new__(FrozenMap)
+        top = dict(self._top)
+        n = self._len
+        base = self._base
+        for k, v in changes.items():
+            n += (v is not GONE) - (k in self)
+            if v is GONE and k not in base:
+                top.pop(k, None)
+            else:
+                top[k] = v
+        out._len = n
+        if len(top) > 64 and len(top) * len(top) > 16 * len(base):
+            merged = {k: v for k, v in base.items() if k not in top}
+            merged.update((k, v) for k, v in top.items() if v is not GONE)
+            out._base, out._top = merged, {}
+        else:
+            out._base, out._top = base, top
+        return out
+
+
+def frozen(m: Mapping[K, V]) -> FrozenMap[K, V]:
+    return m if isinstance(m, FrozenMap) else FrozenMap(m)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +257,13 @@ class Cluster:
     )
     service_cidrs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # ServiceCIDR name -> CIDRs
     namespaces: frozenset[str] = frozenset()  # Namespace objects given (only their names matter)
+    # indexes kept across apply (None: built on first use): (namespace, service name) ->
+    # the names of its EndpointSlices; ClusterIP -> the Service that has it; (nodePort,
+    # protocol) -> (Service, port position)
+    slice_index: Mapping[tuple[str, str], tuple[str, ...]] | None = field(default=None, compare=False, repr=False)
+    ip_index: Mapping[str, tuple[str, str]] | None = field(default=None, compare=False, repr=False)
+    nodeport_index: Mapping[tuple[int, str], tuple[tuple[str, str], int]] | None = field(
+        default=None, compare=False, repr=False)
 
     def service_cidrs_for(self, family: Family) -> tuple[str, ...]:
         """Every ServiceCIDR's CIDR of one family, in name order (nftables' cluster-ips-check)."""
@@ -178,12 +281,10 @@ class Cluster:
         return cluster_from_objects(objects, plugins)
 
     @cached_property
-    def _slices_by_service(self) -> dict[tuple[str, str], list[EndpointSlice]]:
-        index: dict[tuple[str, str], list[EndpointSlice]] = {}
-        for s in self.slices.values():
-            if s.service_name:
-                index.setdefault((s.namespace, s.service_name), []).append(s)
-        return index
+    def _slice_names(self) -> Mapping[tuple[str, str], tuple[str, ...]]:
+        if self.slice_index is not None:
+            return self.slice_index
+        return build_slice_index(self.slices)
 
     def slices_for(self, namespace: str, service: str) -> list[EndpointSlice]:
         """EndpointSlices attached to a Service (by the ``kubernetes.io/service-name`` label).
@@ -193,7 +294,8 @@ class Cluster:
         equivalent ones) or the Service has no selector (what the mirroring
         controller mirrors).
         """
-        own = list(self._slices_by_service.get((namespace, service), ()))
+        slices = self.slices
+        own = [slices[(namespace, n)] for n in self._slice_names.get((namespace, service), ())]
         legacy = self.legacy_endpoints.get((namespace, service), ())
         svc = self.services.get((namespace, service))
         if legacy and (not own or (svc is not None and svc.selector is None)):
@@ -203,3 +305,12 @@ class Cluster:
     @property
     def first_node(self) -> str | None:
         return next(iter(self.nodes), None)
+
+
+def build_slice_index(slices: Mapping[tuple[str, str], EndpointSlice]) -> FrozenMap[tuple[str, str], tuple[str, ...]]:
+    """(namespace, service name) -> the names of the EndpointSlices labelled for it."""
+    index: dict[tuple[str, str], list[str]] = {}
+    for s in slices.values():
+        if s.service_name:
+            index.setdefault((s.namespace, s.service_name), []).append(s.name)
+    return FrozenMap({k: tuple(v) for k, v in index.items()})

@@ -1,4 +1,10 @@
-"""From a ProxyPlan to the flat arrays both engine twins load.
+"""From a ProxyPlan to the flat arrays both engine twins load, whole or per port.
+
+An engine keeps, per family, a :class:`FamilyState`: one :class:`PortEntry` per service
+port (its frontends' records, pools, selector) and who owns each frontend key. A whole
+load flattens every entry (:meth:`FamilyState.tables`); an update flattens only the
+ports it changed plus those that became a key's owner (:meth:`FamilyState.delta`), and
+``Core.update`` replaces just those ports in place.
 
 Everything per packet is decided from these arrays; all kube-proxy logic has already
 run in :mod:`kproxy_core.plan`. A frontend record carries, for each of the eight
@@ -32,11 +38,13 @@ in iptables mode.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -80,13 +88,33 @@ def addr_int(ip: str) -> int:
     return int(ipaddress.ip_address(ip))
 
 
-def _addr_array(ips: list[str], v6: bool) -> npt.NDArray[np.uint8] | npt.NDArray[np.uint32]:
+def _addr_array(ips: Sequence[str], v6: bool) -> npt.NDArray[np.uint8] | npt.NDArray[np.uint32]:
+    """Canonical address strings (as the model holds them) as uint32 or (n, 16) uint8 rows:
+    ``inet_pton``, one C call per address, instead of ``ipaddress`` (40x slower)."""
     if not v6:
-        return np.array([addr_int(ip) for ip in ips], dtype=np.uint32)
-    out = np.zeros((len(ips), 16), dtype=np.uint8)
-    for i, ip in enumerate(ips):
-        out[i] = np.frombuffer(ipaddress.IPv6Address(ip).packed, dtype=np.uint8)
-    return out
+        raw = b"".join([_pton4(ip) for ip in ips])
+        out: npt.NDArray[np.uint32] = (np.frombuffer(raw, dtype=">u4").astype(np.uint32) if raw
+                                       else np.zeros(0, dtype=np.uint32))
+        return out
+    if not ips:
+        return np.zeros((0, 16), dtype=np.uint8)
+    rows: npt.NDArray[np.uint8] = np.frombuffer(b"".join([_pton6(ip) for ip in ips]), dtype=np.uint8)
+    out6: npt.NDArray[np.uint8] = rows.reshape(-1, 16).copy()
+    return out6
+
+
+def _pton4(ip: str) -> bytes:
+    try:
+        return socket.inet_pton(socket.AF_INET, ip)
+    except OSError:  # not canonical (never from the model): let ipaddress decide and word it
+        return ipaddress.IPv4Address(ip).packed
+
+
+def _pton6(ip: str) -> bytes:
+    try:
+        return socket.inet_pton(socket.AF_INET6, ip)
+    except OSError:
+        return ipaddress.IPv6Address(ip).packed
 
 
 def _empty() -> np.ndarray:
@@ -144,6 +172,9 @@ class FamilyTables:
     port_table_start: np.ndarray | None = None  # (P, 2) int64: each pool's lookup table in sel_table
     port_table_len: np.ndarray | None = None  # (P, 2) int64: its size M (0: none)
     sel_table: np.ndarray | None = None  # (T,) int32: Maglev lookup tables, entries index the pool
+    # an update (Core.update) only: the service indices whose port this family no longer has;
+    # the ports above replace those of their service index, the rest stay as they are
+    port_removed: np.ndarray = field(default_factory=_empty)
 
 
 # id(PlanPort) -> (the PlanPort, {frontend kind: (actions, nodeport filter action),
@@ -208,29 +239,225 @@ def _actions(pp: PlanPort, plan: ProxyPlan, kind: str, dst_local: bool) -> tuple
     return actions, np_filter
 
 
-def build_tables(
-    plan: ProxyPlan,
-    service_index: Mapping[str, int],
-    cache: TableCache | None = None,
-    service_cidrs: Sequence[str] = (),
-) -> FamilyTables:
-    """Flatten a plan. With ``cache``, the walks of unchanged PlanPorts are reused
-    (an engine update recomputes only the service ports that changed). ``service_cidrs``
-    (any family; this family's are used) feed nftables' cluster-ips-check drop rule; in
-    iptables mode the cluster-ips-check tables stay empty."""
-    cfg = plan.config
-    fresh: TableCache = {}
+# ----------------------------------------------------------------------------- per port
+
+FeKey = tuple[str, int, int]  # (address, port, protocol number)
+NpKey = tuple[int, int]  # (NodePort, protocol number)
+# a frontend record: kind code, the 8 action bytes, the NodePort filter action, the
+# KUBE-FW allowed sources as (network address, prefix length) (empty: no KUBE-FW)
+Rec = tuple[int, tuple[int, ...], int, tuple[tuple[str, int], ...]]
+Order = tuple[str, str, int]  # plan order: namespace, service name, position among its ports
+
+
+@dataclass(eq=False)
+class PortEntry:
+    """What one service port contributes to its family's tables: its claims on frontend
+    keys (with the record each would get), its pools and its selector. An engine keeps
+    one per service port and replaces only those of the ports an update touches."""
+
+    pp: PlanPort
+    svc: int  # the service index (Engine.service_ports)
+    order: Order
+    fe_keys: tuple[FeKey, ...]
+    fe_recs: tuple[Rec, ...]
+    np_keys: tuple[NpKey, ...]
+    np_recs: tuple[Rec, ...]
+    selector: int  # selectors.SELECTOR_CODES
+    tables: tuple[np.ndarray | None, np.ndarray | None]  # Maglev / source-hash, per pool
+    notes: tuple[str, ...]  # warnings about the port itself (Maglev table sizes)
+
+
+def _dst_local(cfg: Any, ip: str) -> bool:
+    """``cfg.is_local_address`` for a canonical address, without ``ipaddress``."""
+    if ip in cfg.node_ips or ip in cfg.extra_local_ips:
+        return True
+    return ip.startswith("127.") if cfg.family == "IPv4" else ip == "::1"
+
+
+def port_entry(pp: PlanPort, cfg: Any, svc: int, order: Order,
+               build: Callable[..., np.ndarray] | None = None) -> PortEntry:
+    """The tables' view of one service port (the walks of its frontends, its pools)."""
+    kind = pp.selector.kind
+    pools = (pp.cluster, pp.local)
+    if kind == "weighted" and all(len({e.weight for e in pool}) <= 1 for pool in pools):
+        kind = "random"  # equal weights: exactly kube-proxy's uniform pick, without the alias read
+    tables: list[np.ndarray | None] = [None, None]
+    notes: list[str] = []
+    if kind in ("maglev", "source-hash"):
+        for w, pool in enumerate(pools):
+            if pool:
+                build = build or maglev_builder()
+                tables[w], warns = _maglev(pp, pool, "cluster" if w == 0 else "local", build)
+                notes.extend(warns)
+    proto = PROTO_NUMBERS[pp.protocol]
+    plan = ProxyPlan(cfg, ())
+    memo: dict[tuple[str, bool], tuple[list[int], int]] = {}
+    fw: tuple[tuple[str, int], ...] | None = None
+    fe_keys: list[FeKey] = []
+    fe_recs: list[Rec] = []
+    np_keys: list[NpKey] = []
+    np_recs: list[Rec] = []
+    for f in pp.frontends():
+        dst_local = f.ip is not None and _dst_local(cfg, f.ip)
+        got = memo.get((f.kind, dst_local))
+        if got is None:
+            got = memo[(f.kind, dst_local)] = _actions(pp, plan, f.kind, dst_local)
+        nets: tuple[tuple[str, int], ...] = ()
+        if f.kind == "LoadBalancer" and fw_active(pp, cfg):
+            if fw is None:
+                fw = tuple(_net(c) for c in fw_sources(pp, cfg))
+            nets = fw
+        rec: Rec = (frontend_code(f.kind), tuple(got[0]), got[1], nets)
+        if f.kind == "NodePort":
+            np_keys.append((f.port, proto))
+            np_recs.append(rec)
+        else:
+            assert f.ip is not None
+            fe_keys.append((f.ip, f.port, proto))
+            fe_recs.append(rec)
+    return PortEntry(pp, svc, order, tuple(fe_keys), tuple(fe_recs), tuple(np_keys), tuple(np_recs),
+                     SELECTOR_CODES[kind], (tables[0], tables[1]), tuple(notes))
+
+
+def _net(cidr: str) -> tuple[str, int]:
+    net = ipaddress.ip_network(cidr, strict=False)
+    return str(net.network_address), net.prefixlen
+
+
+Claim = tuple[Order, int, int]  # (port order, service index, the key's position in the port)
+
+
+class FamilyState:
+    """One family's ports and who owns each frontend key, kept across updates.
+
+    Two ports may claim one key (a duplicate ClusterIP:port, externalIP or NodePort): as
+    kube-proxy's rule order does, the first in plan order wins and the others are warned
+    about. :meth:`set` replaces some ports and says which ports the compiled tables must
+    (re)load: the changed ones and those that became a key's owner."""
+
+    def __init__(self, cfg: Any, service_cidrs: Sequence[str] = ()) -> None:
+        self.cfg = cfg
+        self.service_cidrs = tuple(service_cidrs)
+        self.entries: dict[int, PortEntry] = {}
+        self.fe_claims: dict[FeKey, list[Claim]] = {}
+        self.np_claims: dict[NpKey, list[Claim]] = {}
+        self.notes: dict[int, tuple[str, ...]] = {}  # service index -> its warnings (non-empty)
+
+    def _claims(self, e: PortEntry, add: bool) -> tuple[set[FeKey], set[NpKey]]:
+        _claim(self.fe_claims, e.fe_keys, e, add)
+        _claim(self.np_claims, e.np_keys, e, add)
+        return set(e.fe_keys), set(e.np_keys)
+
+    def set(self, updates: Mapping[int, PortEntry | None]) -> tuple[list[PortEntry], list[int]]:
+        """Replace (or with None remove) the ports of these service indices. Returns the
+        ports to (re)load, in plan order, and the service indices whose port is gone."""
+        fe_touched: set[FeKey] = set()
+        np_touched: set[NpKey] = set()
+        removed: list[int] = []
+        changed: set[int] = set()
+        for svc, new in updates.items():
+            old = self.entries.pop(svc, None)
+            if old is not None:
+                a, b = self._claims(old, False)
+                fe_touched |= a
+                np_touched |= b
+            if new is not None:
+                self.entries[svc] = new
+                a, b = self._claims(new, True)
+                fe_touched |= a
+                np_touched |= b
+                changed.add(svc)
+            elif old is not None:
+                removed.append(svc)
+        noted: set[int] = set(changed) | set(removed)
+        for claims in [self.fe_claims.get(k, []) for k in fe_touched] + [self.np_claims.get(k, []) for k in np_touched]:
+            for j, (_, svc, _) in enumerate(claims):
+                noted.add(svc)
+                if j == 0:
+                    changed.add(svc)  # the owner now: its record must be in the tables
+        for svc in noted:
+            self._note(svc)
+        return sorted((self.entries[s] for s in changed), key=_order), sorted(removed)
+
+    def _note(self, svc: int) -> None:
+        e = self.entries.get(svc)
+        if e is None:
+            self.notes.pop(svc, None)
+            return
+        out = list(e.notes)
+        pp = e.pp
+        for i, k in enumerate(e.np_keys):
+            if not self.owns_np(e, i):
+                out.append(f"{pp.spn}: NodePort {k[0]}/{pp.protocol} is also used by another service")
+        for i, (fk, rec) in enumerate(zip(e.fe_keys, e.fe_recs, strict=True)):
+            if not self.owns_fe(e, i):
+                out.append(f"{pp.spn}: {FRONTENDS[rec[0]]} {fk[0]}:{fk[1]}/{pp.protocol} "
+                           "is also used by another service")
+        if out:
+            self.notes[svc] = tuple(out)
+        else:
+            self.notes.pop(svc, None)
+
+    def owns_fe(self, e: PortEntry, i: int) -> bool:
+        return self.fe_claims[e.fe_keys[i]][0] == (e.order, e.svc, i)
+
+    def owns_np(self, e: PortEntry, i: int) -> bool:
+        return self.np_claims[e.np_keys[i]][0] == (e.order, e.svc, i)
+
+    def ordered(self) -> list[PortEntry]:
+        return sorted(self.entries.values(), key=_order)
+
+    def warnings(self) -> list[str]:
+        return [w for svc in sorted(self.notes, key=lambda s: self.entries[s].order) for w in self.notes[svc]]
+
+    def tables(self) -> FamilyTables:
+        """Every port's flat arrays, in plan order, each with the records of the keys it owns."""
+        return assemble(self, self.ordered())
+
+    def delta(self, entries: Sequence[PortEntry], removed: Sequence[int]) -> FamilyTables:
+        """An update's arrays: ``entries`` as returned by :meth:`set`, and the removed ports."""
+        return assemble(self, entries, removed, full=False)
+
+
+_Key = TypeVar("_Key")
+
+
+def _claim(claims: dict[_Key, list[Claim]], keys: Sequence[_Key], e: PortEntry, add: bool) -> None:
+    for i, k in enumerate(keys):
+        c: Claim = (e.order, e.svc, i)
+        lst = claims.get(k)
+        if add:
+            if lst is None:
+                claims[k] = [c]
+            else:
+                bisect.insort(lst, c)
+        elif lst is not None:
+            lst.remove(c)
+            if not lst:
+                del claims[k]
+
+
+def _order(e: PortEntry) -> Order:
+    return e.order
+
+
+def assemble(state: FamilyState, entries: Sequence[PortEntry], removed: Sequence[int] = (),
+             full: bool = True) -> FamilyTables:
+    """Flatten ports into :class:`FamilyTables` (see the module docstring): every port
+    (``full``, for :meth:`Core.load`) or the ports of an update (for :meth:`Core.update`,
+    with the service indices whose port is ``removed``)."""
+    cfg = state.cfg
     v6 = cfg.family == "IPv6"
-    fe: dict[tuple[str, int, int], int] = {}
-    nps: dict[tuple[int, int], int] = {}
-    dups: list[str] = []
+    fe_keys: list[FeKey] = []
+    fe_rec: list[int] = []
+    np_keys: list[NpKey] = []
+    np_rec: list[int] = []
     rec_port: list[int] = []
     rec_kind: list[int] = []
-    rec_action: list[list[int]] = []
+    rec_action: list[tuple[int, ...]] = []
     rec_np_filter: list[int] = []
     rec_fw: list[tuple[int, int]] = []
     fw_nets: list[tuple[str, int]] = []
-    fw_lists: dict[int, tuple[int, int]] = {}  # plan port index -> its (start, len)
     port_service: list[int] = []
     port_affinity: list[int] = []
     pool_start: list[tuple[int, int]] = []
@@ -243,106 +470,74 @@ def build_tables(
     table_len: list[tuple[int, int]] = []
     sel_tables: list[np.ndarray] = []
     n_table = 0
-    build_maglev: Callable[..., np.ndarray] | None = None
     ep_index: dict[tuple[str, int], int] = {}
     ep_list: list[tuple[str, int]] = []
 
-    def ep_id(ip: str, port: int) -> int:
-        key = (ip, port)
-        if key not in ep_index:
-            ep_index[key] = len(ep_list)
-            ep_list.append(key)
-        return ep_index[key]
+    fw_seen: dict[tuple[int, tuple[tuple[str, int], ...]], tuple[int, int]] = {}
 
-    def fw_list(pi: int, pp: PlanPort) -> tuple[int, int]:
-        """The allowed-source list of a port's KUBE-FW, shared by its LB records."""
-        if pi not in fw_lists:
-            start = len(fw_nets)
-            for cidr in fw_sources(pp, cfg):
-                net = ipaddress.ip_network(cidr, strict=False)
-                fw_nets.append((str(net.network_address), net.prefixlen))
-            fw_lists[pi] = (start, len(fw_nets) - start)
-        return fw_lists[pi]
-
-    def add_record(pi: int, pp: PlanPort, kind: str, ip: str | None = None) -> int:
-        hit = cache.get(id(pp)) if cache is not None else None
-        entry = hit if hit is not None and hit[0] is pp else fresh.get(id(pp), (pp, {}))
-        fresh[id(pp)] = entry
-        dst_local = ip is not None and cfg.is_local_address(ip)
-        ckey = f"{kind}/{int(dst_local)}"
-        if ckey not in entry[1]:
-            entry[1][ckey] = _actions(pp, plan, kind, dst_local)
-        actions, np_filter = entry[1][ckey]
+    def add_rec(pi: int, rec: Rec) -> int:
         rec_port.append(pi)
-        rec_kind.append(frontend_code(kind))
-        rec_action.append(actions)
-        rec_np_filter.append(np_filter)
-        rec_fw.append(fw_list(pi, pp) if kind == "LoadBalancer" and fw_active(pp, cfg) else (0, 0))
+        rec_kind.append(rec[0])
+        rec_action.append(rec[1])
+        rec_np_filter.append(rec[2])
+        if rec[3]:  # a port's LB records share one list of allowed sources
+            got = fw_seen.get((pi, rec[3]))
+            if got is None:
+                got = fw_seen[(pi, rec[3])] = (len(fw_nets), len(rec[3]))
+                fw_nets.extend(rec[3])
+            rec_fw.append(got)
+        else:
+            rec_fw.append((0, 0))
         return len(rec_port) - 1
 
-    for pi, pp in enumerate(plan.ports):
-        port_service.append(service_index[pp.spn])
+    for pi, e in enumerate(entries):
+        pp = e.pp
+        port_service.append(e.svc)
         port_affinity.append(pp.affinity_timeout)
-        kind = pp.selector.kind
-        pools = (pp.cluster, pp.local)
-        if kind == "weighted" and all(len({e.weight for e in pool}) <= 1 for pool in pools):
-            kind = "random"  # equal weights: exactly kube-proxy's uniform pick, without the alias read
-        port_selector.append(SELECTOR_CODES[kind])
+        port_selector.append(e.selector)
         port_seed.append(pp.selector.seed)
-        starts, lens, tstarts, tlens = [], [], [0, 0], [0, 0]
-        for w, pool in enumerate(pools):
+        starts = []
+        lens = []
+        tst = [0, 0]
+        tln = [0, 0]
+        for w, pool in enumerate((pp.cluster, pp.local)):
             starts.append(len(pool_ep))
             lens.append(len(pool))
-            pool_ep.extend(ep_id(e.ip, e.port) for e in pool)
-            pool_weight.extend(e.weight for e in pool)
-            if kind in ("maglev", "source-hash") and pool:
-                hit = cache.get(id(pp)) if cache is not None else None
-                entry = hit if hit is not None and hit[0] is pp else fresh.get(id(pp), (pp, {}))
-                fresh[id(pp)] = entry
-                mkey = f"maglev/{w}"
-                if mkey not in entry[1]:
-                    build_maglev = build_maglev or maglev_builder()
-                    entry[1][mkey] = _maglev(pp, pool, "cluster" if w == 0 else "local", build_maglev)
-                table, warns = entry[1][mkey]
-                dups.extend(warns)
-                tstarts[w], tlens[w] = n_table, len(table)
+            for ep in pool:
+                key = (ep.ip, ep.port)
+                idx = ep_index.get(key)
+                if idx is None:
+                    idx = ep_index[key] = len(ep_list)
+                    ep_list.append(key)
+                pool_ep.append(idx)
+                pool_weight.append(ep.weight)
+            table = e.tables[w]
+            if table is not None:
+                tst[w], tln[w] = n_table, len(table)
                 sel_tables.append(table)
                 n_table += len(table)
         pool_start.append((starts[0], starts[1]))
         pool_len.append((lens[0], lens[1]))
-        table_start.append((tstarts[0], tstarts[1]))
-        table_len.append((tlens[0], tlens[1]))
-        proto = PROTO_NUMBERS[pp.protocol]
-        for f in pp.frontends():
-            if f.kind == "NodePort":
-                nkey = (f.port, proto)
-                if nkey in nps:
-                    dups.append(f"{pp.spn}: NodePort {f.port}/{pp.protocol} is also used by another service")
-                    continue
-                nps[nkey] = add_record(pi, pp, "NodePort")
-                continue
-            assert f.ip is not None
-            key = (f.ip, f.port, proto)
-            if key in fe:
-                dups.append(f"{pp.spn}: {f.kind} {f.ip}:{f.port}/{pp.protocol} is also used by another service")
-                continue
-            fe[key] = add_record(pi, pp, f.kind, f.ip)
+        table_start.append((tst[0], tst[1]))
+        table_len.append((tln[0], tln[1]))
+        for i, rec in enumerate(e.np_recs):
+            if state.owns_np(e, i):
+                np_keys.append(e.np_keys[i])
+                np_rec.append(add_rec(pi, rec))
+        for i, rec in enumerate(e.fe_recs):
+            if state.owns_fe(e, i):
+                fe_keys.append(e.fe_keys[i])
+                fe_rec.append(add_rec(pi, rec))
 
-    if cache is not None:
-        for k in [k for k, v in cache.items() if v[0].cluster_ip and (":" in v[0].cluster_ip) == v6]:
-            del cache[k]
-        cache.update(fresh)
     det = cfg.detector
     det_net = det.network
     det_ips = [str(det_net.network_address)] if det_net is not None else ["::" if v6 else "0.0.0.0"]
-    fe_keys = list(fe)
-    np_keys = list(nps)
     cips: dict[str, int] = {}
     scidrs: list[tuple[str, int]] = []
-    if cfg.nftables:
-        for pp in plan.ports:
-            cips.setdefault(pp.cluster_ip, service_index[pp.spn])
-        for text in service_cidrs:
+    if cfg.nftables and full:  # an update leaves the cluster-ips-check as it is
+        for e in entries:
+            cips.setdefault(e.pp.cluster_ip, e.svc)
+        for text in state.service_cidrs:
             net, _ = parse_cidr(text.strip())
             if net is not None and (net.version == 6) == v6:
                 scidrs.append((str(net.network_address), net.prefixlen))
@@ -351,10 +546,10 @@ def build_tables(
         fe_addr=_addr_array([k[0] for k in fe_keys], v6),
         fe_port=np.array([k[1] for k in fe_keys], dtype=np.uint16),
         fe_proto=np.array([k[2] for k in fe_keys], dtype=np.uint8),
-        fe_rec=np.array([fe[k] for k in fe_keys], dtype=np.int32),
+        fe_rec=np.array(fe_rec, dtype=np.int32),
         np_port=np.array([k[0] for k in np_keys], dtype=np.uint16),
         np_proto=np.array([k[1] for k in np_keys], dtype=np.uint8),
-        np_rec=np.array([nps[k] for k in np_keys], dtype=np.int32),
+        np_rec=np.array(np_rec, dtype=np.int32),
         rec_port=np.array(rec_port, dtype=np.int32),
         rec_kind=np.array(rec_kind, dtype=np.uint8),
         rec_action=np.array(rec_action, dtype=np.uint8).reshape(-1, 8),
@@ -378,7 +573,7 @@ def build_tables(
         det_on=det_net is not None,
         det_addr=_addr_array(det_ips, v6),
         det_prefix=det_net.prefixlen if det_net is not None else 0,
-        duplicates=tuple(dups),
+        duplicates=tuple(w for e in entries for w in state.notes.get(e.svc, ())),
         cip_addr=_addr_array(list(cips), v6),
         cip_service=np.array(list(cips.values()), dtype=np.int32),
         scidr_addr=_addr_array([c[0] for c in scidrs], v6),
@@ -389,4 +584,27 @@ def build_tables(
         port_table_start=np.array(table_start, dtype=np.int64).reshape(-1, 2),
         port_table_len=np.array(table_len, dtype=np.int64).reshape(-1, 2),
         sel_table=np.concatenate(sel_tables) if sel_tables else np.zeros(0, dtype=np.int32),
+        port_removed=np.array(removed, dtype=np.int32),
     )
+
+
+def build_tables(
+    plan: ProxyPlan,
+    service_index: Mapping[str, int],
+    cache: Any = None,
+    service_cidrs: Sequence[str] = (),
+) -> FamilyTables:
+    """Flatten a whole plan (what :meth:`Core.load` takes). ``service_cidrs`` (any family;
+    this family's are used) feed nftables' cluster-ips-check drop rule; in iptables mode
+    the cluster-ips-check tables stay empty. ``cache`` is accepted for compatibility."""
+    state = FamilyState(plan.config, service_cidrs)
+    position: dict[tuple[str, str], int] = {}
+    updates: dict[int, PortEntry | None] = {}
+    for pp in plan.ports:
+        key = (pp.namespace, pp.service)
+        i = position.get(key, 0)
+        position[key] = i + 1
+        svc = service_index[pp.spn]
+        updates[svc] = port_entry(pp, plan.config, svc, (pp.namespace, pp.service, i))
+    state.set(updates)
+    return state.tables()

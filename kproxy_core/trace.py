@@ -34,6 +34,7 @@ from .plan import (
     walk,
 )
 from .servicetypes import CORE
+from .tables import FRONTENDS
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -125,21 +126,17 @@ def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
 def _match(
     engine: Engine, fam: Family, dst: str, dport: int, proto: str
 ) -> tuple[PlanPort | None, str | None, bool]:
-    """The frontend a NEW packet hits, as the core's tables match it."""
-    plan = engine.plans[fam]
-    cfg = plan.config
-    nodeports: dict[tuple[int, str], PlanPort] = {}
-    for pp in plan.ports:
-        if pp.protocol != proto:
-            continue
-        for f in pp.frontends():
-            if f.kind == "NodePort":
-                nodeports.setdefault((f.port, proto), pp)
-            elif f.ip == dst and f.port == dport:
-                return pp, f.kind, True
-    if cfg.is_local_address(dst) and (dport, proto) in nodeports:
-        return nodeports[(dport, proto)], "NodePort", cfg.nodeport_accepts(dst)
-    return None, None, False
+    """The frontend a NEW packet hits: the core's own frontend and NodePort tables answer
+    (one hash lookup each, whatever the number of services), then the port's plan."""
+    svc, kind, how = engine._core.frontend(dst, dport, proto)
+    if how not in (1, 2):
+        return None, None, False
+    entry = engine._states[fam].entries.get(svc)
+    if entry is None:  # pragma: no cover - the core and the engine hold the same ports
+        return None, None, False
+    if how == 2:
+        return entry.pp, "NodePort", engine.configs[fam].nodeport_accepts(dst)
+    return entry.pp, FRONTENDS[kind], True
 
 
 def trace_packet(
@@ -292,8 +289,9 @@ def _cluster_ips_check(
 ) -> None:
     """nftables mode, no frontend matched, destination not on the node: cluster-ips-check
     (from filter-forward / filter-output, after DNAT)."""
-    plan = engine.plans[fam]
-    owner = next((pp for pp in plan.ports if pp.cluster_ip == dst), None)
+    svc, _, how = engine._core.frontend(dst, dport, proto)
+    entry = engine._states[fam].entries.get(svc) if how == 3 else None
+    owner = entry.pp if entry is not None else None
     what = f"{join_host_port(dst, dport)}/{proto}"
     filt = nft_filter_chain(from_local, False)
     t.chains = list(pass_chains)
@@ -358,12 +356,9 @@ def _explain_pool(
     table: list[int] | None = None
     if sel.kind in ("maglev", "source-hash") and n:
         # the lookup table the core holds for this pool
-        ft = engine.tables[t.family]
-        pi = next(i for i, p in enumerate(engine.plans[t.family].ports) if p is pp)
-        which = 0 if w.pool == "cluster" else 1
-        assert ft.sel_table is not None and ft.port_table_start is not None and ft.port_table_len is not None
-        start, size = int(ft.port_table_start[pi, which]), int(ft.port_table_len[pi, which])
-        table = ft.sel_table[start:start + size].tolist()
+        entry = engine.port_entry(t.family, pp.spn)
+        got = entry.tables[0 if w.pool == "cluster" else 1] if entry is not None else None
+        table = got.tolist() if got is not None else None
     shares = selection_shares(sel, weights, table)
     rules = _rule_texts(pp, pool, nft)
     for i, ep in enumerate(pool):

@@ -10,11 +10,15 @@ argument checks) are the twin's own functions, so both twins accept and reject e
 the same inputs with the same messages; only the common cases (a dotted-quad string,
 an int port) are recognised here first, in C.
 
-Locking: one PyThread lock per Core serialises batches (which hold it without the
-GIL), per-call lookups (which hold it with the GIL, for a few hundred nanoseconds),
-``load``'s swap and flow remap, ``clear`` and ``flow_count``. Nothing that can run
-Python code (a finaliser, a signal handler) happens while it is held: ``load`` keeps
-the old tables alive until after it has released the lock.
+Locking: one PyThread lock per Core (``lock``) is held by every lookup while it reads:
+batches (without the GIL), per-call lookups (with the GIL, for a few hundred
+nanoseconds), ``clear``, ``flow_count`` and the flow cleanup of ``load`` and
+``update``. A second one (``wlock``) admits one writer at a time. ``update`` changes the
+family tables in place without ``lock`` (kp_fam_install: lookups in flight see each
+packet's old or new state) and frees what it replaced only while holding ``lock``, when
+no lookup that started before can still read it. Nothing that can run Python code (a
+finaliser, a signal handler) happens while ``lock`` is held: ``load`` keeps the old tables
+alive until after it has released it.
 """
 
 cimport cython
@@ -29,18 +33,22 @@ from cpython.pythread cimport (
     PyThread_type_lock,
 )
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uintptr_t
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
 from kp_core cimport *
 
 import operator
 import time
+from ipaddress import IPv6Address as _IPv6
 
 from kproxy_core._engine_py import (
     AFFINITY_SALT,
     PROTO_IN,
     SLOTS,
     _check_port,
+    _check_update,
     _parse_pair,
     _proto,
     batch_columns,
@@ -79,6 +87,8 @@ cdef packed struct _out6:  # engine.OUT6_DTYPE (kp_out6 in kp_core.h)
 
 
 cdef uint64_t M64 = 0xFFFFFFFFFFFFFFFF
+cdef object _ONE = 1
+cdef object _FULL128 = (_ONE << 128) - 1
 cdef tuple _VERDICTS = tuple(VERDICTS)
 cdef list _FRONTENDS = FRONTENDS  # grows as plugins add frontend kinds (tables.frontend_code)
 cdef dict _PROTO_IN = dict(PROTO_IN)
@@ -247,117 +257,29 @@ cdef class Decision:
 
 @cython.final
 cdef class _Fam:
-    """One family's tables in C, and the Python objects decisions hand out."""
+    """One family's tables in C (kp_fam: its blocks, frontend and NodePort tables)."""
     cdef kp_fam f
-    cdef list ep_tuple  # (ep_str, port) per endpoint: Decision.endpoint
+    cdef bint ready
 
     def __dealloc__(self):
-        kp_fam_free(&self.f)
+        if self.ready:
+            kp_fam_free(&self.f)
 
 
-cdef _Fam _build_fam(object t, bint v6, Py_ssize_t nsvc):
-    c = check_tables(t, v6, nsvc)  # ValueError for anything inconsistent
+cdef _Fam _new_fam(dict c, bint v6):
+    """An empty family with the node's address sets and the cluster-ips-check of ``c``."""
     cdef _Fam fam = _Fam.__new__(_Fam)
     cdef kp_fam *f = &fam.f
-    cdef Py_ssize_t i, k, n
-    cdef const int64_t[:] a
-    cdef const int64_t[:] b
-    cdef const int64_t[:] d
-    cdef const int64_t[:, :] a2
-    cdef const int64_t[:, :] b2
+    cdef Py_ssize_t i
     cdef const uint32_t[:] u4
     cdef const uint8_t[:, :] u6
-    cdef kp_a6 x6
-    cdef const uint8_t[:] selv
-    cdef const uint64_t[:] seedv
-    cdef const int32_t[:] tab
-    sizes = [len(c[name]) for name in ("rec_port", "port_service", "pool_ep", "ep_port", "fe_port",
-                                 "np_port", "local_addrs", "np_addrs", "fw_prefix")]
-    if max(sizes + [nsvc]) > 0x7FFFFFFF:
+    cdef const int64_t[:] svc
+    nlocal, nnp, ncip, nscidr = (len(c["local_addrs"]), len(c["np_addrs"]), len(c["cip_service"]),
+                                 len(c["scidr_prefix"]))
+    if max(nlocal, nnp, ncip, nscidr, len(c["fe_port"]), len(c["np_port"])) > 0x7FFFFFFF:
         raise ValueError("tables: more than 2**31 - 1 rows")
-    kinds = c["port_selector"]
-    nal = sizes[2] if (kinds == KP_SEL_WEIGHTED).any() else 0
-    nrr = sizes[2] if (kinds == KP_SEL_RR).any() else 0
-    _check(kp_fam_alloc(f, v6, sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5],
-                        sizes[6], sizes[7], <int32_t>nsvc, sizes[8], len(c["sel_table"]), nal, nrr))
-
-    a = c["rec_port"]
-    b = c["rec_kind"]
-    d = c["rec_np_filter"]
-    a2 = c["rec_action"]
-    for i in range(f.nrec):
-        f.rec_port[i] = <int32_t>a[i]
-        f.rec[i].kind = <uint8_t>b[i]
-        f.rec[i].np_filter = <uint8_t>d[i]
-        for k in range(4):  # classes 4-7 (allowed by KUBE-FW) live in the record
-            f.rec[i].action[k] = <uint8_t>a2[i, 4 + k]
-            f.fwrec[i].blocked[k] = <uint8_t>a2[i, k]
-    a = c["rec_fw_start"]
-    b = c["rec_fw_len"]
-    for i in range(f.nrec):
-        f.fwrec[i].start = <int32_t>a[i]
-        f.fwrec[i].len = <int32_t>b[i]
-        f.rec[i].fw = b[i] > 0
-    _fill_fw(f, c["fw_addr"], c["fw_prefix"], v6)
-    _fill_check(f, c, v6)
-    a = c["port_service"]
-    b = c["port_affinity"]
-    a2 = c["port_pool_start"]
-    b2 = c["port_pool_len"]
-    for i in range(f.nport):
-        f.port[i].svc = <int32_t>a[i]
-        f.port[i].affinity = <uint32_t>b[i]
-        for k in range(2):
-            f.port[i].start[k] = <int32_t>a2[i, k]
-            f.port[i].len[k] = <int32_t>b2[i, k]
-    selv = kinds.astype(np.uint8)
-    seedv = c["port_seed"]
-    a2 = c["port_table_start"]
-    b2 = c["port_table_len"]
-    for i in range(f.nport):
-        f.port[i].sel = selv[i]
-        f.port[i].seed = seedv[i]
-        for k in range(2):
-            f.port[i].tstart[k] = <int32_t>a2[i, k]
-            f.port[i].tlen[k] = <uint32_t>b2[i, k]
-    a = c["pool_ep"]
-    b = c["pool_weight"]
-    for i in range(f.npool):
-        f.pool_ep[i] = <int32_t>a[i]
-        f.pool_w[i] = <uint32_t>b[i]
-    tab = c["sel_table"]
-    if f.ntab:
-        memcpy(f.tab, &tab[0], sizeof(int32_t) * f.ntab)
-
-    a = c["ep_port"]
-    if v6:
-        u6 = c["ep_addr"]
-        for i in range(f.nep):
-            f.ep6[i].addr = kp_a6_load(&u6[i, 0])
-            f.ep6[i].port = <uint16_t>a[i]
-    else:
-        u4 = c["ep_addr"]
-        for i in range(f.nep):
-            f.ep4[i].addr = u4[i]
-            f.ep4[i].port = <uint16_t>a[i]
-
-    a = c["fe_port"]
-    b = c["fe_proto"]
-    d = c["fe_rec"]
-    if v6:
-        u6 = c["fe_addr"]
-        for i in range(f.nfe):
-            kp_fe6_put(f, kp_a6_load(&u6[i, 0]), <uint16_t>a[i], <uint8_t>b[i], <int32_t>d[i])
-    else:
-        u4 = c["fe_addr"]
-        for i in range(f.nfe):
-            kp_fe4_put(f, u4[i], <uint16_t>a[i], <uint8_t>b[i], <int32_t>d[i])
-    a = c["np_port"]
-    b = c["np_proto"]
-    d = c["np_rec"]
-    for i in range(f.nnp):
-        kp_np_put(f, <uint16_t>a[i], <uint8_t>b[i], <int32_t>d[i])
-
+    _check(kp_fam_init(f, v6, nlocal, nnp, ncip, nscidr, len(c["fe_port"]), len(c["np_port"])))
+    fam.ready = True
     if v6:
         u6 = c["local_addrs"]
         for i in range(f.nlocal):
@@ -372,7 +294,6 @@ cdef _Fam _build_fam(object t, bint v6, Py_ssize_t nsvc):
         u4 = c["np_addrs"]
         for i in range(f.nnpaddr):
             f.npaddr4[i] = u4[i]
-
     f.np_match_all = c["np_match_all"]
     f.np_loopback = c["np_loopback"]
     f.det_on = c["det_on"]
@@ -386,39 +307,9 @@ cdef _Fam _build_fam(object t, bint v6, Py_ssize_t nsvc):
         else:
             f.det_mask4 = mask
             f.det_net4 = int(c["det_addr"][0])
-    _check(kp_fam_index(f))
-    fam.ep_tuple = list(zip(c["ep_str"], c["ep_port"].tolist()))
-    return fam
-
-
-cdef int _fill_fw(kp_fam *f, addrs, prefixes, bint v6) except -1:
-    """The allowed-source CIDRs of every KUBE-FW, as pre-masked (network, mask) pairs."""
-    cdef Py_ssize_t i
-    bits = 128 if v6 else 32
-    full = (1 << bits) - 1
-    for i in range(f.nfw):
-        mask = full ^ ((1 << (bits - int(prefixes[i]))) - 1)
-        if v6:
-            net = int.from_bytes(bytes(addrs[i]), "big") & mask
-            f.fw6[i].net = _a6(net)
-            f.fw6[i].mask = _a6(mask)
-        else:
-            f.fw4[i].net = <uint32_t>(int(addrs[i]) & mask)
-            f.fw4[i].mask = <uint32_t>mask
-    return 0
-
-
-cdef int _fill_check(kp_fam *f, dict c, bint v6) except -1:
-    """nftables' cluster-ips-check: the ClusterIPs with their service, the service CIDRs
-    as pre-masked (network, mask) pairs (both empty in iptables mode)."""
-    cdef Py_ssize_t i
-    cdef const int64_t[:] svc = c["cip_service"]
-    cdef const uint32_t[:] u4
-    cdef const uint8_t[:, :] u6
-    ncip, nscidr = len(c["cip_service"]), len(c["scidr_prefix"])
-    if max(ncip, nscidr) > 0x7FFFFFFF:
-        raise ValueError("tables: more than 2**31 - 1 rows")
-    _check(kp_fam_alloc_check(f, <int32_t>ncip, <int32_t>nscidr))
+    # nftables' cluster-ips-check: the ClusterIPs with their service, the service CIDRs
+    # as pre-masked (network, mask) pairs (both empty in iptables mode)
+    svc = c["cip_service"]
     if v6:
         u6 = c["cip_addr"]
         for i in range(f.ncip):
@@ -442,10 +333,224 @@ cdef int _fill_check(kp_fam *f, dict c, bint v6) except -1:
         else:
             f.scidr4[i].net = <uint32_t>(int(addrs[i]) & mask)
             f.scidr4[i].mask = <uint32_t>mask
-    return 0
+    kp_fam_sort(f)
+    return fam
+
+
+cdef class _Blocks:
+    """Blocks built from checked tables, freed unless installed (``taken``)."""
+    cdef kp_blk **b
+    cdef Py_ssize_t n
+    cdef bint taken
+    cdef bint any_sel
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.b != NULL:
+            if not self.taken:
+                for i in range(self.n):
+                    kp_aligned_free(self.b[i])
+            free(self.b)
+
+
+cdef inline kp_a6 _row_a6(const uint8_t[:, :] u6, Py_ssize_t i) noexcept nogil:
+    return kp_a6_load(&u6[i, 0])
+
+
+cdef _Blocks _make_blocks(dict c, bint v6):
+    """One block per port of checked tables: its records, the keys that point at them,
+    its pools, weights, lookup tables and KUBE-FW sources."""
+    cdef Py_ssize_t nport = len(c["port_service"]), i, k, j, r, e
+    cdef _Blocks out = _Blocks.__new__(_Blocks)
+    rec_port_a = c["rec_port"]
+    fe_owner = rec_port_a[c["fe_rec"]] if len(c["fe_rec"]) else np.zeros(0, np.int64)
+    np_owner = rec_port_a[c["np_rec"]] if len(c["np_rec"]) else np.zeros(0, np.int64)
+    rec_order_a = np.argsort(rec_port_a, kind="stable")
+    rec_count_a = np.bincount(rec_port_a, minlength=nport) if len(rec_port_a) else np.zeros(nport, np.int64)
+    rec_off_a = np.concatenate([[0], np.cumsum(rec_count_a)]).astype(np.int64)
+    rec_slot_a = np.empty(len(rec_port_a), np.int64)  # a record's index in its block
+    if len(rec_port_a):
+        rec_slot_a[rec_order_a] = np.arange(len(rec_port_a)) - rec_off_a[rec_port_a[rec_order_a]]
+    # keys: frontends then NodePorts, grouped by port
+    key_port_a = np.concatenate([fe_owner, np_owner]).astype(np.int64)
+    key_order_a = np.argsort(key_port_a, kind="stable")
+    key_count_a = np.bincount(key_port_a, minlength=nport) if len(key_port_a) else np.zeros(nport, np.int64)
+    fw_len_a = c["rec_fw_len"]
+    fw_count_a = (np.bincount(rec_port_a, weights=fw_len_a, minlength=nport).astype(np.int64)
+                  if len(rec_port_a) else np.zeros(nport, np.int64))
+    cdef const int64_t[:] rec_order = rec_order_a
+    cdef const int64_t[:] rec_off = rec_off_a
+    cdef const int64_t[:] rec_slot = rec_slot_a
+    cdef const int64_t[:] key_order = key_order_a.astype(np.int64)
+    cdef const int64_t[:] key_count = key_count_a.astype(np.int64)
+    cdef const int64_t[:] fw_count = fw_count_a
+    cdef const int64_t[:] rkind = c["rec_kind"]
+    cdef const int64_t[:] rnpf = c["rec_np_filter"]
+    cdef const int64_t[:, :] ract = c["rec_action"]
+    cdef const int64_t[:] rfws = c["rec_fw_start"]
+    cdef const int64_t[:] rfwl = fw_len_a
+    cdef const uint8_t[:] fwp = c["fw_prefix"].astype(np.uint8)
+    cdef const int64_t[:] psvc = c["port_service"]
+    cdef const int64_t[:] paff = c["port_affinity"]
+    cdef const int64_t[:, :] pst = c["port_pool_start"]
+    cdef const int64_t[:, :] pln = c["port_pool_len"]
+    cdef const uint8_t[:] psel = c["port_selector"].astype(np.uint8)
+    cdef const uint64_t[:] pseed = c["port_seed"]
+    cdef const int64_t[:, :] tst = c["port_table_start"]
+    cdef const int64_t[:, :] tln = c["port_table_len"]
+    cdef const int32_t[:] tab = c["sel_table"]
+    cdef const int64_t[:] pool_ep = c["pool_ep"]
+    cdef const int64_t[:] pool_w = c["pool_weight"]
+    cdef const int64_t[:] ep_port = c["ep_port"]
+    cdef const int64_t[:] fe_rec = c["fe_rec"]
+    cdef const int64_t[:] fe_port = c["fe_port"]
+    cdef const int64_t[:] fe_proto = c["fe_proto"]
+    cdef const int64_t[:] np_rec = c["np_rec"]
+    cdef const int64_t[:] np_port = c["np_port"]
+    cdef const int64_t[:] np_proto = c["np_proto"]
+    cdef const uint32_t[:] ep4
+    cdef const uint32_t[:] fe4
+    cdef const uint32_t[:] fw4
+    cdef const uint8_t[:, :] ep6
+    cdef const uint8_t[:, :] fe6
+    cdef const uint8_t[:, :] fw6
+    cdef Py_ssize_t nfe = len(c["fe_rec"])
+    cdef kp_blk *b
+    cdef kp_rec *R
+    cdef kp_key *K
+    cdef kp_pe4 *p4
+    cdef kp_pe6 *p6
+    cdef kp_cidr4 *c4
+    cdef kp_cidr6 *c6
+    cdef int32_t n0, n1, nfw_at
+    cdef int64_t ln, st
+    cdef uint32_t m4
+    cdef kp_a6 m6, a6
+    cdef int prefix
+    if v6:
+        ep6 = c["ep_addr"]
+        fe6 = c["fe_addr"]
+        fw6 = c["fw_addr"]
+    else:
+        ep4 = c["ep_addr"]
+        fe4 = c["fe_addr"]
+        fw4 = c["fw_addr"]
+    out.b = <kp_blk **>calloc(nport if nport else 1, sizeof(kp_blk *))
+    if out.b == NULL:
+        raise MemoryError("kproxy_core._engine: out of memory")
+    cdef Py_ssize_t ko = 0  # where this port's keys start in key_order
+    for i in range(nport):
+        n0 = <int32_t>pln[i, 0]
+        n1 = <int32_t>pln[i, 1]
+        b = kp_blk_new(v6, <int32_t>(rec_off[i + 1] - rec_off[i]), <int32_t>key_count[i], n0, n1, psel[i],
+                       tln[i, 0] if n0 else 0, tln[i, 1] if n1 else 0, <int32_t>fw_count[i])
+        if b == NULL:
+            raise MemoryError("kproxy_core._engine: out of memory")
+        out.b[i] = b
+        out.n = i + 1
+        if psel[i] != KP_SEL_RANDOM:
+            out.any_sel = True
+        b.svc = <int32_t>psvc[i]
+        for k in range(2):
+            st = pst[i, k]
+            ln = pln[i, k]
+            for j in range(ln):
+                e = pool_ep[st + j]
+                if v6:
+                    p6 = <kp_pe6 *>b.pool + (n0 if k else 0) + j
+                    p6.addr = kp_a6_load(&ep6[e, 0])
+                    p6.port = <uint16_t>ep_port[e]
+                else:
+                    p4 = <kp_pe4 *>b.pool + (n0 if k else 0) + j
+                    p4.addr = ep4[e]
+                    p4.port = <uint16_t>ep_port[e]
+                if b.w != NULL:
+                    b.w[(n0 if k else 0) + j] = <uint32_t>pool_w[st + j]
+        if n0 and tln[i, 0]:
+            memcpy(b.tab, &tab[tst[i, 0]], sizeof(int32_t) * tln[i, 0])
+        if n1 and tln[i, 1]:
+            memcpy(b.tab + (tln[i, 0] if n0 else 0), &tab[tst[i, 1]], sizeof(int32_t) * tln[i, 1])
+        nfw_at = 0
+        for j in range(rec_off[i], rec_off[i + 1]):
+            r = rec_order[j]
+            R = &b.rec[j - rec_off[i]]
+            R.kind = <uint8_t>rkind[r]
+            R.np_filter = <uint8_t>rnpf[r]
+            for k in range(4):  # classes 4-7 (allowed by KUBE-FW) live in the record
+                R.action[k] = <uint8_t>ract[r, 4 + k]
+                R.blocked[k] = <uint8_t>ract[r, k]
+            R.fwn = <int32_t>rfwl[r]
+            R.fwl = <const void *><uintptr_t>nfw_at
+            for k in range(rfwl[r]):
+                prefix = fwp[rfws[r] + k]
+                if v6:
+                    c6 = <kp_cidr6 *>b.fw + nfw_at
+                    m6 = _a6(_FULL128 ^ ((_ONE << (128 - prefix)) - 1))  # Python ints: 128 bits
+                    a6 = kp_a6_load(&fw6[rfws[r] + k, 0])
+                    c6.mask = m6
+                    c6.net.hi = a6.hi & m6.hi
+                    c6.net.lo = a6.lo & m6.lo
+                else:
+                    c4 = <kp_cidr4 *>b.fw + nfw_at
+                    m4 = 0 if prefix == 0 else (<uint32_t>0xFFFFFFFF << (32 - prefix))
+                    c4.mask = m4
+                    c4.net = fw4[rfws[r] + k] & m4
+                nfw_at += 1
+        for j in range(key_count[i]):
+            r = key_order[ko + j]
+            K = &b.key[j]
+            if r < nfe:
+                K.np = 0
+                K.rec = <int32_t>rec_slot[fe_rec[r]]
+                K.port = <uint16_t>fe_port[r]
+                K.proto = <uint8_t>fe_proto[r]
+                if v6:
+                    K.addr = kp_a6_load(&fe6[r, 0])
+                else:
+                    K.addr.hi = 0
+                    K.addr.lo = fe4[r]
+            else:
+                K.np = 1
+                K.rec = <int32_t>rec_slot[np_rec[r - nfe]]
+                K.port = <uint16_t>np_port[r - nfe]
+                K.proto = <uint8_t>np_proto[r - nfe]
+                K.addr.hi = 0
+                K.addr.lo = 0
+        ko += key_count[i]
+        _check(kp_blk_finish(b, <uint32_t>paff[i], pseed[i]))
+    return out
+
+
+cdef _Fam _build_fam(object t, bint v6, Py_ssize_t nsvc):
+    c = check_tables(t, v6, nsvc)  # ValueError for anything inconsistent
+    if max(len(c["rec_port"]), len(c["port_service"]), nsvc) > 0x7FFFFFFF:
+        raise ValueError("tables: more than 2**31 - 1 rows")
+    cdef _Fam fam = _new_fam(c, v6)
+    cdef _Blocks blocks = _make_blocks(c, v6)
+    cdef int stale = 0
+    fam.f.sel_any = blocks.any_sel
+    _check(kp_fam_install(&fam.f, blocks.b, <int32_t>blocks.n, NULL, 0, &stale))
+    blocks.taken = True
+    return fam
 
 
 # ---------------------------------------------------------------------- the core
+
+cdef inline bint _in4(const uint32_t *a, int32_t n, uint32_t x) noexcept nogil:
+    cdef int32_t i
+    for i in range(n):
+        if a[i] == x:
+            return True
+    return False
+
+
+cdef inline bint _in6(const kp_a6 *a, int32_t n, kp_a6 x) noexcept nogil:
+    cdef int32_t i
+    for i in range(n):
+        if a[i].hi == x.hi and a[i].lo == x.lo:
+            return True
+    return False
+
 
 cdef inline bint _ip4(object s, uint32_t *out):
     """A dotted quad, parsed in C; False sends the caller to ipaddress."""
@@ -489,7 +594,8 @@ cdef uint64_t _nbuckets(object capacity) except 0:
 
 cdef class Core:
     cdef kp_state st
-    cdef PyThread_type_lock lock
+    cdef PyThread_type_lock lock   # held by every lookup while it reads (see the module docstring)
+    cdef PyThread_type_lock wlock  # one writer (load, update) at a time
     cdef _Fam fam4
     cdef _Fam fam6
     cdef const kp_fam *c4  # &fam4.f or NULL, changed only with the lock held
@@ -501,7 +607,8 @@ cdef class Core:
 
     def __cinit__(self, *args, **kwargs):
         self.lock = PyThread_allocate_lock()
-        if self.lock == NULL:
+        self.wlock = PyThread_allocate_lock()
+        if self.lock == NULL or self.wlock == NULL:
             raise MemoryError("kproxy_core._engine: cannot allocate a lock")
         self.services = []
         self.port_key = -1
@@ -514,6 +621,8 @@ cdef class Core:
             kp_table_free(&self.st.aff[i])
         if self.lock != NULL:
             PyThread_free_lock(self.lock)
+        if self.wlock != NULL:
+            PyThread_free_lock(self.wlock)
 
     def __init__(
         self,
@@ -538,13 +647,13 @@ cdef class Core:
         st.timeout[132] = float(timeouts[2])
         nbf = _nbuckets(flow_capacity)
         nba = _nbuckets(affinity_capacity)
-        status = kp_table_init(&st.flows[0], nbf, sizeof(kp_flow4), 1)
+        status = kp_table_init(&st.flows[0], nbf, sizeof(kp_flow4))
         if status == KP_OK:
-            status = kp_table_init(&st.flows[1], nbf, sizeof(kp_flow6), 0)
+            status = kp_table_init(&st.flows[1], nbf, sizeof(kp_flow6))
         if status == KP_OK:
-            status = kp_table_init(&st.aff[0], nba, sizeof(kp_aff4), 0)
+            status = kp_table_init(&st.aff[0], nba, sizeof(kp_aff4))
         if status == KP_OK:
-            status = kp_table_init(&st.aff[1], nba, sizeof(kp_aff6), 0)
+            status = kp_table_init(&st.aff[1], nba, sizeof(kp_aff6))
         if status != KP_OK:
             for i in range(2):  # kp_table_free is a no-op on a zeroed or failed table
                 kp_table_free(&st.flows[i])
@@ -576,29 +685,174 @@ cdef class Core:
         cdef _Fam n4 = _build_fam(t4, False, len(services))
         cdef _Fam n6 = _build_fam(t6, True, len(services))
         cdef int64_t dropped = 0
-        cdef const kp_fam *o4
-        cdef const kp_fam *o6
         if not self.ready:
             raise EngineError("Core.__init__ was not called")
-        old = (self.fam4, self.fam6, self.services)  # freed after the lock is released
+        self._wlock()
+        old = (self.fam4, self.fam6, self.services)  # freed after the locks are released
         self._lock()
         try:
-            o4 = self.c4
-            o6 = self.c6
+            if self.fam4 is not None:
+                kp_fam_carry(&n4.f, self.c4)
+                kp_fam_carry(&n6.f, self.c6)
             self.fam4 = n4
             self.fam6 = n6
             self.services = services
             self.c4 = &n4.f
             self.c6 = &n6.f
             with nogil:
-                kp_rr_carry(&n4.f, o4)
-                kp_rr_carry(&n6.f, o6)
-                dropped = kp_remap(&self.st.flows[0], &n4.f, o4)
-                dropped += kp_remap(&self.st.flows[1], &n6.f, o6)
+                dropped = kp_flows_drop(&self.st.flows[0], &n4.f, NULL, 0)
+                dropped += kp_flows_drop(&self.st.flows[1], &n6.f, NULL, 0)
         finally:
             PyThread_release_lock(self.lock)
+            PyThread_release_lock(self.wlock)
         del old
         return dropped
+
+    def update(self, t4, t6, services):
+        """Replace the ports of an update, remove those of ``port_removed``, and append
+        ``services`` to the service names; in place, one publication per family (see
+        kp_fam_install). Lookups and batches running meanwhile in other threads read, per
+        packet, the old or the new state."""
+        if not self.ready:
+            raise EngineError("Core.__init__ was not called")
+        if self.fam4 is None:
+            raise EngineError("Core.update before Core.load")
+        names = self.services + list(services)
+        cs = [_check_update(t4, False, len(names)), _check_update(t6, True, len(names))]
+        cdef _Blocks b4 = _make_blocks(cs[0][0], False)
+        cdef _Blocks b6 = _make_blocks(cs[1][0], True)
+        cdef int stale4 = 0, stale6 = 0
+        cdef int64_t dropped = 0
+        cdef kp_fam *f4 = &self.fam4.f
+        cdef kp_fam *f6 = &self.fam6.f
+        cdef int32_t[:] rem4 = np.asarray(cs[0][1], dtype=np.int32)
+        cdef int32_t[:] rem6 = np.asarray(cs[1][1], dtype=np.int32)
+        cdef int32_t[:] only4
+        cdef int32_t[:] only6
+        cdef int32_t *r4 = &rem4[0] if rem4.shape[0] else NULL
+        cdef int32_t *r6 = &rem6[0] if rem6.shape[0] else NULL
+        self._wlock()
+        try:
+            if (b4.any_sel and not f4.sel_any) or (b6.any_sel and not f6.sel_any):
+                # batches pick their loop once: the first non-random selector waits for
+                # the batches running with the random-only loop to end
+                f4.sel_any = f4.sel_any or b4.any_sel
+                f6.sel_any = f6.sel_any or b6.any_sel
+                self._lock()
+                PyThread_release_lock(self.lock)
+            self.services = names  # before the records that name them
+            _check(kp_fam_install(f4, b4.b, <int32_t>b4.n, r4, <int32_t>rem4.shape[0], &stale4))
+            b4.taken = True
+            _check(kp_fam_install(f6, b6.b, <int32_t>b6.n, r6, <int32_t>rem6.shape[0], &stale6))
+            b6.taken = True
+            if (stale4 and self.st.flows[0].count) or (stale6 and self.st.flows[1].count):
+                only4 = np.unique(np.concatenate([cs[0][0]["port_service"], cs[0][1]])).astype(np.int32)
+                only6 = np.unique(np.concatenate([cs[1][0]["port_service"], cs[1][1]])).astype(np.int32)
+                self._lock()
+                with nogil:
+                    if stale4 and only4.shape[0]:
+                        dropped = kp_flows_drop(&self.st.flows[0], f4, &only4[0], <int32_t>only4.shape[0])
+                    if stale6 and only6.shape[0]:
+                        dropped += kp_flows_drop(&self.st.flows[1], f6, &only6[0], <int32_t>only6.shape[0])
+                    kp_fam_reclaim(f4)
+                    kp_fam_reclaim(f6)
+                PyThread_release_lock(self.lock)
+            elif f4.nretired + f6.nretired:
+                self._reclaim(f4.nretired + f6.nretired > 4096)
+        finally:
+            PyThread_release_lock(self.wlock)
+        return dropped
+
+    cdef void _reclaim(self, bint wait):
+        """Free what updates retired, if no lookup is running now (every lookup reads
+        holding the lock: once we hold it, none that started before can still read).
+        wait: block until then (the retired list has grown long)."""
+        if wait:
+            self._lock()
+        elif not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
+            return
+        kp_fam_reclaim(&self.fam4.f)
+        kp_fam_reclaim(&self.fam6.f)
+        PyThread_release_lock(self.lock)
+
+    cdef inline void _wlock(self):
+        if not PyThread_acquire_lock(self.wlock, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock(self.wlock, WAIT_LOCK)
+
+    def memory(self):
+        """Bytes held, by part: frontend and NodePort tables, port blocks (records, pools,
+        selector data), the per-service index, flow and affinity tables."""
+        cdef _Fam fam
+        out = {"frontends": 0, "nodeports": 0, "blocks": 0, "index": 0, "retired": 0, "flows": 0,
+               "affinity": 0, "blocks_count": 0}
+        self._lock()
+        try:
+            for fam in (self.fam4, self.fam6):
+                if fam is None:
+                    continue
+                out["frontends"] += fam.f.fe.size
+                out["nodeports"] += fam.f.np.size
+                out["blocks"] += fam.f.blk_bytes
+                out["blocks_count"] += fam.f.nblk
+                out["index"] += fam.f.nsvc * sizeof(void *) + fam.f.cretired * sizeof(void *)
+            out["flows"] = sum(self.st.flows[i].nbuckets * KP_SLOTS * (2 + self.st.flows[i].rsize)
+                               for i in range(2))
+            out["affinity"] = sum(self.st.aff[i].nbuckets * KP_SLOTS * (2 + self.st.aff[i].rsize)
+                                  for i in range(2))
+        finally:
+            PyThread_release_lock(self.lock)
+        return out
+
+    def frontend(self, dst, dport, proto="TCP"):
+        cdef uint32_t d4 = 0
+        cdef kp_a6 d6
+        cdef bint v6 = False
+        cdef const kp_rec *rec = NULL
+        cdef const kp_fam *f
+        cdef int how = 0, kind = 0
+        cdef int32_t svc = -1, lo, hi, mid
+        cdef uint16_t dp
+        cdef uint8_t p
+        di, _, v6 = _parse_pair(dst, dst)
+        if v6:
+            d6 = _a6(di)
+        else:
+            d4 = di
+        p = _proto(proto)
+        dp = _port(dport, "dport")
+        if not self.ready:
+            raise EngineError("Core.__init__ was not called")
+        self._lock()
+        f = self.c6 if v6 else self.c4
+        if f != NULL:
+            rec = kp_fe6_get(f, d6, dp, p) if v6 else kp_fe4_get(f, d4, dp, p)
+            if rec != NULL:
+                how = 1
+            elif (v6 and ((d6.hi == 0 and d6.lo == 1) or _in6(f.local6, f.nlocal, d6))) or (
+                    not v6 and ((d4 >> 24) == 0x7F or _in4(f.local4, f.nlocal, d4))):
+                rec = kp_np_get(f, dp, p)
+                how = 2 if rec != NULL else 0
+            else:
+                lo = 0
+                hi = f.ncip
+                while lo < hi:
+                    mid = lo + (hi - lo) // 2
+                    if (v6 and (f.cip6[mid].addr.hi < d6.hi or (f.cip6[mid].addr.hi == d6.hi and f.cip6[mid].addr.lo < d6.lo))) or (
+                            not v6 and f.cip4[mid].addr < d4):
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                if lo < f.ncip and ((v6 and f.cip6[lo].addr.hi == d6.hi and f.cip6[lo].addr.lo == d6.lo) or (
+                        not v6 and f.cip4[lo].addr == d4)):
+                    svc = f.cip6[lo].svc if v6 else f.cip4[lo].svc
+                    kind = 1
+                    how = 3
+            if rec != NULL:
+                svc = rec.svc
+                kind = rec.kind
+        PyThread_release_lock(self.lock)
+        return svc, kind, how
 
     def flow_count(self):
         cdef int64_t n
@@ -650,12 +904,12 @@ cdef class Core:
             fam = self.fam6
             kp_decide6(&self.st, self.c6, s6, d6, <uint16_t>sp, <uint16_t>dp, <uint8_t>p,
                        kp_hash6(self.st.seed, s6, d6, <uint16_t>sp, <uint16_t>dp, <uint8_t>p),
-                       KP_REC_UNKNOWN, t, mode, 1, &r)
+                       KP_REC_UNKNOWN, 0, t, mode, 1, &r)
         else:
             fam = self.fam4
             kp_decide4(&self.st, self.c4, s4, d4, <uint16_t>sp, <uint16_t>dp, <uint8_t>p,
                        kp_hash4(self.st.seed, s4, d4, <uint16_t>sp, <uint16_t>dp, <uint8_t>p),
-                       KP_REC_UNKNOWN, t, mode, 0, 1, &r)
+                       KP_REC_UNKNOWN, 0, t, mode, 1, &r)
         services = self.services
         PyThread_release_lock(self.lock)
 
@@ -668,7 +922,7 @@ cdef class Core:
         if r.verdict != KP_DNAT:
             dec.endpoint = None
         elif v6:
-            dec.endpoint = fam.ep_tuple[r.ep]
+            dec.endpoint = (str(_IPv6((<object>r.ep6.hi << 64) | r.ep6.lo)), r.ep_port)
         else:
             # a new tuple beats the cached one: its refcount write misses the cache when
             # calls spread over 100,000 endpoints (measured per call: 1.33 -> 2.0 M/s)

@@ -5,11 +5,17 @@
  * here raises or touches Python objects: functions return KP_OK or a status code,
  * which _engine.pyx maps to an exception in one place (_check).
  *
- * Ownership: a kp_fam (one family's tables) is built once by _engine.pyx, never
- * changed afterwards, and freed by its Python owner; kp_state (flows, affinity) is
- * owned by the Core and only touched with the Core's lock held. The one exception in
- * kp_fam is the round-robin state (kp_fam.rr, rr_cur): new connections advance it, so it
- * is written by decisions, and like kp_state only with the Core's lock held.
+ * Ownership and threads. kp_state (flows, affinity) is owned by the Core and touched
+ * only with the Core's lock held, which every lookup and batch holds while it runs. A
+ * kp_fam (one family's tables) is owned by its Python _Fam and changed in place by one
+ * writer at a time (the Core's writer lock), without the lookups' lock: an update
+ * (kp_fam_install) builds new immutable blocks, points keys at their records with
+ * release stores and retires what it replaced; readers load the pointers with acquire
+ * loads, and those that read two tables for one packet check a seqlock count
+ * (kp_gen_begin). Retired memory is freed (kp_fam_reclaim) only by a writer holding the
+ * lookups' lock: every lookup that could still read it has ended by then. The one
+ * mutable part of a block is its round-robin state (kp_rr, rr_cur): new connections
+ * advance it, with the lookups' lock held.
  *
  * Endpoint selectors (kproxy_core/selectors.py holds the reference algorithms, which the
  * twin runs): a record's sel byte says how a new connection picks from its pool.
@@ -189,9 +195,8 @@ KP_INLINE int kp_parse_ip4(const char *s, size_t n, uint32_t *out) {
 typedef struct {
     uint16_t *tags;
     char *recs;
-    int32_t *aux;       /* IPv4 flows: the endpoint index of each slot (cold: per-call only) */
     void *raw;          /* what kp_big_alloc returned (recs is aligned up from it) */
-    size_t raw_size;
+    size_t raw_size, rsize;
     uint64_t nbuckets;  /* a power of two */
     int64_t count;
 } kp_table;
@@ -239,16 +244,16 @@ KP_INLINE unsigned kp_tagmask(const uint16_t *tg, uint16_t tag) {
 KP_INLINE uint64_t kp_bucket(const kp_table *t, uint64_t h) { return (h >> 16) & (t->nbuckets - 1); }
 KP_INLINE uint16_t kp_tag(uint64_t h) { uint16_t g = (uint16_t)(h & 0xffff); return g ? g : 1; }
 
-static int kp_table_init(kp_table *t, uint64_t nbuckets, size_t rsize, int aux) {
+static int kp_table_init(kp_table *t, uint64_t nbuckets, size_t rsize) {
     size_t n;
     memset(t, 0, sizeof(*t));
     if (nbuckets == 0 || nbuckets > (((uint64_t)1) << 40) / (KP_SLOTS * 64)) return KP_ETOOBIG;
     n = (size_t)nbuckets * KP_SLOTS;
     t->tags = (uint16_t *)calloc(n, sizeof(uint16_t));
     t->raw = kp_big_alloc(n * rsize + 64, &t->raw_size);
-    if (aux) t->aux = (int32_t *)calloc(n, sizeof(int32_t));
-    if (!t->tags || !t->raw || (aux && !t->aux)) {
-        free(t->tags); kp_big_free(t->raw, t->raw_size); free(t->aux);
+    t->rsize = rsize;
+    if (!t->tags || !t->raw) {
+        free(t->tags); kp_big_free(t->raw, t->raw_size);
         memset(t, 0, sizeof(*t));
         return KP_ENOMEM;
     }
@@ -258,7 +263,7 @@ static int kp_table_init(kp_table *t, uint64_t nbuckets, size_t rsize, int aux) 
 }
 
 static void kp_table_free(kp_table *t) {
-    free(t->tags); kp_big_free(t->raw, t->raw_size); free(t->aux);
+    free(t->tags); kp_big_free(t->raw, t->raw_size);
     memset(t, 0, sizeof(*t));
 }
 
@@ -299,9 +304,9 @@ KP_INLINE uint64_t kp_table_place(kp_table *t, uint64_t h, int64_t own, double n
     return b * KP_SLOTS + (uint64_t)i;
 }
 
-/* flows: 5-tuple -> service, frontend, masquerade and endpoint; stamp = expiry.
- * IPv4 carries the endpoint's address and port (what a batch writes out) and keeps its
- * index in kp_table.aux, to fit 32 bytes; IPv6 carries the index. */
+/* flows: 5-tuple -> service, frontend, masquerade and endpoint; stamp = expiry. Both
+ * carry the endpoint's address and port (what a batch writes out, and what an update
+ * checks against the service's new pools): a flow refers to nothing an update frees. */
 typedef struct {
     uint64_t addrs;  /* src << 32 | dst */
     uint16_t sport, dport;
@@ -313,12 +318,11 @@ typedef struct {
 } kp_flow4;
 
 typedef struct {
-    kp_a6 src, dst;
-    uint16_t sport, dport;
-    uint8_t proto, fm, pad_[2];
-    int32_t svc, ep;
+    kp_a6 src, dst, ep_addr;
+    uint16_t sport, dport, ep_port;
+    uint8_t proto, fm;
+    int32_t svc, pad_;
     double stamp;
-    uint64_t pad2_;
 } kp_flow6;
 
 /* affinity: (service, client) -> endpoint address and port, stamp = last use */
@@ -393,109 +397,139 @@ KP_INLINE int64_t kp_aff6_find(const kp_table *t, uint64_t h, int32_t svc, kp_a6
     return -1;
 }
 
-/* ------------------------------------------------------------------ one family's tables */
+/* ------------------------------------------------------------------ one family's tables
+ *
+ * Updated in place, read without locks. Everything a packet's decision reads from a
+ * service port lives in one immutable block (kp_blk: its records, pools, selector data);
+ * the frontend and NodePort tables map keys to record pointers. An update builds new
+ * blocks, points the keys at their records with release stores, tombstones the keys it
+ * drops, and retires the old blocks, which are freed only once no reader can hold them
+ * (the reader side of the protocol is at kp_gen_begin; the writer's at kp_fam_install).
+ */
 
-/* a frontend record with its service port's fields copied in: one 32-byte load.
- * action[cls]: the action for source class cls (bit 0 pod, bit 1 node-local) of a source
- * allowed by the record's KUBE-FW (the tables' classes 4-7). fw: the record has a
- * KUBE-FW (a non-empty allowed-source list in kp_fam.fwrec); a source outside the list
- * then takes kp_fam.fwrec[rec].blocked[cls] (classes 0-3). Without one, every source is
- * allowed. */
-typedef struct {
+/* a frontend record: 128 bytes, two cache lines. The first holds what every decision
+ * reads (action, service, pools) and what the selectors read first; the second is cold
+ * (KUBE-FW sources, round-robin state). action[cls]: the action for source class cls
+ * (bit 0 pod, bit 1 node-local) of a source allowed by the record's KUBE-FW (the tables'
+ * classes 4-7); fw: the record has a KUBE-FW (a non-empty allowed-source list fwl), and a
+ * source outside it takes blocked[cls] (classes 0-3). Without one, every source is allowed. */
+struct kp_blk;
+typedef struct { int64_t total[2]; int32_t pos[2]; uint8_t smooth[2], pad_[6]; } kp_rr;
+typedef struct kp_rec {
     uint8_t kind, np_filter, action[4], fw, sel;  /* sel: the port's selector (KP_SEL_*) */
     int32_t svc;
     uint32_t affinity;
-    int32_t start[2], len[2];
+    int32_t len[2];
+    const void *pool;      /* kp_pe4 / kp_pe6: the cluster pool, then the local one */
+    uint64_t seed;         /* Maglev / source-hash */
+    const int32_t *tab;    /* their lookup tables: cluster at tab, local at tab + tlen[0] */
+    uint32_t tlen[2];
+    const void *al;        /* weighted: kp_al4 / kp_al6 columns, parallel to pool */
+    /* second line */
+    const struct kp_blk *blk;
+    const void *fwl;       /* kp_cidr4 / kp_cidr6 [fwn] */
+    int32_t fwn;
+    uint8_t blocked[4];
+    kp_rr *rr;             /* round-robin state (mutable: see the top of this file) */
+    int64_t *rr_cur;       /* smooth round-robin's current weights, parallel to pool */
+    const uint32_t *w;     /* weights, parallel to pool (weighted, round-robin) */
+    uint64_t pad_[2];
 } kp_rec;
-/* a service port. sel, seed, tstart/tlen: its selector, the Maglev/source-hash seed and
- * each pool's lookup table in kp_fam.tab (filled by the caller) */
-typedef struct {
-    int32_t svc; uint32_t affinity; int32_t start[2]; int32_t len[2];
-    uint64_t seed; int32_t tstart[2]; uint32_t tlen[2]; uint8_t sel;
-} kp_port;
-/* a record's selector data beside kp_rec (cold: read only when sel is not random) */
-typedef struct { uint64_t seed; int32_t tstart[2]; uint32_t tlen[2]; int32_t port, pad_; } kp_rsel;
-/* round-robin state of a port's two pools: the rotation's next index, or (smooth) the
- * current weights in kp_fam.rr_cur beside the pool; total = the pool's Σw */
-typedef struct { int64_t total[2]; int32_t pos[2]; uint8_t smooth[2], pad_[6]; } kp_rr;
-/* a record's KUBE-FW (cold: read only for records with fw set): its allowed sources are
- * fw4/fw6[start .. start + len), and the actions for sources outside them */
-typedef struct { int32_t start, len; uint8_t blocked[4]; } kp_fwrec;
+typedef char kp_rec_is_two_lines[sizeof(kp_rec) == 128 ? 1 : -1];
+
 typedef struct { uint32_t net, mask; } kp_cidr4;  /* net is pre-masked */
 typedef struct { kp_a6 net, mask; } kp_cidr6;
-typedef struct { uint32_t addr; uint16_t port, pad_; } kp_ep4;
-typedef struct { kp_a6 addr; uint16_t port, pad_[3]; } kp_ep6;
-/* a pool entry with its endpoint's address and port copied in */
-typedef struct { int32_t ep; uint32_t addr; uint16_t port, pad_; uint32_t pad2_; } kp_pe4;
-typedef struct { kp_a6 addr; int32_t ep; uint16_t port, pad_; uint64_t pad2_; } kp_pe6;
+/* a pool entry: the endpoint's address and port */
+typedef struct { uint32_t addr; uint16_t port, pad_; } kp_pe4;
+typedef struct { kp_a6 addr; uint16_t port, pad_[3]; } kp_pe6;
 /* a weighted pool's alias column (one per pool entry, at the same index): [0] the
  * entry itself, [1] its alias, copied in, so that a pick reads this one line and not
  * the pool. Keep [0] iff r < thr: thr = ceil(prob * 2**64 / W), so r < thr iff
  * hi64(r * W) < prob, the twin's test, without a multiply by W on the packet path */
-typedef struct { uint64_t thr; uint32_t addr[2]; int32_t ep[2]; uint16_t port[2]; uint32_t pad_; } kp_al4;
-typedef struct { kp_a6 addr[2]; uint64_t thr; int32_t ep[2]; uint16_t port[2]; uint8_t pad_[12]; } kp_al6;
-/* open addressing, linear probing, load <= 1/2; rec < 0 marks an empty slot */
-/* sel: the record's selector (set by kp_fam_index), so that a batch's frontend lookup
- * knows what the pick will read two stages before the decision */
-typedef struct { uint32_t addr; uint16_t port; uint8_t proto, sel; int32_t rec, pad2_; } kp_fe4;
-typedef struct { kp_a6 addr; uint16_t port; uint8_t proto, sel; int32_t rec; uint64_t pad2_; } kp_fe6;
-typedef struct { uint16_t port; uint8_t proto, pad_; int32_t rec; } kp_np;
+typedef struct { uint64_t thr; uint32_t addr[2]; uint16_t port[2]; uint32_t pad_; } kp_al4;
+typedef struct { kp_a6 addr[2]; uint64_t thr; uint16_t port[2]; uint8_t pad_[20]; } kp_al6;
+/* a key a block's record holds: a frontend (np = 0) or a NodePort (np = 1; addr unused) */
+typedef struct { kp_a6 addr; uint16_t port; uint8_t proto, np; int32_t rec; } kp_key;
+
+/* One service port of one family: its records, the keys they hold, its pools and
+ * selector data, in one allocation. Immutable once installed, but for rr/rr_cur. */
+typedef struct kp_blk {
+    int32_t svc, nrec, nkey, nfw;
+    int32_t len[2];
+    uint8_t sel, v6, pad_[6];
+    int64_t tlen[2];
+    size_t size;
+    kp_rec *rec;
+    kp_key *key;
+    void *pool;
+    uint32_t *w;
+    void *al;
+    int64_t *rr_cur;
+    int32_t *tab;
+    void *fw;
+    kp_rr rr;
+} kp_blk;
+
+/* open addressing, linear probing. A slot's rec: NULL empty, KP_TOMB deleted (its key
+ * stays, and only that key may take the slot again), else the record. Readers load rec
+ * (acquire) before the key: a slot's key is written before its first release of rec. */
+#define KP_TOMB ((const kp_rec *)(uintptr_t)1)
+typedef struct { uint32_t addr; uint16_t port; uint8_t proto, sel; const kp_rec *rec; } kp_fe4;
+typedef struct { kp_a6 addr; uint16_t port; uint8_t proto, sel; uint32_t pad_; const kp_rec *rec; } kp_fe6;
+typedef struct { uint16_t port; uint8_t proto, pad_; uint32_t pad2_; const kp_rec *rec; } kp_np;
+/* a table: this header (one line), then mask + 1 slots. Published whole: a grown table
+ * is a new allocation, and the old one is retired like a block */
+typedef struct { uint64_t mask; int shift, pad_; int64_t live, used; size_t size; uint64_t pad2_[3]; } kp_htab;
+#define KP_SLOTS_OF(T, t) ((T *)((char *)(t) + sizeof(kp_htab)))
+
 /* nftables' cluster-ips set: an active ClusterIP and the service index it reports */
 typedef struct { uint32_t addr; int32_t svc; } kp_cip4;
 typedef struct { kp_a6 addr; int32_t svc, pad_; uint64_t pad2_; } kp_cip6;
 
+#if defined(__GNUC__) || defined(__clang__)
+#define KP_LOAD_ACQ(p) __atomic_load_n(&(p), __ATOMIC_ACQUIRE)
+#define KP_STORE_REL(p, v) __atomic_store_n(&(p), (v), __ATOMIC_RELEASE)
+#define KP_LOAD_RLX(p) __atomic_load_n(&(p), __ATOMIC_RELAXED)
+#define KP_FENCE_ACQ() __atomic_thread_fence(__ATOMIC_ACQUIRE)
+#define KP_FENCE_REL() __atomic_thread_fence(__ATOMIC_RELEASE)
+#else  /* MSVC on x86-64: aligned loads and stores are atomic; volatile keeps their order */
+#define KP_LOAD_ACQ(p) (*(volatile const void **)&(p), (p))
+#define KP_STORE_REL(p, v) (*(volatile void **)&(p) = (void *)(v))
+#define KP_LOAD_RLX(p) (p)
+#define KP_FENCE_ACQ() _ReadWriteBarrier()
+#define KP_FENCE_REL() _ReadWriteBarrier()
+#endif
+
 typedef struct {
     int v6;
-    int check;          /* nftables' cluster-ips-check is on: ncip + nscidr > 0 (beside the
-                         * counts: the miss path reads nlocal from this line anyway) */
-    int32_t nrec, nport, npool, nep, nfe, nnp, nlocal, nnpaddr, nsvc, nfw;
-    /* filled by the caller */
-    int32_t *rec_port;
-    kp_rec *rec;     /* kind, np_filter, action, fw; kp_fam_index copies the port's fields */
-    kp_fwrec *fwrec; /* per record */
-    kp_cidr4 *fw4;
-    kp_cidr6 *fw6;
-    kp_port *port;
-    int32_t *pool_ep;
-    kp_ep4 *ep4;
-    kp_ep6 *ep6;
+    int check;          /* nftables' cluster-ips-check is on: ncip + nscidr > 0 */
+    int sel_any;        /* a port's selector is not random: batches run the loops built with
+                         * the selectors (kp_batch*). Set before the first such record is
+                         * published (and only then: see _engine.pyx's update) */
+    int np_match_all, np_loopback, det_on;
+    int32_t nlocal, nnpaddr;
+    kp_htab *fe;        /* published: read with KP_LOAD_ACQ */
+    kp_htab *np;
     uint32_t *local4, *npaddr4;
     kp_a6 *local6, *npaddr6;
-    int np_match_all, np_loopback, det_on;
     uint32_t det_mask4, det_net4;
     kp_a6 det_mask6, det_net6;
-    /* built by kp_fe*_put, kp_np_put and kp_fam_index */
-    kp_fe4 *fe4;
-    kp_fe6 *fe6;
-    uint64_t fe_mask;
-    int fe_shift;       /* 64 - log2(fe_mask + 1) */
-    kp_np *np;
-    uint64_t np_mask;
-    kp_pe4 *pool4;
-    kp_pe6 *pool6;
-    int32_t *svc_port;  /* service index -> its port here (the last one), or -1 */
-    /* nftables' cluster-ips-check (cold; all empty in iptables mode): allocated by
-     * kp_fam_alloc_check, filled by the caller, sorted by kp_fam_index */
+    /* nftables' cluster-ips-check (cold; all empty in iptables mode), filled by the caller,
+     * sorted by kp_fam_sort; fixed for the family's life */
     int32_t ncip, nscidr;
     kp_cip4 *cip4;
     kp_cip6 *cip6;
     kp_cidr4 *scidr4;
     kp_cidr6 *scidr6;
-    /* selectors, last: the older fields keep their offsets, so the plain (random-only)
-     * loops compile as before. pool_w and tab are filled by the caller (tab: the Maglev /
-     * source-hash lookup tables, entries index a pool); rsel, al4/al6, rr, rr_cur by
-     * kp_fam_index */
-    int64_t ntab, nal, nrrcur;
-    size_t tab_raw, al_raw;  /* kp_big_alloc's sizes: tab and al4/al6 are huge-page backed */
-    uint32_t *pool_w;
-    int32_t *tab;
-    kp_rsel *rsel;
-    kp_al4 *al4;
-    kp_al6 *al6;
-    kp_rr *rr;          /* per port; mutable (see the top of this file) */
-    int64_t *rr_cur;    /* per pool entry (nrrcur: npool if any port is round-robin) */
-    int sel_any;        /* a port's selector is not random: batches run the loops built with
-                         * the selectors (kp_batch*); random-only tables run the plain ones */
+    /* the writer's side (never read by a lookup) */
+    kp_blk **svc_blk;   /* service index -> its installed block, or NULL */
+    int32_t nsvc;       /* svc_blk's length */
+    int64_t nblk, blk_bytes;
+    void **retired;     /* replaced blocks and tables, freed by kp_fam_reclaim */
+    int64_t nretired, cretired;
+    uint64_t pad_[4];
+    uint64_t gen;       /* the seqlock of an update: odd while one publishes (own line) */
+    uint64_t pad2_[7];
 } kp_fam;
 
 static uint64_t kp_pow2_at_least(uint64_t n) {
@@ -504,15 +538,45 @@ static uint64_t kp_pow2_at_least(uint64_t n) {
     return c;
 }
 
+static void *kp_aligned(size_t size) {
+    void *p = NULL;
+#if defined(_MSC_VER)
+    p = _aligned_malloc(size, 64);
+    if (p) memset(p, 0, size);
+#else
+    if (posix_memalign(&p, 64, size) != 0) return NULL;
+    memset(p, 0, size);
+#endif
+    return p;
+}
+static void kp_aligned_free(void *p) {
+#if defined(_MSC_VER)
+    _aligned_free(p);
+#else
+    free(p);
+#endif
+}
+
+static kp_htab *kp_htab_new(uint64_t nslots, size_t slot) {
+    size_t size = sizeof(kp_htab) + nslots * slot;
+    kp_htab *t = (kp_htab *)kp_aligned(size);
+    uint64_t i;
+    if (!t) return NULL;
+    t->mask = nslots - 1;
+    t->shift = 64;
+    for (i = nslots; i > 1; i >>= 1) t->shift--;
+    t->size = size;
+    return t;
+}
+
 static void kp_fam_free(kp_fam *f) {
-    free(f->rec_port); free(f->rec); free(f->port); free(f->pool_ep); free(f->ep4);
-    free(f->ep6); free(f->local4); free(f->npaddr4); free(f->local6); free(f->npaddr6);
-    free(f->fe4); free(f->fe6); free(f->np); free(f->pool4); free(f->pool6); free(f->svc_port);
-    free(f->fwrec); free(f->fw4); free(f->fw6);
+    int64_t i;
+    if (f->svc_blk) for (i = 0; i < f->nsvc; i++) kp_aligned_free(f->svc_blk[i]);
+    for (i = 0; i < f->nretired; i++) kp_aligned_free(f->retired[i]);
+    free(f->svc_blk); free(f->retired);
+    kp_aligned_free(f->fe); kp_aligned_free(f->np);
+    free(f->local4); free(f->npaddr4); free(f->local6); free(f->npaddr6);
     free(f->cip4); free(f->cip6); free(f->scidr4); free(f->scidr6);
-    free(f->pool_w); free(f->rsel); free(f->rr); free(f->rr_cur);
-    kp_big_free(f->tab, f->tab_raw);
-    kp_big_free(f->v6 ? (void *)f->al6 : (void *)f->al4, f->al_raw);
     memset(f, 0, sizeof(*f));
 }
 
@@ -521,69 +585,25 @@ static void kp_fam_free(kp_fam *f) {
         if (!(p)) { kp_fam_free(f); return KP_ENOMEM; } \
     } while (0)
 
-/* Zeroed arrays for the given sizes; the caller fills rec_port, rec (kind, np_filter,
- * action, fw), fwrec, fw*, port, pool_ep, pool_w, tab, ep*, local*, npaddr* and the flags,
- * puts the frontends and NodePorts, then calls kp_fam_index. nal / nrrcur: npool if a
- * port is weighted / round-robin, else 0 (random-only tables carry no selector state). */
-static int kp_fam_alloc(kp_fam *f, int v6, int32_t nrec, int32_t nport, int32_t npool,
-                        int32_t nep, int32_t nfe, int32_t nnp, int32_t nlocal, int32_t nnpaddr,
-                        int32_t nsvc, int32_t nfw, int64_t ntab, int32_t nal, int32_t nrrcur) {
-    uint64_t i;
+/* An empty family: the node's address sets (nlocal, nnpaddr) and the cluster-ips-check
+ * (ncip, nscidr) for the caller to fill, tables sized for about nfe frontends and nnp
+ * NodePorts. Then kp_fam_sort, then kp_fam_install. */
+static int kp_fam_init(kp_fam *f, int v6, int32_t nlocal, int32_t nnpaddr, int32_t ncip,
+                       int32_t nscidr, int64_t nfe, int64_t nnp) {
     memset(f, 0, sizeof(*f));
-    f->v6 = v6; f->nrec = nrec; f->nport = nport; f->npool = npool; f->nep = nep;
-    f->nfe = nfe; f->nnp = nnp; f->nlocal = nlocal; f->nnpaddr = nnpaddr; f->nsvc = nsvc;
-    f->nfw = nfw;
-    f->fe_mask = kp_pow2_at_least(2 * (uint64_t)nfe) - 1;
-    f->fe_shift = 64;
-    for (i = f->fe_mask + 1; i > 1; i >>= 1) f->fe_shift--;
-    f->np_mask = kp_pow2_at_least(2 * (uint64_t)nnp) - 1;
-    KP_ALLOC(f->rec_port, nrec);
-    KP_ALLOC(f->rec, nrec);
-    KP_ALLOC(f->fwrec, nrec);
-    KP_ALLOC(f->port, nport);
-    KP_ALLOC(f->pool_ep, npool);
-    KP_ALLOC(f->np, f->np_mask + 1);
-    KP_ALLOC(f->svc_port, nsvc);
-    f->ntab = ntab; f->nal = nal; f->nrrcur = nrrcur;
-    KP_ALLOC(f->pool_w, npool);
-    KP_ALLOC(f->rsel, nrec);
-    KP_ALLOC(f->rr, nport);
-    KP_ALLOC(f->rr_cur, nrrcur);
-    /* read at random by every pick of their selectors: huge pages spare the TLB
-     * (measured, 10,000 pools of 10, stateless: Maglev 13.3 -> 16.1 M/s, weighted
-     * 25.6 -> 27.0) */
-    f->tab = (int32_t *)kp_big_alloc(sizeof(int32_t) * (size_t)(ntab ? ntab : 1), &f->tab_raw);
-    if (v6) f->al6 = (kp_al6 *)kp_big_alloc(sizeof(kp_al6) * (size_t)(nal ? nal : 1), &f->al_raw);
-    else f->al4 = (kp_al4 *)kp_big_alloc(sizeof(kp_al4) * (size_t)(nal ? nal : 1), &f->al_raw);
-    if (!f->tab || (v6 ? !f->al6 : !f->al4)) { kp_fam_free(f); return KP_ENOMEM; }
+    f->v6 = v6; f->nlocal = nlocal; f->nnpaddr = nnpaddr; f->ncip = ncip; f->nscidr = nscidr;
+    f->check = ncip > 0 || nscidr > 0;
+    f->fe = kp_htab_new(kp_pow2_at_least(4 * (uint64_t)nfe), v6 ? sizeof(kp_fe6) : sizeof(kp_fe4));
+    f->np = kp_htab_new(kp_pow2_at_least(4 * (uint64_t)nnp), sizeof(kp_np));
+    if (!f->fe || !f->np) { kp_fam_free(f); return KP_ENOMEM; }
     if (v6) {
-        KP_ALLOC(f->ep6, nep);
-        KP_ALLOC(f->pool6, npool);
-        KP_ALLOC(f->fe6, f->fe_mask + 1);
         KP_ALLOC(f->local6, nlocal);
         KP_ALLOC(f->npaddr6, nnpaddr);
-        KP_ALLOC(f->fw6, nfw);
-        for (i = 0; i <= f->fe_mask; i++) f->fe6[i].rec = -1;
-    } else {
-        KP_ALLOC(f->ep4, nep);
-        KP_ALLOC(f->pool4, npool);
-        KP_ALLOC(f->fe4, f->fe_mask + 1);
-        KP_ALLOC(f->local4, nlocal);
-        KP_ALLOC(f->npaddr4, nnpaddr);
-        KP_ALLOC(f->fw4, nfw);
-        for (i = 0; i <= f->fe_mask; i++) f->fe4[i].rec = -1;
-    }
-    for (i = 0; i <= f->np_mask; i++) f->np[i].rec = -1;
-    return KP_OK;
-}
-
-/* The cluster-ips-check arrays (after kp_fam_alloc): ncip ClusterIPs, nscidr CIDRs. */
-static int kp_fam_alloc_check(kp_fam *f, int32_t ncip, int32_t nscidr) {
-    f->ncip = ncip; f->nscidr = nscidr; f->check = ncip > 0 || nscidr > 0;
-    if (f->v6) {
         KP_ALLOC(f->cip6, ncip);
         KP_ALLOC(f->scidr6, nscidr);
     } else {
+        KP_ALLOC(f->local4, nlocal);
+        KP_ALLOC(f->npaddr4, nnpaddr);
         KP_ALLOC(f->cip4, ncip);
         KP_ALLOC(f->scidr4, nscidr);
     }
@@ -593,80 +613,83 @@ static int kp_fam_alloc_check(kp_fam *f, int32_t ncip, int32_t nscidr) {
 
 /* Fibonacci hashing (one multiply, the top bits): a frontend lookup is on every new
  * packet's path, and service addresses are dense runs that it spreads evenly. */
-KP_INLINE uint64_t kp_fe4_slot(const kp_fam *f, uint32_t addr, uint16_t port, uint8_t proto) {
-    return ((((uint64_t)addr << 24) | ((uint64_t)port << 8) | proto) * 0x9E3779B97F4A7C15ULL) >> f->fe_shift;
+KP_INLINE uint64_t kp_fe4_slot(const kp_htab *t, uint32_t addr, uint16_t port, uint8_t proto) {
+    return ((((uint64_t)addr << 24) | ((uint64_t)port << 8) | proto) * 0x9E3779B97F4A7C15ULL) >> t->shift;
 }
-KP_INLINE uint64_t kp_fe6_slot(const kp_fam *f, kp_a6 a, uint16_t port, uint8_t proto) {
-    return kp_mix(a.hi ^ kp_mix(a.lo ^ (((uint64_t)port << 8) | proto))) >> f->fe_shift;
+KP_INLINE uint64_t kp_fe6_slot(const kp_htab *t, kp_a6 a, uint16_t port, uint8_t proto) {
+    return kp_mix(a.hi ^ kp_mix(a.lo ^ (((uint64_t)port << 8) | proto))) >> t->shift;
 }
-KP_INLINE uint64_t kp_np_slot(uint16_t port, uint8_t proto) {
-    return kp_mix(((uint64_t)port << 8) | proto);
-}
-
-/* Putting a key twice keeps the last record, as a dict does. */
-static void kp_fe4_put(kp_fam *f, uint32_t addr, uint16_t port, uint8_t proto, int32_t rec) {
-    uint64_t i = kp_fe4_slot(f, addr, port, proto);
-    while (f->fe4[i].rec >= 0 &&
-           !(f->fe4[i].addr == addr && f->fe4[i].port == port && f->fe4[i].proto == proto))
-        i = (i + 1) & f->fe_mask;
-    f->fe4[i].addr = addr; f->fe4[i].port = port; f->fe4[i].proto = proto; f->fe4[i].rec = rec;
-}
-static void kp_fe6_put(kp_fam *f, kp_a6 addr, uint16_t port, uint8_t proto, int32_t rec) {
-    uint64_t i = kp_fe6_slot(f, addr, port, proto);
-    while (f->fe6[i].rec >= 0 &&
-           !(kp_a6_eq(f->fe6[i].addr, addr) && f->fe6[i].port == port && f->fe6[i].proto == proto))
-        i = (i + 1) & f->fe_mask;
-    f->fe6[i].addr = addr; f->fe6[i].port = port; f->fe6[i].proto = proto; f->fe6[i].rec = rec;
-}
-static void kp_np_put(kp_fam *f, uint16_t port, uint8_t proto, int32_t rec) {
-    uint64_t i = kp_np_slot(port, proto) & f->np_mask;
-    while (f->np[i].rec >= 0 && !(f->np[i].port == port && f->np[i].proto == proto))
-        i = (i + 1) & f->np_mask;
-    f->np[i].port = port; f->np[i].proto = proto; f->np[i].rec = rec;
+KP_INLINE uint64_t kp_np_slot(const kp_htab *t, uint16_t port, uint8_t proto) {
+    return kp_mix(((uint64_t)port << 8) | proto) & t->mask;
 }
 
-KP_INLINE const kp_fe4 *kp_fe4_find(const kp_fam *f, uint32_t addr, uint16_t port, uint8_t proto) {
-    uint64_t i = kp_fe4_slot(f, addr, port, proto);
+/* Lookups: the record, or NULL. The loops end: a table is never more than half used. */
+KP_INLINE const kp_fe4 *kp_fe4_find(const kp_fam *f, uint32_t addr, uint16_t port, uint8_t proto,
+                                    const kp_rec **rec) {
+    const kp_htab *t = (const kp_htab *)KP_LOAD_ACQ(f->fe);
+    const kp_fe4 *s = KP_SLOTS_OF(const kp_fe4, t);
+    uint64_t i = kp_fe4_slot(t, addr, port, proto);
     for (;;) {
-        const kp_fe4 *e = &f->fe4[i];
-        if (e->rec < 0 || (e->addr == addr && e->port == port && e->proto == proto)) return e;
-        i = (i + 1) & f->fe_mask;
+        const kp_fe4 *e = &s[i];
+        const kp_rec *r = (const kp_rec *)KP_LOAD_ACQ(e->rec);
+        if (!r) { *rec = NULL; return e; }
+        if (r != KP_TOMB && e->addr == addr && e->port == port && e->proto == proto) { *rec = r; return e; }
+        i = (i + 1) & t->mask;
     }
 }
-KP_INLINE const kp_fe6 *kp_fe6_find(const kp_fam *f, kp_a6 addr, uint16_t port, uint8_t proto) {
-    uint64_t i = kp_fe6_slot(f, addr, port, proto);
+KP_INLINE const kp_fe6 *kp_fe6_find(const kp_fam *f, kp_a6 addr, uint16_t port, uint8_t proto,
+                                    const kp_rec **rec) {
+    const kp_htab *t = (const kp_htab *)KP_LOAD_ACQ(f->fe);
+    const kp_fe6 *s = KP_SLOTS_OF(const kp_fe6, t);
+    uint64_t i = kp_fe6_slot(t, addr, port, proto);
     for (;;) {
-        const kp_fe6 *e = &f->fe6[i];
-        if (e->rec < 0 || (kp_a6_eq(e->addr, addr) && e->port == port && e->proto == proto)) return e;
-        i = (i + 1) & f->fe_mask;
+        const kp_fe6 *e = &s[i];
+        const kp_rec *r = (const kp_rec *)KP_LOAD_ACQ(e->rec);
+        if (!r) { *rec = NULL; return e; }
+        if (r != KP_TOMB && kp_a6_eq(e->addr, addr) && e->port == port && e->proto == proto) { *rec = r; return e; }
+        i = (i + 1) & t->mask;
     }
 }
-KP_INLINE int32_t kp_fe4_get(const kp_fam *f, uint32_t addr, uint16_t port, uint8_t proto) {
-    uint64_t i = kp_fe4_slot(f, addr, port, proto);
+KP_INLINE const kp_rec *kp_fe4_get(const kp_fam *f, uint32_t addr, uint16_t port, uint8_t proto) {
+    const kp_rec *r;
+    kp_fe4_find(f, addr, port, proto, &r);
+    return r;
+}
+KP_INLINE const kp_rec *kp_fe6_get(const kp_fam *f, kp_a6 addr, uint16_t port, uint8_t proto) {
+    const kp_rec *r;
+    kp_fe6_find(f, addr, port, proto, &r);
+    return r;
+}
+KP_INLINE const kp_rec *kp_np_get(const kp_fam *f, uint16_t port, uint8_t proto) {
+    const kp_htab *t = (const kp_htab *)KP_LOAD_ACQ(f->np);
+    const kp_np *s = KP_SLOTS_OF(const kp_np, t);
+    uint64_t i = kp_np_slot(t, port, proto);
     for (;;) {
-        const kp_fe4 *e = &f->fe4[i];
-        if (e->rec < 0) return -1;
-        if (e->addr == addr && e->port == port && e->proto == proto) return e->rec;
-        i = (i + 1) & f->fe_mask;
+        const kp_np *e = &s[i];
+        const kp_rec *r = (const kp_rec *)KP_LOAD_ACQ(e->rec);
+        if (!r) return NULL;
+        if (r != KP_TOMB && e->port == port && e->proto == proto) return r;
+        i = (i + 1) & t->mask;
     }
 }
-KP_INLINE int32_t kp_fe6_get(const kp_fam *f, kp_a6 addr, uint16_t port, uint8_t proto) {
-    uint64_t i = kp_fe6_slot(f, addr, port, proto);
-    for (;;) {
-        const kp_fe6 *e = &f->fe6[i];
-        if (e->rec < 0) return -1;
-        if (kp_a6_eq(e->addr, addr) && e->port == port && e->proto == proto) return e->rec;
-        i = (i + 1) & f->fe_mask;
+
+/* The seqlock on the lookups that read more than one table (a packet that misses the
+ * frontend table and is looked up as a NodePort): begin before the frontend lookup,
+ * check after the last; a changed (or odd) count means an update published meanwhile, and
+ * the lookups run again. One lookup of the frontend table alone needs no check: the
+ * record it returns is a whole, immutable state of that port. */
+KP_INLINE uint64_t kp_gen_begin(const kp_fam *f) {
+    uint64_t g;
+    while ((g = KP_LOAD_ACQ(f->gen)) & 1) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+        __builtin_ia32_pause();
+#endif
     }
+    return g;
 }
-KP_INLINE int32_t kp_np_get(const kp_fam *f, uint16_t port, uint8_t proto) {
-    uint64_t i = kp_np_slot(port, proto) & f->np_mask;
-    for (;;) {
-        const kp_np *e = &f->np[i];
-        if (e->rec < 0) return -1;
-        if (e->port == port && e->proto == proto) return e->rec;
-        i = (i + 1) & f->np_mask;
-    }
+KP_INLINE int kp_gen_same(const kp_fam *f, uint64_t g) {
+    KP_FENCE_ACQ();
+    return !(g & 1) && KP_LOAD_RLX(f->gen) == g;
 }
 
 static int kp_cmp4(const void *a, const void *b) {
@@ -694,6 +717,19 @@ KP_INLINE int kp_in6(const kp_a6 *a, int32_t n, kp_a6 x) {
         if (a[mid].hi < x.hi || (a[mid].hi == x.hi && a[mid].lo < x.lo)) lo = mid + 1; else hi = mid;
     }
     return lo < n && kp_a6_eq(a[lo], x);
+}
+
+/* the address sets, once the caller has filled them */
+static void kp_fam_sort(kp_fam *f) {
+    if (f->v6) {
+        if (f->nlocal) qsort(f->local6, (size_t)f->nlocal, sizeof(kp_a6), kp_cmp6);
+        if (f->nnpaddr) qsort(f->npaddr6, (size_t)f->nnpaddr, sizeof(kp_a6), kp_cmp6);
+        if (f->ncip) qsort(f->cip6, (size_t)f->ncip, sizeof(kp_cip6), kp_cmp6);  /* addr first */
+    } else {
+        if (f->nlocal) qsort(f->local4, (size_t)f->nlocal, sizeof(uint32_t), kp_cmp4);
+        if (f->nnpaddr) qsort(f->npaddr4, (size_t)f->nnpaddr, sizeof(uint32_t), kp_cmp4);
+        if (f->ncip) qsort(f->cip4, (size_t)f->ncip, sizeof(kp_cip4), kp_cmp4);  /* addr first */
+    }
 }
 
 /* prob * 2**64 / W rounded up, for 0 <= prob < W < 2**63 (shift-subtract division:
@@ -731,43 +767,66 @@ static void kp_alias_build(const uint32_t *w, int32_t n, uint64_t *prob, int32_t
     }
 }
 
-/* The alias columns of every weighted port's pools (after the pools are filled). */
-static int kp_fam_alias(kp_fam *f) {
-    int32_t p, w, i, maxn = 0;
-    uint64_t *prob, *s;
-    int32_t *alias, *small, *large;
-    if (!f->nal) return KP_OK;
-    for (p = 0; p < f->nport; p++)
-        for (w = 0; w < 2; w++)
-            if (f->port[p].len[w] > maxn) maxn = f->port[p].len[w];
-    prob = (uint64_t *)malloc(sizeof(uint64_t) * 2 * (size_t)(maxn ? maxn : 1));
-    alias = (int32_t *)malloc(sizeof(int32_t) * 3 * (size_t)(maxn ? maxn : 1));
+/* ------------------------------------------------------------------ blocks */
+
+#define KP_ROUND64(x) (((x) + 63) & ~(size_t)63)
+
+/* A zeroed block with room for nrec records, nkey keys, pools of n0 and n1 endpoints,
+ * lookup tables of tlen0 and tlen1 entries and nfw KUBE-FW sources; weights, alias columns
+ * and round-robin state as its selector needs. The caller fills svc, the pools (pool,
+ * and w unless random), tab, fw, keys and each record's kind, np_filter, action, blocked,
+ * fwn and fwl (as an index into fw), then calls kp_blk_finish. */
+static kp_blk *kp_blk_new(int v6, int32_t nrec, int32_t nkey, int32_t n0, int32_t n1, uint8_t sel,
+                          int64_t tlen0, int64_t tlen1, int32_t nfw) {
+    size_t npool = (size_t)n0 + (size_t)n1, pe = v6 ? sizeof(kp_pe6) : sizeof(kp_pe4);
+    size_t o_rec = KP_ROUND64(sizeof(kp_blk)), o_key, o_pool, o_w, o_al, o_rrc, o_tab, o_fw, size;
+    kp_blk *b;
+    char *base;
+    if (nrec < 0 || nkey < 0 || n0 < 0 || n1 < 0 || tlen0 < 0 || tlen1 < 0 || nfw < 0) return NULL;
+    o_key = o_rec + (size_t)nrec * sizeof(kp_rec);
+    o_pool = KP_ROUND64(o_key + (size_t)nkey * sizeof(kp_key));
+    o_w = o_pool + npool * pe;
+    o_al = KP_ROUND64(o_w + (sel != KP_SEL_RANDOM ? npool * sizeof(uint32_t) : 0));
+    o_rrc = o_al + (sel == KP_SEL_WEIGHTED ? npool * (v6 ? sizeof(kp_al6) : sizeof(kp_al4)) : 0);
+    o_tab = o_rrc + (sel == KP_SEL_RR ? npool * sizeof(int64_t) : 0);
+    o_fw = KP_ROUND64(o_tab + (size_t)(tlen0 + tlen1) * sizeof(int32_t));
+    size = KP_ROUND64(o_fw + (size_t)nfw * (v6 ? sizeof(kp_cidr6) : sizeof(kp_cidr4)));
+    base = (char *)kp_aligned(size);
+    if (!base) return NULL;
+    b = (kp_blk *)base;
+    b->nrec = nrec; b->nkey = nkey; b->nfw = nfw; b->len[0] = n0; b->len[1] = n1;
+    b->sel = sel; b->v6 = (uint8_t)v6; b->tlen[0] = tlen0; b->tlen[1] = tlen1; b->size = size;
+    b->rec = (kp_rec *)(base + o_rec);
+    b->key = (kp_key *)(base + o_key);
+    b->pool = base + o_pool;
+    b->w = sel != KP_SEL_RANDOM ? (uint32_t *)(base + o_w) : NULL;
+    b->al = sel == KP_SEL_WEIGHTED ? (void *)(base + o_al) : NULL;
+    b->rr_cur = sel == KP_SEL_RR ? (int64_t *)(base + o_rrc) : NULL;
+    b->tab = (int32_t *)(base + o_tab);
+    b->fw = base + o_fw;
+    return b;
+}
+
+/* The alias columns of one weighted pool (n > 0 entries at pool index st). */
+static int kp_blk_alias(kp_blk *b, int32_t st, int32_t n) {
+    uint64_t *prob = (uint64_t *)malloc(sizeof(uint64_t) * 2 * (size_t)n), *s, W = 0;
+    int32_t *alias = (int32_t *)malloc(sizeof(int32_t) * 3 * (size_t)n), *small, *large, i;
     if (!prob || !alias) { free(prob); free(alias); return KP_ENOMEM; }
-    s = prob + maxn; small = alias + maxn; large = small + maxn;
-    for (p = 0; p < f->nport; p++) {
-        if (f->port[p].sel != KP_SEL_WEIGHTED) continue;
-        for (w = 0; w < 2; w++) {
-            int32_t st = f->port[p].start[w], n = f->port[p].len[w];
-            uint64_t W = 0;
-            if (n <= 0) continue;
-            kp_alias_build(f->pool_w + st, n, prob, alias, s, small, large);
-            for (i = 0; i < n; i++) W += f->pool_w[st + i];
-            for (i = 0; i < n; i++) {
-                /* a full column is its own alias: either branch gives the entry */
-                uint64_t thr = prob[i] >= W ? UINT64_MAX : kp_alias_thr(prob[i], W);
-                int k;
-                for (k = 0; k < 2; k++) {
-                    int32_t e = st + (k ? alias[i] : i);
-                    if (f->v6) {
-                        kp_al6 *a = &f->al6[st + i];
-                        a->thr = thr; a->addr[k] = f->pool6[e].addr; a->ep[k] = f->pool6[e].ep;
-                        a->port[k] = f->pool6[e].port;
-                    } else {
-                        kp_al4 *a = &f->al4[st + i];
-                        a->thr = thr; a->addr[k] = f->pool4[e].addr; a->ep[k] = f->pool4[e].ep;
-                        a->port[k] = f->pool4[e].port;
-                    }
-                }
+    s = prob + n; small = alias + n; large = small + n;
+    kp_alias_build(b->w + st, n, prob, alias, s, small, large);
+    for (i = 0; i < n; i++) W += b->w[st + i];
+    for (i = 0; i < n; i++) {
+        /* a full column is its own alias: either branch gives the entry */
+        uint64_t thr = prob[i] >= W ? UINT64_MAX : kp_alias_thr(prob[i], W);
+        int k;
+        for (k = 0; k < 2; k++) {
+            int32_t e = st + (k ? alias[i] : i);
+            if (b->v6) {
+                kp_al6 *a = (kp_al6 *)b->al + st + i;
+                a->thr = thr; a->addr[k] = ((kp_pe6 *)b->pool)[e].addr; a->port[k] = ((kp_pe6 *)b->pool)[e].port;
+            } else {
+                kp_al4 *a = (kp_al4 *)b->al + st + i;
+                a->thr = thr; a->addr[k] = ((kp_pe4 *)b->pool)[e].addr; a->port[k] = ((kp_pe4 *)b->pool)[e].port;
             }
         }
     }
@@ -775,68 +834,303 @@ static int kp_fam_alias(kp_fam *f) {
     return KP_OK;
 }
 
-/* Sort the address sets, copy port fields into records and endpoints into pools,
- * index services, build the selectors' alias columns and round-robin state. Every index
- * was checked by the caller. */
-static int kp_fam_index(kp_fam *f) {
-    int32_t i;
-    if (f->v6) {
-        if (f->nlocal) qsort(f->local6, (size_t)f->nlocal, sizeof(kp_a6), kp_cmp6);
-        if (f->nnpaddr) qsort(f->npaddr6, (size_t)f->nnpaddr, sizeof(kp_a6), kp_cmp6);
-        if (f->ncip) qsort(f->cip6, (size_t)f->ncip, sizeof(kp_cip6), kp_cmp6);  /* addr first */
-        for (i = 0; i < f->npool; i++) {
-            f->pool6[i].ep = f->pool_ep[i];
-            f->pool6[i].addr = f->ep6[f->pool_ep[i]].addr;
-            f->pool6[i].port = f->ep6[f->pool_ep[i]].port;
-        }
-    } else {
-        if (f->nlocal) qsort(f->local4, (size_t)f->nlocal, sizeof(uint32_t), kp_cmp4);
-        if (f->nnpaddr) qsort(f->npaddr4, (size_t)f->nnpaddr, sizeof(uint32_t), kp_cmp4);
-        if (f->ncip) qsort(f->cip4, (size_t)f->ncip, sizeof(kp_cip4), kp_cmp4);  /* addr first */
-        for (i = 0; i < f->npool; i++) {
-            f->pool4[i].ep = f->pool_ep[i];
-            f->pool4[i].addr = f->ep4[f->pool_ep[i]].addr;
-            f->pool4[i].port = f->ep4[f->pool_ep[i]].port;
-        }
-    }
-    for (i = 0; i < f->nrec; i++) {
-        const kp_port *p = &f->port[f->rec_port[i]];
-        kp_rsel *r = &f->rsel[i];
-        f->rec[i].svc = p->svc;
-        f->rec[i].affinity = p->affinity;
-        f->rec[i].start[0] = p->start[0]; f->rec[i].start[1] = p->start[1];
-        f->rec[i].len[0] = p->len[0]; f->rec[i].len[1] = p->len[1];
-        f->rec[i].sel = p->sel;
-        r->seed = p->seed; r->port = f->rec_port[i];
-        r->tstart[0] = p->tstart[0]; r->tstart[1] = p->tstart[1];
-        r->tlen[0] = p->tlen[0]; r->tlen[1] = p->tlen[1];
-    }
-    for (i = 0; i < f->nsvc; i++) f->svc_port[i] = -1;
-    for (i = 0; i < f->nport; i++) f->svc_port[f->port[i].svc] = i;
-    for (i = 0; i < f->nport; i++) f->sel_any |= f->port[i].sel != KP_SEL_RANDOM;
-    {
-        uint64_t k;
-        for (k = 0; k <= f->fe_mask; k++) {
-            if (f->v6 && f->fe6[k].rec >= 0) f->fe6[k].sel = f->rec[f->fe6[k].rec].sel;
-            if (!f->v6 && f->fe4[k].rec >= 0) f->fe4[k].sel = f->rec[f->fe4[k].rec].sel;
-        }
-    }
-    for (i = 0; i < f->nport; i++) {
-        int w;
-        if (f->port[i].sel != KP_SEL_RR) continue;
-        for (w = 0; w < 2; w++) {
-            int32_t k, st = f->port[i].start[w], n = f->port[i].len[w];
+/* Derive what the caller did not fill: alias columns, round-robin totals, and each
+ * record's copies of the port's fields. fwl of a record is an index into fw on entry. */
+static int kp_blk_finish(kp_blk *b, uint32_t affinity, uint64_t seed) {
+    int32_t i, w;
+    for (w = 0; w < 2; w++) {
+        int32_t st = w ? b->len[0] : 0, n = b->len[w], k;
+        if (n <= 0) continue;
+        if (b->sel == KP_SEL_WEIGHTED && kp_blk_alias(b, st, n) != KP_OK) return KP_ENOMEM;
+        if (b->sel == KP_SEL_RR) {
             int64_t total = 0;
             uint8_t smooth = 0;
             for (k = 0; k < n; k++) {
-                total += f->pool_w[st + k];
-                if (f->pool_w[st + k] != f->pool_w[st]) smooth = 1;
+                total += b->w[st + k];
+                if (b->w[st + k] != b->w[st]) smooth = 1;
             }
-            f->rr[i].total[w] = total;
-            f->rr[i].smooth[w] = smooth;
+            b->rr.total[w] = total;
+            b->rr.smooth[w] = smooth;
         }
     }
-    return kp_fam_alias(f);
+    for (i = 0; i < b->nrec; i++) {
+        kp_rec *r = &b->rec[i];
+        size_t fw_at = (size_t)(uintptr_t)r->fwl;
+        r->svc = b->svc; r->affinity = affinity; r->len[0] = b->len[0]; r->len[1] = b->len[1];
+        r->sel = b->sel; r->pool = b->pool; r->seed = seed; r->tab = b->tab;
+        r->tlen[0] = (uint32_t)b->tlen[0]; r->tlen[1] = (uint32_t)b->tlen[1];
+        r->al = b->al; r->blk = b; r->rr = &b->rr; r->rr_cur = b->rr_cur; r->w = b->w;
+        r->fw = r->fwn > 0;
+        r->fwl = (const char *)b->fw + fw_at * (b->v6 ? sizeof(kp_cidr6) : sizeof(kp_cidr4));
+    }
+    return KP_OK;
+}
+
+KP_INLINE const kp_pe4 *kp_pool4(const kp_blk *b, int which) { return (const kp_pe4 *)b->pool + (which ? b->len[0] : 0); }
+KP_INLINE const kp_pe6 *kp_pool6(const kp_blk *b, int which) { return (const kp_pe6 *)b->pool + (which ? b->len[0] : 0); }
+
+/* Is this endpoint in either pool of b? */
+static int kp_blk_has(const kp_blk *b, kp_a6 addr, uint16_t port) {
+    int32_t i, n = b->len[0] + b->len[1];
+    if (b->v6) {
+        const kp_pe6 *p = (const kp_pe6 *)b->pool;
+        for (i = 0; i < n; i++) if (p[i].port == port && kp_a6_eq(p[i].addr, addr)) return 1;
+    } else {
+        const kp_pe4 *p = (const kp_pe4 *)b->pool;
+        for (i = 0; i < n; i++) if (p[i].port == port && p[i].addr == (uint32_t)addr.lo) return 1;
+    }
+    return 0;
+}
+
+/* Does every endpoint of old stay in nb (NULL: none does)? */
+static int kp_blk_keeps(const kp_blk *old, const kp_blk *nb) {
+    int32_t i, n = old->len[0] + old->len[1];
+    if (!n) return 1;
+    if (!nb) return 0;
+    for (i = 0; i < n; i++) {
+        kp_a6 a;
+        uint16_t port;
+        if (old->v6) { a = ((const kp_pe6 *)old->pool)[i].addr; port = ((const kp_pe6 *)old->pool)[i].port; }
+        else { a.hi = 0; a.lo = ((const kp_pe4 *)old->pool)[i].addr; port = ((const kp_pe4 *)old->pool)[i].port; }
+        if (!kp_blk_has(nb, a, port)) return 0;
+    }
+    return 1;
+}
+
+/* Round-robin across an update: a pool of the new block continues where the same pool of
+ * the old one stopped when it is unchanged (the same endpoints in the same order with the
+ * same weights, round-robin in both); any other pool starts at its head. */
+static void kp_rr_carry(kp_blk *nb, const kp_blk *ob) {
+    int w;
+    if (!ob || nb->sel != KP_SEL_RR || ob->sel != KP_SEL_RR) return;
+    for (w = 0; w < 2; w++) {
+        int32_t n = nb->len[w], a = w ? nb->len[0] : 0, c = w ? ob->len[0] : 0, i;
+        int same = n > 0 && n == ob->len[w];
+        for (i = 0; same && i < n; i++) {
+            same = nb->w[a + i] == ob->w[c + i] &&
+                   (nb->v6 ? kp_a6_eq(((kp_pe6 *)nb->pool)[a + i].addr, ((const kp_pe6 *)ob->pool)[c + i].addr) &&
+                                 ((kp_pe6 *)nb->pool)[a + i].port == ((const kp_pe6 *)ob->pool)[c + i].port
+                           : ((kp_pe4 *)nb->pool)[a + i].addr == ((const kp_pe4 *)ob->pool)[c + i].addr &&
+                                 ((kp_pe4 *)nb->pool)[a + i].port == ((const kp_pe4 *)ob->pool)[c + i].port);
+        }
+        if (!same) continue;
+        nb->rr.pos[w] = ob->rr.pos[w];
+        if (nb->rr.smooth[w]) memcpy(nb->rr_cur + a, ob->rr_cur + c, sizeof(int64_t) * (size_t)n);
+    }
+}
+
+/* Round-robin state across a whole load: each round-robin block of nf continues where the
+ * same service's block of of stopped (kp_rr_carry). Under the lock lookups hold. */
+static void kp_fam_carry(kp_fam *nf, const kp_fam *of) {
+    int32_t i;
+    if (!of) return;
+    for (i = 0; i < nf->nsvc && i < of->nsvc; i++)
+        if (nf->svc_blk[i] && of->svc_blk[i]) kp_rr_carry(nf->svc_blk[i], of->svc_blk[i]);
+}
+
+/* ------------------------------------------------------------------ the writer */
+
+/* A table with room for `more` further keys at a load of at most 1/2 counting
+ * tombstones: the same one, or a rehash of its live keys into a new one (published by
+ * the caller; the old one is then retired). */
+static kp_htab *kp_htab_ready(kp_htab *t, int64_t more, size_t slot, int kind) {
+    kp_htab *n;
+    uint64_t i, cap;
+    if ((uint64_t)(t->used + more) * 2 <= t->mask + 1) return t;
+    cap = kp_pow2_at_least(4 * (uint64_t)(t->live + more));
+    n = kp_htab_new(cap, slot);
+    if (!n) return NULL;
+    for (i = 0; i <= t->mask; i++) {
+        uint64_t j;
+        if (kind == 0) {
+            const kp_fe4 *e = KP_SLOTS_OF(kp_fe4, t) + i;
+            kp_fe4 *s = KP_SLOTS_OF(kp_fe4, n);
+            if (!e->rec || e->rec == KP_TOMB) continue;
+            for (j = kp_fe4_slot(n, e->addr, e->port, e->proto); s[j].rec; j = (j + 1) & n->mask) {}
+            s[j] = *e;
+        } else if (kind == 1) {
+            const kp_fe6 *e = KP_SLOTS_OF(kp_fe6, t) + i;
+            kp_fe6 *s = KP_SLOTS_OF(kp_fe6, n);
+            if (!e->rec || e->rec == KP_TOMB) continue;
+            for (j = kp_fe6_slot(n, e->addr, e->port, e->proto); s[j].rec; j = (j + 1) & n->mask) {}
+            s[j] = *e;
+        } else {
+            const kp_np *e = KP_SLOTS_OF(kp_np, t) + i;
+            kp_np *s = KP_SLOTS_OF(kp_np, n);
+            if (!e->rec || e->rec == KP_TOMB) continue;
+            for (j = kp_np_slot(n, e->port, e->proto); s[j].rec; j = (j + 1) & n->mask) {}
+            s[j] = *e;
+        }
+        n->live++;
+        n->used++;
+    }
+    return n;
+}
+
+/* Point a key at a record (the caller made room: kp_htab_ready). */
+static void kp_key_put(kp_fam *f, const kp_key *k, const kp_rec *rec) {
+    uint64_t i;
+    if (k->np) {
+        kp_htab *t = f->np;
+        kp_np *s = KP_SLOTS_OF(kp_np, t);
+        for (i = kp_np_slot(t, k->port, k->proto); s[i].rec; i = (i + 1) & t->mask)
+            if (s[i].port == k->port && s[i].proto == k->proto) {
+                if (s[i].rec == KP_TOMB) t->live++;
+                KP_STORE_REL(s[i].rec, rec);
+                return;
+            }
+        s[i].port = k->port; s[i].proto = k->proto;
+        t->live++; t->used++;
+        KP_STORE_REL(s[i].rec, rec);
+    } else if (f->v6) {
+        kp_htab *t = f->fe;
+        kp_fe6 *s = KP_SLOTS_OF(kp_fe6, t);
+        for (i = kp_fe6_slot(t, k->addr, k->port, k->proto); s[i].rec; i = (i + 1) & t->mask)
+            if (kp_a6_eq(s[i].addr, k->addr) && s[i].port == k->port && s[i].proto == k->proto) {
+                if (s[i].rec == KP_TOMB) t->live++;
+                s[i].sel = rec->sel;  /* a prefetch hint only: may pair with the other record */
+                KP_STORE_REL(s[i].rec, rec);
+                return;
+            }
+        s[i].addr = k->addr; s[i].port = k->port; s[i].proto = k->proto; s[i].sel = rec->sel;
+        t->live++; t->used++;
+        KP_STORE_REL(s[i].rec, rec);
+    } else {
+        kp_htab *t = f->fe;
+        kp_fe4 *s = KP_SLOTS_OF(kp_fe4, t);
+        uint32_t a = (uint32_t)k->addr.lo;
+        for (i = kp_fe4_slot(t, a, k->port, k->proto); s[i].rec; i = (i + 1) & t->mask)
+            if (s[i].addr == a && s[i].port == k->port && s[i].proto == k->proto) {
+                if (s[i].rec == KP_TOMB) t->live++;
+                s[i].sel = rec->sel;
+                KP_STORE_REL(s[i].rec, rec);
+                return;
+            }
+        s[i].addr = a; s[i].port = k->port; s[i].proto = k->proto; s[i].sel = rec->sel;
+        t->live++; t->used++;
+        KP_STORE_REL(s[i].rec, rec);
+    }
+}
+
+/* Tombstone a key if it still points into block ob (a record of a replaced port that
+ * the update did not give again). */
+static void kp_key_drop(kp_fam *f, const kp_key *k, const kp_blk *ob) {
+    const kp_rec *lo = ob->rec, *hi = ob->rec + ob->nrec;
+    uint64_t i;
+#define KP_DROP_IF(T, slot, match) do { \
+        kp_htab *t_ = (k->np ? f->np : f->fe); \
+        T *s_ = KP_SLOTS_OF(T, t_); \
+        for (i = (slot); s_[i].rec; i = (i + 1) & t_->mask) \
+            if (match) { \
+                if (s_[i].rec >= lo && s_[i].rec < hi) { KP_STORE_REL(s_[i].rec, KP_TOMB); t_->live--; } \
+                return; \
+            } \
+    } while (0)
+    if (k->np) KP_DROP_IF(kp_np, kp_np_slot(f->np, k->port, k->proto), s_[i].port == k->port && s_[i].proto == k->proto);
+    else if (f->v6) KP_DROP_IF(kp_fe6, kp_fe6_slot(f->fe, k->addr, k->port, k->proto),
+                               kp_a6_eq(s_[i].addr, k->addr) && s_[i].port == k->port && s_[i].proto == k->proto);
+    else KP_DROP_IF(kp_fe4, kp_fe4_slot(f->fe, (uint32_t)k->addr.lo, k->port, k->proto),
+                    s_[i].addr == (uint32_t)k->addr.lo && s_[i].port == k->port && s_[i].proto == k->proto);
+#undef KP_DROP_IF
+}
+
+static int kp_retire(kp_fam *f, void *p) {
+    if (!p) return KP_OK;
+    if (f->nretired == f->cretired) {
+        int64_t c = f->cretired ? 2 * f->cretired : 64;
+        void **n = (void **)realloc(f->retired, sizeof(void *) * (size_t)c);
+        if (!n) return KP_ENOMEM;
+        f->retired = n; f->cretired = c;
+    }
+    f->retired[f->nretired++] = p;
+    return KP_OK;
+}
+
+/* Free what updates retired. Only when no lookup can still hold it: the caller holds
+ * the lock every lookup holds while it reads (see _engine.pyx), or nothing is loaded. */
+static void kp_fam_reclaim(kp_fam *f) {
+    int64_t i;
+    for (i = 0; i < f->nretired; i++) kp_aligned_free(f->retired[i]);
+    f->nretired = 0;
+}
+
+/* Install blocks (each replaces the block of its service index, or is new) and remove
+ * the ports of `removed`: the one publication of an update (and of a whole load, into an
+ * empty family). The writer's half of the protocol:
+ *   1. everything that can fail first (room in both tables and in svc_blk, retire list);
+ *   2. the seqlock count odd; each new record's keys pointed at it (a release store: a
+ *      reader that sees the pointer sees the record); the keys of replaced records that
+ *      the update does not give again tombstoned; a grown table published whole;
+ *   3. the count even again; replaced blocks and tables retired, freed by
+ *      kp_fam_reclaim once the caller knows no lookup started before can still read them.
+ * *stale: set when an endpoint of a replaced or removed port is in no pool of its new
+ * block (flows to it must go). The service indices are the caller's: 0 <= svc. */
+static int kp_fam_install(kp_fam *f, kp_blk **nb, int32_t n, const int32_t *removed, int32_t nrem,
+                          int *stale) {
+    int64_t nfe = 0, nnp = 0, need = 0;
+    int32_t i, maxsvc = -1, k;
+    kp_htab *fe, *np;
+    kp_blk **gone = NULL;
+    int32_t ngone = 0;
+    *stale = 0;
+    for (i = 0; i < n; i++) {
+        for (k = 0; k < nb[i]->nkey; k++) { if (nb[i]->key[k].np) nnp++; else nfe++; }
+        if (nb[i]->svc > maxsvc) maxsvc = nb[i]->svc;
+    }
+    for (i = 0; i < nrem; i++) if (removed[i] > maxsvc) maxsvc = removed[i];
+    if (maxsvc >= f->nsvc) {
+        int32_t c = f->nsvc ? f->nsvc : 64;
+        kp_blk **s;
+        while (c <= maxsvc) c = c > 0x3FFFFFFF ? 0x7FFFFFFF : 2 * c;
+        s = (kp_blk **)realloc(f->svc_blk, sizeof(kp_blk *) * (size_t)c);
+        if (!s) return KP_ENOMEM;
+        memset(s + f->nsvc, 0, sizeof(kp_blk *) * (size_t)(c - f->nsvc));
+        f->svc_blk = s; f->nsvc = c;
+    }
+    fe = kp_htab_ready(f->fe, nfe, f->v6 ? sizeof(kp_fe6) : sizeof(kp_fe4), f->v6);
+    np = fe ? kp_htab_ready(f->np, nnp, sizeof(kp_np), 2) : NULL;
+    need = (int64_t)n + nrem + 2;
+    gone = (kp_blk **)malloc(sizeof(kp_blk *) * (size_t)(n + nrem + 1));
+    while (fe && np && gone && f->cretired - f->nretired < need) {
+        int64_t c = f->cretired ? 2 * f->cretired : 64;
+        void **r = (void **)realloc(f->retired, sizeof(void *) * (size_t)c);
+        if (!r) break;
+        f->retired = r; f->cretired = c;
+    }
+    if (!fe || !np || !gone || f->cretired - f->nretired < need) {
+        if (fe && fe != f->fe) kp_aligned_free(fe);
+        if (np && np != f->np) kp_aligned_free(np);
+        free(gone);
+        return KP_ENOMEM;
+    }
+
+    KP_STORE_REL(f->gen, f->gen + 1);  /* odd: lookups that read two tables wait */
+    KP_FENCE_REL();
+    if (fe != f->fe) { kp_retire(f, f->fe); KP_STORE_REL(f->fe, fe); }
+    if (np != f->np) { kp_retire(f, f->np); KP_STORE_REL(f->np, np); }
+    for (i = 0; i < n; i++) {
+        kp_blk *b = nb[i], *ob = f->svc_blk[b->svc];
+        kp_rr_carry(b, ob);
+        for (k = 0; k < b->nkey; k++) kp_key_put(f, &b->key[k], &b->rec[b->key[k].rec]);
+        if (ob) gone[ngone++] = ob;
+        f->svc_blk[b->svc] = b;
+        f->nblk++; f->blk_bytes += (int64_t)b->size;
+    }
+    for (i = 0; i < nrem; i++) {
+        kp_blk *ob = f->svc_blk[removed[i]];
+        if (ob) gone[ngone++] = ob;
+        f->svc_blk[removed[i]] = NULL;
+    }
+    for (i = 0; i < ngone; i++) {
+        kp_blk *ob = gone[i];
+        for (k = 0; k < ob->nkey; k++) kp_key_drop(f, &ob->key[k], ob);
+        if (!kp_blk_keeps(ob, f->svc_blk[ob->svc])) *stale = 1;
+        f->nblk--; f->blk_bytes -= (int64_t)ob->size;
+        kp_retire(f, ob);
+    }
+    KP_STORE_REL(f->gen, f->gen + 1);
+    free(gone);
+    return KP_OK;
 }
 
 /* ------------------------------------------------------------------ the decision */
@@ -847,14 +1141,13 @@ typedef struct {
     kp_table flows[2], aff[2];  /* [0] IPv4, [1] IPv6 */
 } kp_state;
 
-/* ep: the endpoint index (for IPv4 flow hits only when asked for: want_ep);
- * ep_addr/ep_port: IPv4 only */
-typedef struct { int32_t svc, ep; uint32_t ep_addr; uint16_t ep_port; uint8_t verdict, fe, masq; } kp_res;
+/* the endpoint: ep_addr/ep_port (IPv4) or ep6/ep_port (IPv6) */
+typedef struct { int32_t svc; uint32_t ep_addr; uint16_t ep_port; uint8_t verdict, fe, masq; kp_a6 ep6; } kp_res;
 
 enum { KP_PASS = 0, KP_DNAT = 1, KP_REJECT = 2, KP_DROP = 3 };
 
 KP_INLINE void kp_set(kp_res *r, uint8_t verdict, int32_t svc, uint8_t fe) {
-    r->verdict = verdict; r->svc = svc; r->fe = fe; r->ep = -1; r->masq = 0;
+    r->verdict = verdict; r->svc = svc; r->fe = fe; r->masq = 0;
     r->ep_addr = 0; r->ep_port = 0;
 }
 
@@ -876,33 +1169,29 @@ KP_INLINE int kp_cls6(const kp_fam *f, kp_a6 src) {
     return pod | (kp_is_local6(f, src) << 1);
 }
 
-/* The action byte of record rec for a packet from src: its source class, and for a
+/* The action byte of record R for a packet from src: its source class, and for a
  * record with a KUBE-FW whether src is inside one of the allowed CIDRs (a linear scan:
  * the lists are short). */
-KP_INLINE uint8_t kp_action4(const kp_fam *f, int32_t rec, uint32_t src) {
-    const kp_rec *R = &f->rec[rec];
+KP_INLINE uint8_t kp_action4(const kp_fam *f, const kp_rec *R, uint32_t src) {
     int cls = kp_cls4(f, src);
     if (KP_UNLIKELY(R->fw)) {
-        const kp_fwrec *w = &f->fwrec[rec];
-        const kp_cidr4 *c = f->fw4 + w->start;
+        const kp_cidr4 *c = (const kp_cidr4 *)R->fwl;
         int32_t i;
-        for (i = 0; i < w->len; i++)
+        for (i = 0; i < R->fwn; i++)
             if ((src & c[i].mask) == c[i].net) return R->action[cls];
-        return w->blocked[cls];
+        return R->blocked[cls];
     }
     return R->action[cls];
 }
-KP_INLINE uint8_t kp_action6(const kp_fam *f, int32_t rec, kp_a6 src) {
-    const kp_rec *R = &f->rec[rec];
+KP_INLINE uint8_t kp_action6(const kp_fam *f, const kp_rec *R, kp_a6 src) {
     int cls = kp_cls6(f, src);
     if (KP_UNLIKELY(R->fw)) {
-        const kp_fwrec *w = &f->fwrec[rec];
-        const kp_cidr6 *c = f->fw6 + w->start;
+        const kp_cidr6 *c = (const kp_cidr6 *)R->fwl;
         int32_t i;
-        for (i = 0; i < w->len; i++)
+        for (i = 0; i < R->fwn; i++)
             if ((src.hi & c[i].mask.hi) == c[i].net.hi && (src.lo & c[i].mask.lo) == c[i].net.lo)
                 return R->action[cls];
-        return w->blocked[cls];
+        return R->blocked[cls];
     }
     return R->action[cls];
 }
@@ -953,16 +1242,16 @@ KP_INLINE void kp_check6(const kp_fam *f, kp_a6 dst, kp_res *r) {
     kp_set(r, KP_PASS, -1, 0);
 }
 
-#define KP_REC_UNKNOWN (-2)
+/* rec argument of kp_decide*: not looked up yet */
+#define KP_REC_UNKNOWN ((const kp_rec *)(uintptr_t)2)
 
 /* Round-robin: the pool index a new connection takes (advance) or would take (a
  * read-only lookup). Rotation, or nginx's smooth weighted round-robin over the current
  * weights beside the pool: add w_i to each, take the largest (the first on ties),
  * subtract the pool's total from it. |cur_i| <= total < 2**52: no overflow. */
-static int32_t kp_rr_next(const kp_fam *f, const kp_rec *R, const kp_rsel *rs, int which,
-                          int32_t n, int advance) {
-    kp_rr *r = &f->rr[rs->port];
-    int32_t i, best = 0;
+static int32_t kp_rr_next(const kp_rec *R, int which, int32_t n, int advance) {
+    kp_rr *r = R->rr;
+    int32_t i, best = 0, off = which ? R->len[0] : 0;
     int64_t *cur;
     const uint32_t *w;
     int64_t bv;
@@ -971,8 +1260,8 @@ static int32_t kp_rr_next(const kp_fam *f, const kp_rec *R, const kp_rsel *rs, i
         if (advance) r->pos[which] = i + 1 < n ? i + 1 : 0;
         return i;
     }
-    cur = f->rr_cur + R->start[which];
-    w = f->pool_w + R->start[which];
+    cur = R->rr_cur + off;
+    w = R->w + off;
     bv = cur[0] + w[0];
     for (i = 1; i < n; i++)
         if (cur[i] + w[i] > bv) { bv = cur[i] + w[i]; best = i; }
@@ -983,45 +1272,94 @@ static int32_t kp_rr_next(const kp_fam *f, const kp_rec *R, const kp_rsel *rs, i
     return best;
 }
 
+KP_INLINE const int32_t *kp_tab(const kp_rec *R, int which) { return R->tab + (which ? R->tlen[0] : 0); }
+
 /* Every selector but random (kp_decide* inlines that one): the chosen pool entry of
  * record R's pool `which` (n > 0 entries at pool), or (weighted) its copy in *tmp.
  * advance: round-robin moves on. */
-KP_INLINE const kp_pe4 *kp_select4(const kp_fam *f, int32_t rec, int which, const kp_pe4 *pool,
-                                   int32_t n, uint64_t h, uint32_t src, uint16_t sport,
-                                   uint16_t dport, uint8_t proto, int advance, kp_pe4 *tmp) {
-    const kp_rec *R = &f->rec[rec];
-    const kp_rsel *rs = &f->rsel[rec];
+KP_INLINE const kp_pe4 *kp_select4(const kp_rec *R, int which, const kp_pe4 *pool, int32_t n,
+                                   uint64_t h, uint32_t src, uint16_t sport, uint16_t dport,
+                                   uint8_t proto, int advance, kp_pe4 *tmp) {
     if (R->sel == KP_SEL_WEIGHTED) {
-        const kp_al4 *a = &f->al4[R->start[which] + (int32_t)kp_pick(h, (uint32_t)n)];
+        const kp_al4 *a = (const kp_al4 *)R->al + (which ? R->len[0] : 0) + (int32_t)kp_pick(h, (uint32_t)n);
         int k = kp_mix(h ^ KP_WEIGHT_SALT) >= a->thr;
-        tmp->ep = a->ep[k]; tmp->addr = a->addr[k]; tmp->port = a->port[k];
+        tmp->addr = a->addr[k]; tmp->port = a->port[k];
         return tmp;
     }
-    if (R->sel == KP_SEL_RR) return &pool[kp_rr_next(f, R, rs, which, n, advance)];
+    if (R->sel == KP_SEL_RR) return &pool[kp_rr_next(R, which, n, advance)];
     {
-        uint64_t fh = R->sel == KP_SEL_SH ? kp_hash4(rs->seed, src, 0, 0, 0, 0)
-                                          : kp_hash4(rs->seed, src, 0, sport, dport, proto);
-        return &pool[f->tab[rs->tstart[which] + (int64_t)kp_mulhi(fh, rs->tlen[which])]];
+        uint64_t fh = R->sel == KP_SEL_SH ? kp_hash4(R->seed, src, 0, 0, 0, 0)
+                                          : kp_hash4(R->seed, src, 0, sport, dport, proto);
+        return &pool[kp_tab(R, which)[(int64_t)kp_mulhi(fh, R->tlen[which])]];
     }
 }
 
-KP_INLINE const kp_pe6 *kp_select6(const kp_fam *f, int32_t rec, int which, const kp_pe6 *pool,
-                                   int32_t n, uint64_t h, kp_a6 src, uint16_t sport,
-                                   uint16_t dport, uint8_t proto, int advance, kp_pe6 *tmp) {
-    const kp_rec *R = &f->rec[rec];
-    const kp_rsel *rs = &f->rsel[rec];
+KP_INLINE const kp_pe6 *kp_select6(const kp_rec *R, int which, const kp_pe6 *pool, int32_t n,
+                                   uint64_t h, kp_a6 src, uint16_t sport, uint16_t dport,
+                                   uint8_t proto, int advance, kp_pe6 *tmp) {
     if (R->sel == KP_SEL_WEIGHTED) {
-        const kp_al6 *a = &f->al6[R->start[which] + (int32_t)kp_pick(h, (uint32_t)n)];
+        const kp_al6 *a = (const kp_al6 *)R->al + (which ? R->len[0] : 0) + (int32_t)kp_pick(h, (uint32_t)n);
         int k = kp_mix(h ^ KP_WEIGHT_SALT) >= a->thr;
-        tmp->ep = a->ep[k]; tmp->addr = a->addr[k]; tmp->port = a->port[k];
+        tmp->addr = a->addr[k]; tmp->port = a->port[k];
         return tmp;
     }
-    if (R->sel == KP_SEL_RR) return &pool[kp_rr_next(f, R, rs, which, n, advance)];
+    if (R->sel == KP_SEL_RR) return &pool[kp_rr_next(R, which, n, advance)];
     {
         kp_a6 zero = {0, 0};
-        uint64_t fh = R->sel == KP_SEL_SH ? kp_hash6(rs->seed, src, zero, 0, 0, 0)
-                                          : kp_hash6(rs->seed, src, zero, sport, dport, proto);
-        return &pool[f->tab[rs->tstart[which] + (int64_t)kp_mulhi(fh, rs->tlen[which])]];
+        uint64_t fh = R->sel == KP_SEL_SH ? kp_hash6(R->seed, src, zero, 0, 0, 0)
+                                          : kp_hash6(R->seed, src, zero, sport, dport, proto);
+        return &pool[kp_tab(R, which)[(int64_t)kp_mulhi(fh, R->tlen[which])]];
+    }
+}
+
+/* The record and action byte of a new packet: the frontend table, else (to the node)
+ * the NodePort table. Returns the record or NULL (*r is then the verdict: PASS or the
+ * cluster-ips-check's). rec/g: a frontend lookup the caller made (a batch's prefetch
+ * stage) and the seqlock count read before it, or KP_REC_UNKNOWN. */
+KP_INLINE const kp_rec *kp_match4(const kp_fam *f, uint32_t src, uint32_t dst, uint16_t dport,
+                                  uint8_t proto, const kp_rec *rec, uint64_t g, uint8_t *action,
+                                  kp_res *r) {
+    if (rec == KP_REC_UNKNOWN) {
+        g = kp_gen_begin(f);
+        rec = kp_fe4_get(f, dst, dport, proto);
+    }
+    for (;;) {
+        if (rec) { *action = kp_action4(f, rec, src); return rec; }
+        if (kp_is_local4(f, dst)) {
+            rec = kp_np_get(f, dport, proto);
+            if (rec) *action = kp_np_accepts4(f, dst) ? kp_action4(f, rec, src) : rec->np_filter;
+            else kp_set(r, KP_PASS, -1, 0);
+        } else if (KP_UNLIKELY(f->check)) {
+            kp_check4(f, dst, r);
+        } else {
+            kp_set(r, KP_PASS, -1, 0);
+        }
+        if (KP_LIKELY(kp_gen_same(f, g))) return rec;
+        g = kp_gen_begin(f);  /* an update published between the two lookups: again */
+        rec = kp_fe4_get(f, dst, dport, proto);
+    }
+}
+KP_INLINE const kp_rec *kp_match6(const kp_fam *f, kp_a6 src, kp_a6 dst, uint16_t dport,
+                                  uint8_t proto, const kp_rec *rec, uint64_t g, uint8_t *action,
+                                  kp_res *r) {
+    if (rec == KP_REC_UNKNOWN) {
+        g = kp_gen_begin(f);
+        rec = kp_fe6_get(f, dst, dport, proto);
+    }
+    for (;;) {
+        if (rec) { *action = kp_action6(f, rec, src); return rec; }
+        if (kp_is_local6(f, dst)) {
+            rec = kp_np_get(f, dport, proto);
+            if (rec) *action = kp_np_accepts6(f, dst) ? kp_action6(f, rec, src) : rec->np_filter;
+            else kp_set(r, KP_PASS, -1, 0);
+        } else if (KP_UNLIKELY(f->check)) {
+            kp_check6(f, dst, r);
+        } else {
+            kp_set(r, KP_PASS, -1, 0);
+        }
+        if (KP_LIKELY(kp_gen_same(f, g))) return rec;
+        g = kp_gen_begin(f);
+        rec = kp_fe6_get(f, dst, dport, proto);
     }
 }
 
@@ -1029,17 +1367,16 @@ KP_INLINE const kp_pe6 *kp_select6(const kp_fam *f, int32_t rec, int which, cons
  * affinity tables untouched, 1 = read and write, 2 = read only; a round-robin pick moves
  * its cursor in modes 0 and 1 (a new connection), not in 2. f may be NULL (nothing
  * loaded). sels: f->sel_any, a constant in each batch loop (0: every pick is random).
- * rec: kp_fe4_get(f, dst, dport, proto) if the caller has it (a batch's prefetch
- * stage does; the frontend table does not change during a batch), else KP_REC_UNKNOWN. */
+ * rec, g: see kp_match4. */
 KP_INLINE void kp_decide4(kp_state *st, const kp_fam *f, uint32_t src, uint32_t dst,
                           uint16_t sport, uint16_t dport, uint8_t proto, uint64_t h,
-                          int32_t rec, double now, int track, int want_ep, int sels, kp_res *r) {
+                          const kp_rec *rec, uint64_t g, double now, int track, int sels, kp_res *r) {
     kp_table *ft = &st->flows[0], *at = &st->aff[0];
     uint64_t addrs = ((uint64_t)src << 32) | dst, ah = 0, akey = 0;
     int64_t fs = -1, as = -1;
     int32_t svc, n;
     uint32_t timeout;
-    uint8_t action, masq;
+    uint8_t action = 0, masq;
     int which;
     const kp_rec *R;
     const kp_pe4 *pool, *sel = NULL;
@@ -1056,24 +1393,12 @@ KP_INLINE void kp_decide4(kp_state *st, const kp_fam *f, uint32_t src, uint32_t 
                     fl->stamp = now + st->timeout[proto];
                 r->verdict = KP_DNAT; r->svc = fl->svc; r->fe = fl->fm & 0x7f; r->masq = fl->fm >> 7;
                 r->ep_addr = fl->ep_addr; r->ep_port = fl->ep_port;
-                r->ep = want_ep ? ft->aux[fs] : -1;
                 return;
             }
         }
     }
-    if (rec == KP_REC_UNKNOWN) rec = kp_fe4_get(f, dst, dport, proto);
-    if (rec >= 0) {
-        action = kp_action4(f, rec, src);
-    } else if (kp_is_local4(f, dst)) {
-        rec = kp_np_get(f, dport, proto);
-        if (rec < 0) { kp_set(r, KP_PASS, -1, 0); return; }
-        action = kp_np_accepts4(f, dst) ? kp_action4(f, rec, src) : f->rec[rec].np_filter;
-    } else {
-        if (KP_UNLIKELY(f->check)) kp_check4(f, dst, r);
-        else kp_set(r, KP_PASS, -1, 0);
-        return;
-    }
-    R = &f->rec[rec];
+    R = kp_match4(f, src, dst, dport, proto, rec, g, &action, r);
+    if (!R) return;
     svc = R->svc;
     if ((action & 3) != KP_DNAT) {
         if (action & 3) kp_set(r, action & 3, svc, R->kind);
@@ -1082,7 +1407,7 @@ KP_INLINE void kp_decide4(kp_state *st, const kp_fam *f, uint32_t src, uint32_t 
     }
     which = ((action >> 2) & 3) - 1;
     if (which < 0 || R->len[which] <= 0) { kp_set(r, KP_DROP, svc, R->kind); return; }
-    pool = f->pool4 + R->start[which];
+    pool = (const kp_pe4 *)R->pool + (which ? R->len[0] : 0);
     n = R->len[which];
     timeout = R->affinity;
     if (timeout && track) {
@@ -1100,7 +1425,7 @@ KP_INLINE void kp_decide4(kp_state *st, const kp_fam *f, uint32_t src, uint32_t 
     }
     if (!sel) {
         if (!sels || R->sel == KP_SEL_RANDOM) sel = &pool[kp_pick(h, (uint32_t)n)];
-        else sel = kp_select4(f, rec, which, pool, n, h, src, sport, dport, proto, track != 2, &tmp);
+        else sel = kp_select4(R, which, pool, n, h, src, sport, dport, proto, track != 2, &tmp);
     }
     masq = (action >> 4) & 1;
     if (sel->addr == src) masq = 1;
@@ -1120,22 +1445,21 @@ KP_INLINE void kp_decide4(kp_state *st, const kp_fam *f, uint32_t src, uint32_t 
             fl->fm = (uint8_t)(R->kind | (masq << 7)); fl->svc = svc;
             fl->ep_addr = sel->addr; fl->ep_port = sel->port;
             fl->stamp = now + st->timeout[proto];
-            ft->aux[s] = sel->ep;
         }
     }
     r->verdict = KP_DNAT; r->svc = svc; r->fe = R->kind; r->masq = masq;
-    r->ep = sel->ep; r->ep_addr = sel->addr; r->ep_port = sel->port;
+    r->ep_addr = sel->addr; r->ep_port = sel->port;
 }
 
 KP_INLINE void kp_decide6(kp_state *st, const kp_fam *f, kp_a6 src, kp_a6 dst,
                           uint16_t sport, uint16_t dport, uint8_t proto, uint64_t h,
-                          int32_t rec, double now, int track, int sels, kp_res *r) {
+                          const kp_rec *rec, uint64_t g, double now, int track, int sels, kp_res *r) {
     kp_table *ft = &st->flows[1], *at = &st->aff[1];
     uint64_t ah = 0;
     int64_t fs = -1, as = -1;
     int32_t svc, n;
     uint32_t timeout;
-    uint8_t action, masq;
+    uint8_t action = 0, masq;
     int which;
     const kp_rec *R;
     const kp_pe6 *pool, *sel = NULL;
@@ -1151,24 +1475,13 @@ KP_INLINE void kp_decide6(kp_state *st, const kp_fam *f, kp_a6 src, kp_a6 dst,
                     fl->stamp = now + st->timeout[proto];
                 kp_set(r, KP_DNAT, fl->svc, fl->fm & 0x7f);
                 r->masq = fl->fm >> 7;
-                r->ep = fl->ep;
+                r->ep6 = fl->ep_addr; r->ep_port = fl->ep_port;
                 return;
             }
         }
     }
-    if (rec == KP_REC_UNKNOWN) rec = kp_fe6_get(f, dst, dport, proto);
-    if (rec >= 0) {
-        action = kp_action6(f, rec, src);
-    } else if (kp_is_local6(f, dst)) {
-        rec = kp_np_get(f, dport, proto);
-        if (rec < 0) { kp_set(r, KP_PASS, -1, 0); return; }
-        action = kp_np_accepts6(f, dst) ? kp_action6(f, rec, src) : f->rec[rec].np_filter;
-    } else {
-        if (KP_UNLIKELY(f->check)) kp_check6(f, dst, r);
-        else kp_set(r, KP_PASS, -1, 0);
-        return;
-    }
-    R = &f->rec[rec];
+    R = kp_match6(f, src, dst, dport, proto, rec, g, &action, r);
+    if (!R) return;
     svc = R->svc;
     if ((action & 3) != KP_DNAT) {
         if (action & 3) kp_set(r, action & 3, svc, R->kind);
@@ -1177,7 +1490,7 @@ KP_INLINE void kp_decide6(kp_state *st, const kp_fam *f, kp_a6 src, kp_a6 dst,
     }
     which = ((action >> 2) & 3) - 1;
     if (which < 0 || R->len[which] <= 0) { kp_set(r, KP_DROP, svc, R->kind); return; }
-    pool = f->pool6 + R->start[which];
+    pool = (const kp_pe6 *)R->pool + (which ? R->len[0] : 0);
     n = R->len[which];
     timeout = R->affinity;
     if (timeout && track) {
@@ -1194,7 +1507,7 @@ KP_INLINE void kp_decide6(kp_state *st, const kp_fam *f, kp_a6 src, kp_a6 dst,
     }
     if (!sel) {
         if (!sels || R->sel == KP_SEL_RANDOM) sel = &pool[kp_pick(h, (uint32_t)n)];
-        else sel = kp_select6(f, rec, which, pool, n, h, src, sport, dport, proto, track != 2, &tmp);
+        else sel = kp_select6(R, which, pool, n, h, src, sport, dport, proto, track != 2, &tmp);
     }
     masq = (action >> 4) & 1;
     if (kp_a6_eq(sel->addr, src)) masq = 1;
@@ -1211,13 +1524,14 @@ KP_INLINE void kp_decide6(kp_state *st, const kp_fam *f, kp_a6 src, kp_a6 dst,
         {
             kp_flow6 *fl = KP_REC(ft, kp_flow6, s);
             fl->src = src; fl->dst = dst; fl->sport = sport; fl->dport = dport; fl->proto = proto;
-            fl->fm = (uint8_t)(R->kind | (masq << 7)); fl->svc = svc; fl->ep = sel->ep;
+            fl->fm = (uint8_t)(R->kind | (masq << 7)); fl->svc = svc;
+            fl->ep_addr = sel->addr; fl->ep_port = sel->port;
             fl->stamp = now + st->timeout[proto];
         }
     }
     kp_set(r, KP_DNAT, svc, R->kind);
     r->masq = masq;
-    r->ep = sel->ep;
+    r->ep6 = sel->addr; r->ep_port = sel->port;
 }
 
 /* ------------------------------------------------------------------ batch prefetching
@@ -1235,15 +1549,17 @@ KP_INLINE void kp_decide6(kp_state *st, const kp_fam *f, kp_a6 src, kp_a6 dst,
  * Tables with selectors other than random run their own loops (sels = 1, see
  * KP_PIPELINE) with a fourth stage, 4, 3, 2 and 1 times the distance ahead: the
  * frontend entry carries the record's selector, so stage 2 also fetches the record's
- * selector data (kp_rsel) for Maglev, source-hash and round-robin; stage 3 (untracked)
- * fetches what the pick reads first (KP_PREFETCH_SEL); stage 4 then fetches the pool
- * entry a Maglev slot names, or, for a new tracked flow, what stage 3 does untracked.
- * Flow prefetches are hints (the table changes under them); the frontend record found
- * is exact (the family tables do not change during a batch) and is passed on to the
- * decision. Prefetching only what will be read matters: an extra, unused prefetch per
- * packet (a frontend slot for a known flow) cost a third of the throughput, as it
- * holds a line fill buffer. */
-typedef struct { uint64_t h; int32_t rec; int32_t state; } kp_pipe;
+ * second line (round-robin state) for round-robin; stage 3 (untracked) fetches what the
+ * pick reads first (KP_PREFETCH_SEL); stage 4 then fetches the pool entry a Maglev slot
+ * names, or, for a new tracked flow, what stage 3 does untracked.
+ * Flow prefetches are hints (the table changes under them). The frontend record found
+ * is passed on to the decision with the seqlock count read before the lookup: an update
+ * may publish in between, and the record is then a whole old state of its port (the
+ * decision's old answer); a packet that missed checks the count (kp_match4).
+ * Prefetching only what will be read matters: an extra, unused prefetch per packet (a
+ * frontend slot for a known flow) cost a third of the throughput, as it holds a line
+ * fill buffer. */
+typedef struct { uint64_t h; const kp_rec *rec; uint64_t g; int32_t state, pad_; } kp_pipe;
 
 enum { KP_PIPE_FLOW = 0, KP_PIPE_NEW = 1, KP_PIPE_NEW_W = 2, KP_PIPE_FE = 3 };
 
@@ -1253,7 +1569,10 @@ KP_INLINE void kp_pipe1_4(const kp_state *st, const kp_fam *f, kp_pipe *p, uint3
     p->rec = KP_REC_UNKNOWN;
     if (!f) return;
     if (track) KP_PREFETCH(st->flows[0].tags + kp_bucket(&st->flows[0], p->h) * KP_SLOTS);
-    else KP_PREFETCH(&f->fe4[kp_fe4_slot(f, dst, dport, proto)]);
+    else {
+        const kp_htab *t = (const kp_htab *)KP_LOAD_ACQ(f->fe);
+        KP_PREFETCH(KP_SLOTS_OF(const kp_fe4, t) + kp_fe4_slot(t, dst, dport, proto));
+    }
 }
 
 KP_INLINE void kp_prefetch_place(const kp_table *t, uint64_t b, size_t rsize) {
@@ -1269,49 +1588,46 @@ KP_INLINE void kp_prefetch_place(const kp_table *t, uint64_t b, size_t rsize) {
 
 /* What a selector other than random reads first (R: the record, p: its kp_pipe; sels
  * loops only). Weighted: the alias column (both its endpoints are copied in). Maglev /
- * source-hash: the table slot, from the record's selector data (fetched by stage 2);
- * HASH_MAGLEV / HASH_SOURCE are evaluated only there, where rs_ is that data.
- * Round-robin: the port's cursor, and for smooth pools the current weights and the
- * weights it scans. A macro for both families: only the alias array differs. */
+ * source-hash: the table slot (seed, table and sizes are in the record's first line);
+ * HASH_MAGLEV / HASH_SOURCE are evaluated only there. Round-robin: the port's cursor,
+ * and for smooth pools the current weights and the weights it scans. A macro for both
+ * families: only the alias type differs. */
 #define KP_PREFETCH_SEL(AL, HASH_MAGLEV, HASH_SOURCE) do { \
         int w_; \
         if (R->sel == KP_SEL_WEIGHTED) { \
             for (w_ = 0; w_ < 2; w_++) { \
                 int32_t i_; \
                 if (R->len[w_] <= 0) continue; \
-                i_ = R->start[w_] + (int32_t)kp_pick(p->h, (uint32_t)R->len[w_]); \
-                KP_PREFETCH(&f->AL[i_]); \
+                i_ = (w_ ? R->len[0] : 0) + (int32_t)kp_pick(p->h, (uint32_t)R->len[w_]); \
+                KP_PREFETCH((const AL *)R->al + i_); \
             } \
         } else if (R->sel == KP_SEL_RR) { \
-            KP_PREFETCH(&f->rr[f->rsel[p->rec].port]); \
+            KP_PREFETCH(R->rr); \
             for (w_ = 0; w_ < 2; w_++) { \
                 if (R->len[w_] <= 0) continue; \
-                KP_PREFETCH(f->rr_cur + R->start[w_]); \
-                KP_PREFETCH(f->pool_w + R->start[w_]); \
+                KP_PREFETCH(R->rr_cur + (w_ ? R->len[0] : 0)); \
+                KP_PREFETCH(R->w + (w_ ? R->len[0] : 0)); \
             } \
         } else { \
-            const kp_rsel *rs_ = &f->rsel[p->rec]; \
             uint64_t fh_ = R->sel == KP_SEL_SH ? HASH_SOURCE : HASH_MAGLEV; \
             for (w_ = 0; w_ < 2; w_++) \
-                if (R->len[w_] > 0) KP_PREFETCH(&f->tab[rs_->tstart[w_] + (int64_t)kp_mulhi(fh_, rs_->tlen[w_])]); \
+                if (R->len[w_] > 0) KP_PREFETCH(&kp_tab(R, w_)[(int64_t)kp_mulhi(fh_, R->tlen[w_])]); \
         } \
     } while (0)
 
-/* sels: the frontend entry tells the selector; Maglev, source-hash and round-robin read
- * the record's selector data next (stage 3), so fetch it with the record */
-KP_INLINE int32_t kp_fe4_rec(const kp_fam *f, uint32_t dst, uint16_t dport, uint8_t proto, int sels) {
+/* The frontend lookup of stages 2-3: the record (prefetched), with the seqlock count.
+ * sels: round-robin reads the record's second line next, so fetch it too */
+KP_INLINE const kp_rec *kp_fe4_rec(const kp_fam *f, uint32_t dst, uint16_t dport, uint8_t proto,
+                                   int sels, uint64_t *g) {
+    const kp_rec *rec;
     const kp_fe4 *e;
-    if (!sels) {
-        int32_t rec = kp_fe4_get(f, dst, dport, proto);
-        if (rec >= 0) KP_PREFETCH(&f->rec[rec]);
-        return rec;
+    *g = KP_LOAD_ACQ(f->gen);
+    e = kp_fe4_find(f, dst, dport, proto, &rec);
+    if (rec) {
+        KP_PREFETCH(rec);
+        if (sels && e->sel == KP_SEL_RR) KP_PREFETCH((const char *)rec + 64);
     }
-    e = kp_fe4_find(f, dst, dport, proto);
-    if (e->rec >= 0) {
-        KP_PREFETCH(&f->rec[e->rec]);
-        if (e->sel >= KP_SEL_RR) KP_PREFETCH(&f->rsel[e->rec]);
-    }
-    return e->rec;
+    return rec;
 }
 
 KP_INLINE void kp_pipe2_4(const kp_state *st, const kp_fam *f, kp_pipe *p, uint32_t dst,
@@ -1326,11 +1642,14 @@ KP_INLINE void kp_pipe2_4(const kp_state *st, const kp_fam *f, kp_pipe *p, uint3
             p->state = KP_PIPE_FLOW;
             return;
         }
-        KP_PREFETCH(&f->fe4[kp_fe4_slot(f, dst, dport, proto)]);
+        {
+            const kp_htab *h = (const kp_htab *)KP_LOAD_ACQ(f->fe);
+            KP_PREFETCH(KP_SLOTS_OF(const kp_fe4, h) + kp_fe4_slot(h, dst, dport, proto));
+        }
         p->state = track == 1 ? KP_PIPE_NEW_W : KP_PIPE_NEW;
         return;
     }
-    p->rec = kp_fe4_rec(f, dst, dport, proto, sels);
+    p->rec = kp_fe4_rec(f, dst, dport, proto, sels, &p->g);
     p->state = KP_PIPE_FE;
 }
 
@@ -1339,19 +1658,20 @@ KP_INLINE void kp_pipe3_4(const kp_state *st, const kp_fam *f, kp_pipe *p, uint3
     const kp_rec *R;
     if (!f || p->state == KP_PIPE_FLOW) return;
     if (p->state != KP_PIPE_FE) {
-        p->rec = kp_fe4_rec(f, dst, dport, proto, sels);
-        if (p->rec >= 0 && p->state == KP_PIPE_NEW_W)
+        p->rec = kp_fe4_rec(f, dst, dport, proto, sels, &p->g);
+        if (p->rec && p->state == KP_PIPE_NEW_W)
             kp_prefetch_place(&st->flows[0], kp_bucket(&st->flows[0], p->h), sizeof(kp_flow4));
         return;
     }
-    if (p->rec < 0) return;
-    R = &f->rec[p->rec];
+    if (!p->rec) return;
+    R = p->rec;
     if (!sels || R->sel == KP_SEL_RANDOM) {
-        if (R->len[0] > 0) KP_PREFETCH(&f->pool4[R->start[0] + (int32_t)kp_pick(p->h, (uint32_t)R->len[0])]);
-        if (R->len[1] > 0) KP_PREFETCH(&f->pool4[R->start[1] + (int32_t)kp_pick(p->h, (uint32_t)R->len[1])]);
+        const kp_pe4 *pool = (const kp_pe4 *)R->pool;
+        if (R->len[0] > 0) KP_PREFETCH(&pool[kp_pick(p->h, (uint32_t)R->len[0])]);
+        if (R->len[1] > 0) KP_PREFETCH(&pool[R->len[0] + (int32_t)kp_pick(p->h, (uint32_t)R->len[1])]);
     } else {
-        KP_PREFETCH_SEL(al4, kp_hash4(rs_->seed, src, 0, sport, dport, proto),
-                        kp_hash4(rs_->seed, src, 0, 0, 0, 0));
+        KP_PREFETCH_SEL(kp_al4, kp_hash4(R->seed, src, 0, sport, dport, proto),
+                        kp_hash4(R->seed, src, 0, 0, 0, 0));
     }
 }
 
@@ -1362,24 +1682,25 @@ KP_INLINE void kp_pipe3_4(const kp_state *st, const kp_fam *f, kp_pipe *p, uint3
 KP_INLINE void kp_pipe4_4(const kp_fam *f, kp_pipe *p, uint32_t src, uint16_t sport,
                           uint16_t dport, uint8_t proto) {
     const kp_rec *R;
-    if (!f || p->state == KP_PIPE_FLOW || p->rec < 0) return;
-    R = &f->rec[p->rec];
+    if (!f || p->state == KP_PIPE_FLOW || !p->rec || p->rec == KP_REC_UNKNOWN) return;
+    R = p->rec;
     if (p->state != KP_PIPE_FE) {
         if (R->sel == KP_SEL_RANDOM) {
-            if (R->len[0] > 0) KP_PREFETCH(&f->pool4[R->start[0] + (int32_t)kp_pick(p->h, (uint32_t)R->len[0])]);
-            if (R->len[1] > 0) KP_PREFETCH(&f->pool4[R->start[1] + (int32_t)kp_pick(p->h, (uint32_t)R->len[1])]);
+            const kp_pe4 *pool = (const kp_pe4 *)R->pool;
+            if (R->len[0] > 0) KP_PREFETCH(&pool[kp_pick(p->h, (uint32_t)R->len[0])]);
+            if (R->len[1] > 0) KP_PREFETCH(&pool[R->len[0] + (int32_t)kp_pick(p->h, (uint32_t)R->len[1])]);
         } else {
-            KP_PREFETCH_SEL(al4, kp_hash4(rs_->seed, src, 0, sport, dport, proto),
-                            kp_hash4(rs_->seed, src, 0, 0, 0, 0));
+            KP_PREFETCH_SEL(kp_al4, kp_hash4(R->seed, src, 0, sport, dport, proto),
+                            kp_hash4(R->seed, src, 0, 0, 0, 0));
         }
     } else if (R->sel >= KP_SEL_SH) {
-        const kp_rsel *rs = &f->rsel[p->rec];
-        uint64_t fh = R->sel == KP_SEL_SH ? kp_hash4(rs->seed, src, 0, 0, 0, 0)
-                                          : kp_hash4(rs->seed, src, 0, sport, dport, proto);
+        uint64_t fh = R->sel == KP_SEL_SH ? kp_hash4(R->seed, src, 0, 0, 0, 0)
+                                          : kp_hash4(R->seed, src, 0, sport, dport, proto);
         int w;
         for (w = 0; w < 2; w++)
             if (R->len[w] > 0)
-                KP_PREFETCH(&f->pool4[R->start[w] + f->tab[rs->tstart[w] + (int64_t)kp_mulhi(fh, rs->tlen[w])]]);
+                KP_PREFETCH((const kp_pe4 *)R->pool + (w ? R->len[0] : 0) +
+                            kp_tab(R, w)[(int64_t)kp_mulhi(fh, R->tlen[w])]);
     }
 }
 
@@ -1389,22 +1710,23 @@ KP_INLINE void kp_pipe1_6(const kp_state *st, const kp_fam *f, kp_pipe *p, kp_a6
     p->rec = KP_REC_UNKNOWN;
     if (!f) return;
     if (track) KP_PREFETCH(st->flows[1].tags + kp_bucket(&st->flows[1], p->h) * KP_SLOTS);
-    else KP_PREFETCH(&f->fe6[kp_fe6_slot(f, dst, dport, proto)]);
+    else {
+        const kp_htab *t = (const kp_htab *)KP_LOAD_ACQ(f->fe);
+        KP_PREFETCH(KP_SLOTS_OF(const kp_fe6, t) + kp_fe6_slot(t, dst, dport, proto));
+    }
 }
 
-KP_INLINE int32_t kp_fe6_rec(const kp_fam *f, kp_a6 dst, uint16_t dport, uint8_t proto, int sels) {
+KP_INLINE const kp_rec *kp_fe6_rec(const kp_fam *f, kp_a6 dst, uint16_t dport, uint8_t proto,
+                                   int sels, uint64_t *g) {
+    const kp_rec *rec;
     const kp_fe6 *e;
-    if (!sels) {
-        int32_t rec = kp_fe6_get(f, dst, dport, proto);
-        if (rec >= 0) KP_PREFETCH(&f->rec[rec]);
-        return rec;
+    *g = KP_LOAD_ACQ(f->gen);
+    e = kp_fe6_find(f, dst, dport, proto, &rec);
+    if (rec) {
+        KP_PREFETCH(rec);
+        if (sels && e->sel == KP_SEL_RR) KP_PREFETCH((const char *)rec + 64);
     }
-    e = kp_fe6_find(f, dst, dport, proto);
-    if (e->rec >= 0) {
-        KP_PREFETCH(&f->rec[e->rec]);
-        if (e->sel >= KP_SEL_RR) KP_PREFETCH(&f->rsel[e->rec]);
-    }
-    return e->rec;
+    return rec;
 }
 
 KP_INLINE void kp_pipe2_6(const kp_state *st, const kp_fam *f, kp_pipe *p, kp_a6 dst,
@@ -1419,11 +1741,14 @@ KP_INLINE void kp_pipe2_6(const kp_state *st, const kp_fam *f, kp_pipe *p, kp_a6
             p->state = KP_PIPE_FLOW;
             return;
         }
-        KP_PREFETCH(&f->fe6[kp_fe6_slot(f, dst, dport, proto)]);
+        {
+            const kp_htab *h = (const kp_htab *)KP_LOAD_ACQ(f->fe);
+            KP_PREFETCH(KP_SLOTS_OF(const kp_fe6, h) + kp_fe6_slot(h, dst, dport, proto));
+        }
         p->state = track == 1 ? KP_PIPE_NEW_W : KP_PIPE_NEW;
         return;
     }
-    p->rec = kp_fe6_rec(f, dst, dport, proto, sels);
+    p->rec = kp_fe6_rec(f, dst, dport, proto, sels, &p->g);
     p->state = KP_PIPE_FE;
 }
 
@@ -1432,20 +1757,21 @@ KP_INLINE void kp_pipe3_6(const kp_state *st, const kp_fam *f, kp_pipe *p, kp_a6
     const kp_rec *R;
     if (!f || p->state == KP_PIPE_FLOW) return;
     if (p->state != KP_PIPE_FE) {
-        p->rec = kp_fe6_rec(f, dst, dport, proto, sels);
-        if (p->rec >= 0 && p->state == KP_PIPE_NEW_W)
+        p->rec = kp_fe6_rec(f, dst, dport, proto, sels, &p->g);
+        if (p->rec && p->state == KP_PIPE_NEW_W)
             kp_prefetch_place(&st->flows[1], kp_bucket(&st->flows[1], p->h), sizeof(kp_flow6));
         return;
     }
-    if (p->rec < 0) return;
-    R = &f->rec[p->rec];
+    if (!p->rec) return;
+    R = p->rec;
     if (!sels || R->sel == KP_SEL_RANDOM) {
-        if (R->len[0] > 0) KP_PREFETCH(&f->pool6[R->start[0] + (int32_t)kp_pick(p->h, (uint32_t)R->len[0])]);
-        if (R->len[1] > 0) KP_PREFETCH(&f->pool6[R->start[1] + (int32_t)kp_pick(p->h, (uint32_t)R->len[1])]);
+        const kp_pe6 *pool = (const kp_pe6 *)R->pool;
+        if (R->len[0] > 0) KP_PREFETCH(&pool[kp_pick(p->h, (uint32_t)R->len[0])]);
+        if (R->len[1] > 0) KP_PREFETCH(&pool[R->len[0] + (int32_t)kp_pick(p->h, (uint32_t)R->len[1])]);
     } else {
         kp_a6 zero = {0, 0};
-        KP_PREFETCH_SEL(al6, kp_hash6(rs_->seed, src, zero, sport, dport, proto),
-                        kp_hash6(rs_->seed, src, zero, 0, 0, 0));
+        KP_PREFETCH_SEL(kp_al6, kp_hash6(R->seed, src, zero, sport, dport, proto),
+                        kp_hash6(R->seed, src, zero, 0, 0, 0));
     }
 }
 
@@ -1453,24 +1779,25 @@ KP_INLINE void kp_pipe4_6(const kp_fam *f, kp_pipe *p, kp_a6 src, uint16_t sport
                           uint16_t dport, uint8_t proto) {
     const kp_rec *R;
     kp_a6 zero = {0, 0};
-    if (!f || p->state == KP_PIPE_FLOW || p->rec < 0) return;
-    R = &f->rec[p->rec];
+    if (!f || p->state == KP_PIPE_FLOW || !p->rec || p->rec == KP_REC_UNKNOWN) return;
+    R = p->rec;
     if (p->state != KP_PIPE_FE) {
         if (R->sel == KP_SEL_RANDOM) {
-            if (R->len[0] > 0) KP_PREFETCH(&f->pool6[R->start[0] + (int32_t)kp_pick(p->h, (uint32_t)R->len[0])]);
-            if (R->len[1] > 0) KP_PREFETCH(&f->pool6[R->start[1] + (int32_t)kp_pick(p->h, (uint32_t)R->len[1])]);
+            const kp_pe6 *pool = (const kp_pe6 *)R->pool;
+            if (R->len[0] > 0) KP_PREFETCH(&pool[kp_pick(p->h, (uint32_t)R->len[0])]);
+            if (R->len[1] > 0) KP_PREFETCH(&pool[R->len[0] + (int32_t)kp_pick(p->h, (uint32_t)R->len[1])]);
         } else {
-            KP_PREFETCH_SEL(al6, kp_hash6(rs_->seed, src, zero, sport, dport, proto),
-                            kp_hash6(rs_->seed, src, zero, 0, 0, 0));
+            KP_PREFETCH_SEL(kp_al6, kp_hash6(R->seed, src, zero, sport, dport, proto),
+                            kp_hash6(R->seed, src, zero, 0, 0, 0));
         }
     } else if (R->sel >= KP_SEL_SH) {
-        const kp_rsel *rs = &f->rsel[p->rec];
-        uint64_t fh = R->sel == KP_SEL_SH ? kp_hash6(rs->seed, src, zero, 0, 0, 0)
-                                          : kp_hash6(rs->seed, src, zero, sport, dport, proto);
+        uint64_t fh = R->sel == KP_SEL_SH ? kp_hash6(R->seed, src, zero, 0, 0, 0)
+                                          : kp_hash6(R->seed, src, zero, sport, dport, proto);
         int w;
         for (w = 0; w < 2; w++)
             if (R->len[w] > 0)
-                KP_PREFETCH(&f->pool6[R->start[w] + f->tab[rs->tstart[w] + (int64_t)kp_mulhi(fh, rs->tlen[w])]]);
+                KP_PREFETCH((const kp_pe6 *)R->pool + (w ? R->len[0] : 0) +
+                            kp_tab(R, w)[(int64_t)kp_mulhi(fh, R->tlen[w])]);
     }
 }
 
@@ -1562,7 +1889,7 @@ KP_INLINE void kp_batch4_body(kp_state *st, const kp_fam *f, kp_col src, kp_col 
         kp_res r_; kp_out4 *o_ = (kp_out4 *)(out + (ptrdiff_t)(j) * out_step); \
         kp_decide4(st, f, KP_AT(uint32_t, src, j), KP_AT(uint32_t, dst, j), KP_SP(j), \
                    KP_AT(uint16_t, dport, j), KP_AT(uint8_t, proto, j), \
-                   ring[KP_RI(j)].h, ring[KP_RI(j)].rec, now, track, 0, sels, &r_); \
+                   ring[KP_RI(j)].h, ring[KP_RI(j)].rec, ring[KP_RI(j)].g, now, track, sels, &r_); \
         o_->verdict = r_.verdict; o_->service = r_.svc; o_->frontend = r_.fe; \
         o_->ep_ip = r_.ep_addr; o_->ep_port = r_.ep_port; o_->masq = r_.masq; \
     } while (0)
@@ -1664,10 +1991,10 @@ KP_INLINE void kp_batch6_body(kp_state *st, const kp_fam *f, kp_col src, ptrdiff
         kp_res r_; kp_out6 *o_ = (kp_out6 *)(out + (ptrdiff_t)(j) * out_step); \
         kp_decide6(st, f, kp_row6(src, src_inner, j), kp_row6(dst, dst_inner, j), KP_SP(j), \
                    KP_AT(uint16_t, dport, j), KP_AT(uint8_t, proto, j), \
-                   ring[KP_RI(j)].h, ring[KP_RI(j)].rec, now, track, sels, &r_); \
+                   ring[KP_RI(j)].h, ring[KP_RI(j)].rec, ring[KP_RI(j)].g, now, track, sels, &r_); \
         o_->verdict = r_.verdict; o_->service = r_.svc; o_->frontend = r_.fe; o_->masq = r_.masq; \
         if (r_.verdict == KP_DNAT) { \
-            kp_a6_store(o_->ep_ip, f->ep6[r_.ep].addr); o_->ep_port = f->ep6[r_.ep].port; \
+            kp_a6_store(o_->ep_ip, r_.ep6); o_->ep_port = r_.ep_port; \
         } else { \
             memset(o_->ep_ip, 0, 16); o_->ep_port = 0; \
         } \
@@ -1700,71 +2027,63 @@ static void kp_batch6(kp_state *st, const kp_fam *f, kp_col src, ptrdiff_t src_i
                                                       proto, sport, out, out_step, n, now, track);
 }
 
-/* ------------------------------------------------------------------ reload */
+/* ------------------------------------------------------------------ flows across updates */
 
-/* The first endpoint of either pool (cluster, then local) of port p with this address
- * and port number, or -1. */
-static int32_t kp_find_ep4(const kp_fam *f, int32_t p, uint32_t addr, uint16_t port) {
-    int w;
-    for (w = 0; w < 2; w++) {
-        int32_t i, start = f->port[p].start[w], end = start + f->port[p].len[w];
-        for (i = start; i < end; i++)
-            if (f->pool4[i].addr == addr && f->pool4[i].port == port) return f->pool4[i].ep;
+KP_INLINE int kp_in_sorted(const int32_t *a, int32_t n, int32_t x) {
+    int32_t lo = 0, hi = n;
+    while (lo < hi) {
+        int32_t mid = lo + (hi - lo) / 2;
+        if (a[mid] < x) lo = mid + 1; else hi = mid;
     }
-    return -1;
-}
-static int32_t kp_find_ep6(const kp_fam *f, int32_t p, kp_a6 addr, uint16_t port) {
-    int w;
-    for (w = 0; w < 2; w++) {
-        int32_t i, start = f->port[p].start[w], end = start + f->port[p].len[w];
-        for (i = start; i < end; i++)
-            if (kp_a6_eq(f->pool6[i].addr, addr) && f->pool6[i].port == port) return f->pool6[i].ep;
-    }
-    return -1;
+    return lo < n && a[lo] == x;
 }
 
-typedef struct { uint64_t key; int32_t val; } kp_memo_slot;
-
-/* Keep the flows of table t whose endpoint is still in a pool of their service's port
- * in the new tables nf (re-pointing them at nf's endpoint index), drop the rest.
- * Returns how many were dropped. Results are memoised per (service, old endpoint):
- * a reload keeps whole services, so most flows share an answer with another. */
-static int64_t kp_remap(kp_table *t, const kp_fam *nf, const kp_fam *of) {
-    uint64_t s, nslots = t->nbuckets * KP_SLOTS, mcap, mused = 0;
-    int64_t dropped = 0;
-    kp_memo_slot *memo;
-    int v6 = nf->v6;
+/* Drop the flows (of the services in the sorted list only[nonly]; only == NULL: all)
+ * whose endpoint is in no pool of their service's block in f, as kube-proxy's conntrack
+ * cleanup does. Returns how many. Results are memoised per (service, endpoint): most
+ * flows share one with another flow. */
+static int64_t kp_flows_drop(kp_table *t, const kp_fam *f, const int32_t *only, int32_t nonly) {
+    uint64_t s, nslots = t->nbuckets * KP_SLOTS, mcap;
+    int64_t dropped = 0, mused = 0;
+    typedef struct { kp_a6 a; int32_t svc; uint16_t port; uint8_t used, keep; } memo_t;
+    memo_t *memo;
     if (!t->tags || t->count == 0) return 0;
     mcap = kp_pow2_at_least(2 * (uint64_t)t->count);
     if (mcap > ((uint64_t)1 << 22)) mcap = (uint64_t)1 << 22;
-    memo = (kp_memo_slot *)calloc((size_t)mcap, sizeof(kp_memo_slot));  /* NULL: no memo */
+    memo = (memo_t *)calloc((size_t)mcap, sizeof(memo_t));  /* NULL: no memo */
     for (s = 0; s < nslots; s++) {
-        int32_t svc, oep, port, e = -1;
+        int32_t svc;
+        kp_a6 a;
+        uint16_t port;
+        int keep = -1;
+        uint64_t i = 0;
+        const kp_blk *b;
         if (!t->tags[s]) continue;
-        if (v6) { svc = KP_REC(t, kp_flow6, s)->svc; oep = KP_REC(t, kp_flow6, s)->ep; }
-        else { svc = KP_REC(t, kp_flow4, s)->svc; oep = t->aux[s]; }
-        port = (of && svc >= 0 && svc < nf->nsvc) ? nf->svc_port[svc] : -1;
-        if (port >= 0 && oep >= 0 && oep < of->nep) {
-            uint64_t key = (((uint64_t)(uint32_t)svc << 32) | (uint32_t)oep) + 1, i = 0;
-            int hit = 0;
-            if (memo) {
-                i = kp_mix(key) & (mcap - 1);
-                while (memo[i].key && memo[i].key != key) i = (i + 1) & (mcap - 1);
-                if (memo[i].key == key) { e = memo[i].val; hit = 1; }
-            }
-            if (!hit) {
-                e = v6 ? kp_find_ep6(nf, port, of->ep6[oep].addr, of->ep6[oep].port)
-                       : kp_find_ep4(nf, port, of->ep4[oep].addr, of->ep4[oep].port);
-                if (memo && mused < mcap / 2) { memo[i].key = key; memo[i].val = e; mused++; }
+        if (f->v6) {
+            const kp_flow6 *fl = KP_REC(t, const kp_flow6, s);
+            svc = fl->svc; a = fl->ep_addr; port = fl->ep_port;
+        } else {
+            const kp_flow4 *fl = KP_REC(t, const kp_flow4, s);
+            svc = fl->svc; a.hi = 0; a.lo = fl->ep_addr; port = fl->ep_port;
+        }
+        if (only && !kp_in_sorted(only, nonly, svc)) continue;
+        if (memo) {
+            i = kp_mix(a.hi ^ kp_mix(a.lo ^ ((uint64_t)(uint32_t)svc << 16 | port))) & (mcap - 1);
+            while (memo[i].used && !(memo[i].svc == svc && memo[i].port == port && kp_a6_eq(memo[i].a, a)))
+                i = (i + 1) & (mcap - 1);
+            if (memo[i].used) keep = memo[i].keep;
+        }
+        if (keep < 0) {
+            b = (svc >= 0 && svc < f->nsvc) ? f->svc_blk[svc] : NULL;
+            keep = b != NULL && kp_blk_has(b, a, port);
+            if (memo && (uint64_t)mused < mcap / 2) {
+                memo[i].used = 1; memo[i].a = a; memo[i].svc = svc; memo[i].port = port;
+                memo[i].keep = (uint8_t)keep; mused++;
             }
         }
-        if (e < 0) {
+        if (!keep) {
             kp_table_drop(t, s);
             dropped++;
-        } else if (v6) {
-            KP_REC(t, kp_flow6, s)->ep = e;
-        } else {
-            t->aux[s] = e;
         }
     }
     free(memo);
@@ -1850,39 +2169,6 @@ static int kp_maglev_fill(int32_t *table, uint32_t M, int32_t n, const uint32_t 
 done:
     free(pos);
     return KP_OK;
-}
-
-/* Round-robin state across a reload: a pool of the new tables nf continues where the
- * same pool of the old tables of stopped when it is unchanged (the same service index,
- * the same pool, round-robin in both, the same endpoints in the same order with the same
- * weights); any other pool starts at its head. */
-static void kp_rr_carry(kp_fam *nf, const kp_fam *of) {
-    int32_t p, i;
-    int w;
-    if (!of) return;
-    for (p = 0; p < nf->nport; p++) {
-        const kp_port *np = &nf->port[p], *op;
-        int32_t q;
-        if (np->sel != KP_SEL_RR || np->svc >= of->nsvc) continue;
-        q = of->svc_port[np->svc];
-        if (q < 0) continue;
-        op = &of->port[q];
-        if (op->sel != KP_SEL_RR) continue;
-        for (w = 0; w < 2; w++) {
-            int32_t a = np->start[w], b = op->start[w], n = np->len[w];
-            int same = n == op->len[w];
-            for (i = 0; same && i < n; i++) {
-                same = nf->pool_w[a + i] == of->pool_w[b + i] &&
-                       (nf->v6 ? kp_a6_eq(nf->pool6[a + i].addr, of->pool6[b + i].addr) &&
-                                     nf->pool6[a + i].port == of->pool6[b + i].port
-                               : nf->pool4[a + i].addr == of->pool4[b + i].addr &&
-                                     nf->pool4[a + i].port == of->pool4[b + i].port);
-            }
-            if (!same || n == 0) continue;
-            nf->rr[p].pos[w] = of->rr[q].pos[w];
-            if (nf->rr[p].smooth[w]) memcpy(nf->rr_cur + a, of->rr_cur + b, sizeof(int64_t) * (size_t)n);
-        }
-    }
 }
 
 #endif /* KP_CORE_H */
