@@ -178,6 +178,15 @@ class Core:
         and leave the core unchanged.
         """
 
+    def update_ports(self, p4: Sequence[tuple[Any, ...]], r4: Sequence[int], p6: Sequence[tuple[Any, ...]],
+                     r6: Sequence[int], services: Sequence[str]) -> int:
+        """:meth:`update` in the form an engine's apply builds: the changed ports of each
+        family as ``PortSpec`` tuples (``kproxy_core._engine_py.PortSpec``: the service
+        index, affinity, selector and seed, the pools' packed addresses, ports and weights,
+        the lookup tables, the records and the keys that point at them) and the removed
+        service indices. Checked by ``_engine_py.check_ports`` (ValueError, the core
+        unchanged), then installed as :meth:`update` does."""
+
     def frontend(self, dst: object, dport: int, proto: object = "TCP") -> tuple[int, int, int]:
         """Which service port a new packet to ``dst:dport/proto`` meets, as a lookup
         matches it: ``(service index, frontend code, how)`` with ``how`` 1 = the frontend

@@ -317,7 +317,48 @@ class _Family:
         to a replaced or removed port and that the update does not give again is deleted.
         Returns the service indices whose port changed or went."""
         gone = [p for svc in removed if (p := self.ports.pop(svc, None)) is not None]
-        swapped = self._put(c)
+        return self._finish(self._put(c), gone)
+
+    def update_specs(self, specs: Sequence[PortSpec], removed: Sequence[int]) -> set[int]:
+        """:meth:`update` from checked :data:`PortSpec` tuples."""
+        gone = [p for svc in removed if (p := self.ports.pop(svc, None)) is not None]
+        width = 16 if self.v6 else 4
+        swapped: list[tuple[_Port | None, _Port]] = []
+        for svc, aff, sel, seed, addrs, ports, weights, tables, recs, keys in specs:
+            port = _Port(svc, aff, sel, seed)
+            for w in (0, 1):
+                raw = addrs[w]
+                ints = [int.from_bytes(raw[i:i + width], "big") for i in range(0, len(raw), width)]
+                port.pools[w] = [(a, int(pt), _text(a, self.v6)) for a, pt in zip(ints, ports[w], strict=True)]
+                port.weights[w] = [int(x) for x in weights[w]] if weights[w] is not None else [1] * len(ints)
+                port.tables[w] = [int(x) for x in tables[w]] if tables[w] is not None else []
+                if sel == SELECTOR_CODES["weighted"]:
+                    port.alias[w] = alias_table(port.weights[w])
+                elif sel == SELECTOR_CODES["round-robin"]:
+                    port.rr[w] = RoundRobin(port.weights[w])
+            made = []
+            bits = 128 if self.v6 else 32
+            for kind, acts, npf, fw, prefixes in recs:
+                nets = None
+                if prefixes:
+                    nets = []
+                    for j, pl in enumerate(prefixes):
+                        mask = ((1 << bits) - 1) ^ ((1 << (bits - pl)) - 1)
+                        nets.append((int.from_bytes(fw[j * width:(j + 1) * width], "big") & mask, mask))
+                made.append(_Rec(kind, list(acts), npf, nets, port))
+            for nodeport, addr, kport, kproto, ri in keys:
+                if nodeport:
+                    self.np[(kport, kproto)] = made[ri]
+                    port.keys.append((True, (kport, kproto)))
+                else:
+                    key = (int.from_bytes(addr, "big"), kport, kproto)
+                    self.fe[key] = made[ri]
+                    port.keys.append((False, key))
+            swapped.append((self.ports.get(svc), port))
+            self.ports[svc] = port
+        return self._finish(swapped, gone)
+
+    def _finish(self, swapped: list[tuple[_Port | None, _Port]], gone: list[_Port]) -> set[int]:
         for old, new in swapped:
             if old is not None:
                 gone.append(old)
@@ -470,6 +511,23 @@ class Core:
             for fam, (c, removed), fl in zip(self.fam, checked, self.flows, strict=True):
                 assert fam is not None
                 changed = fam.update(c, removed)
+                dropped += self._drop_flows(fl, fam, changed)
+        return dropped
+
+    def update_ports(self, p4: Sequence[PortSpec], r4: Sequence[int], p6: Sequence[PortSpec],
+                     r6: Sequence[int], services: Sequence[str]) -> int:
+        """:meth:`update` with the changed ports as :data:`PortSpec` tuples and the removed
+        service indices per family: the lean path of an engine's apply."""
+        names = self.services + list(services)
+        checked = [check_ports(p4, r4, False, len(names)), check_ports(p6, r6, True, len(names))]
+        with self._lock:
+            if self.fam[0] is None or self.fam[1] is None:
+                raise EngineError("Core.update before Core.load")
+            self.services = names
+            dropped = 0
+            for fam, specs, removed, fl in zip(self.fam, checked, (r4, r6), self.flows, strict=True):
+                assert fam is not None
+                changed = fam.update_specs(specs, removed)
                 dropped += self._drop_flows(fl, fam, changed)
         return dropped
 
@@ -715,6 +773,10 @@ class Core:
         return 1, svc, fe, ep, masq
 
 
+def _text(a: int, v6: bool) -> str:
+    return str(ipaddress.IPv6Address(a)) if v6 else f"{a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}"
+
+
 def _parse_pair(src: object, dst: object) -> tuple[int, int, bool]:
     try:
         s = ipaddress.ip_address(src if isinstance(src, str | int) else str(src))
@@ -875,6 +937,105 @@ def check_tables(t: FamilyTables, v6: bool, nservices: int) -> dict[str, Any]:
             raise ValueError(f"tables: det_prefix {prefix} is out of range")
         c["det_prefix"] = int(prefix)
     return c
+
+
+# A service port for Core.update_ports (tables.PortEntry.spec builds them):
+#   (svc, affinity, selector, seed, (addrs0, addrs1), (ports0, ports1), (weights0, weights1),
+#    (table0, table1), records, keys)
+# addrs: the pool's addresses packed (4 or 16 bytes each, network order); ports: ints;
+# weights: ints, or None (every weight 1; random and Maglev pools); tables: the Maglev /
+# source-hash lookup table (int32 array, entries index the pool) or None;
+# records: (kind, actions (8 bytes, by source class), NodePort filter action,
+#           KUBE-FW networks packed, their prefix lengths (bytes));
+# keys: (NodePort?, address packed (b"" for a NodePort), port, protocol, record index).
+PortSpec = tuple[Any, ...]
+
+
+def check_ports(ports: Sequence[PortSpec], removed: Sequence[int], v6: bool, nservices: int) -> list[PortSpec]:
+    """Validate :data:`PortSpec` tuples for ``Core.update_ports``: ValueError naming the
+    field for anything out of range (the compiled core then trusts them)."""
+    width = 16 if v6 else 4
+    bits = 128 if v6 else 32
+    seen: set[int] = set()
+    out: list[PortSpec] = []
+
+    def num(x: Any, lo: int, hi: int, what: str) -> int:
+        try:
+            v = operator.index(x)
+        except TypeError:
+            raise ValueError(f"ports: {what} must be an integer, not {type(x).__name__}") from None
+        if not lo <= v <= hi:
+            raise ValueError(f"ports: {what} {v} is outside {lo}..{hi}")
+        return v
+
+    for r in removed:
+        i = num(r, 0, nservices - 1, "removed service index")
+        if i in seen:
+            raise ValueError(f"ports: service index {i} is given twice")
+        seen.add(i)
+    for p in ports:
+        if not isinstance(p, tuple) or len(p) != 10:
+            raise ValueError("ports: each port must be a 10-tuple (see _engine_py.PortSpec)")
+        svc = num(p[0], 0, nservices - 1, "service index")
+        if svc in seen:
+            raise ValueError(f"ports: service index {svc} is given twice")
+        seen.add(svc)
+        num(p[1], 0, 0xFFFFFFFF, "affinity")
+        sel = num(p[2], 0, len(SELECTOR_CODES) - 1, "selector")
+        num(p[3], 0, M64, "seed")
+        lens = []
+        for w in (0, 1):
+            a, ports_w, weights, table = p[4][w], p[5][w], p[6][w], p[7][w]
+            if not isinstance(a, bytes) or len(a) % width:
+                raise ValueError(f"ports: pool addresses must be bytes of {width}-byte addresses")
+            n = len(a) // width
+            if len(ports_w) != n:
+                raise ValueError(f"ports: pool has {n} addresses but {len(ports_w)} ports")
+            for x in ports_w:
+                num(x, 0, 65535, "endpoint port")
+            if weights is not None:
+                if len(weights) != n:
+                    raise ValueError(f"ports: pool has {n} entries but {len(weights)} weights")
+                for x in weights:
+                    num(x, 1, MAX_WEIGHT, "weight")
+            elif sel in (SELECTOR_CODES["weighted"], SELECTOR_CODES["round-robin"]) and n:
+                raise ValueError("ports: a weighted or round-robin pool needs its weights")
+            hashed = sel in (SELECTOR_CODES["maglev"], SELECTOR_CODES["source-hash"])
+            if hashed and n:
+                t = np.asarray(table) if table is not None else np.zeros(0, np.int32)
+                if t.ndim != 1 or t.dtype.kind not in "ui" or not len(t) or len(t) > 0x7FFFFFFF:
+                    raise ValueError("ports: a Maglev or source-hash pool needs a non-empty integer lookup table")
+                if t.min() < 0 or t.max() >= n:
+                    raise ValueError("ports: a lookup table has entries outside its pool")
+            lens.append(n)
+        if lens[0] + lens[1] > 0x7FFFFFFF:
+            raise ValueError("ports: pools too large")
+        recs = p[8]
+        for rec in recs:
+            if not isinstance(rec, tuple) or len(rec) != 5:
+                raise ValueError("ports: each record must be a 5-tuple")
+            num(rec[0], 0, len(FRONTENDS) - 1, "frontend kind")
+            acts = rec[1]
+            if not isinstance(acts, bytes) or len(acts) != 8:
+                raise ValueError("ports: a record's actions must be 8 bytes")
+            for a in (*acts, num(rec[2], 0, 255, "NodePort filter action")):
+                if (a >> 2) & 3 == 3:
+                    raise ValueError("ports: an action byte has pool code 3")
+            fw, prefixes = rec[3], rec[4]
+            if not isinstance(fw, bytes) or not isinstance(prefixes, bytes) or len(fw) != width * len(prefixes):
+                raise ValueError("ports: a record's KUBE-FW sources must be packed addresses and prefix bytes")
+            if any(x > bits for x in prefixes):
+                raise ValueError(f"ports: a KUBE-FW prefix is longer than {bits}")
+        for k in p[9]:
+            if not isinstance(k, tuple) or len(k) != 5:
+                raise ValueError("ports: each key must be a 5-tuple")
+            if not isinstance(k[1], bytes) or len(k[1]) != (0 if k[0] else width):
+                raise ValueError("ports: a key's address must be packed (b'' for a NodePort)")
+            num(k[2], 0, 65535, "key port")
+            num(k[3], 0, 255, "key protocol")
+            num(k[4], 0, len(recs) - 1, "key record")
+        out.append(p)
+    return out
 
 
 def _check_update(t: FamilyTables, v6: bool, nservices: int) -> tuple[dict[str, Any], list[int]]:

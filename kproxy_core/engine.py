@@ -26,7 +26,7 @@ from .errors import PacketError
 from .manifests import apply_objects
 from .model import PROTO_NUMBERS, Cluster
 from .plan import PlanPort, ProxyConfig, ProxyPlan, make_config, plan_port
-from .tables import FRONTENDS, VERDICTS, FamilyState, FamilyTables, PortEntry, port_entry
+from .tables import FRONTENDS, VERDICTS, FamilyState, FamilyTables, PortEntry, port_entry, port_spec
 
 if TYPE_CHECKING:
     from .plugins import KproxyPluginManager
@@ -207,7 +207,7 @@ class Engine:
         out: dict[int, PortEntry] = {}
         for i, pp in enumerate(self._plan_service(fam, key)):
             svc = self._index(pp)
-            out[svc] = port_entry(pp, cfg, svc, (key[0], key[1], i))
+            out[svc] = port_entry(pp, cfg, svc, (key[0], key[1], i), memo=self._states[fam].memo)
         return out
 
     def _build_all(self) -> int:
@@ -222,7 +222,7 @@ class Engine:
             if (h := registry.get(svc.type)) is not None and h.cluster_wide
         }
         for fam in FAMILIES:
-            state = FamilyState(self.configs[fam], cidrs)
+            state = self._states[fam] = FamilyState(self.configs[fam], cidrs)
             by_key: dict[tuple[str, str], list[int]] = {}
             updates: dict[int, PortEntry | None] = {}
             for key in sorted(self.cluster.services):
@@ -336,7 +336,7 @@ class Engine:
         if reload:
             for st in self._states.values():
                 st.service_cidrs = self.service_cidrs
-        deltas: dict[Family, FamilyTables] = {}
+        specs: dict[Family, tuple[list[Any], list[int]]] = {}
         changed: set[int] = set()
         for fam in FAMILIES:
             state = self._states[fam]
@@ -360,7 +360,7 @@ class Engine:
                         break
             entries, removed = state.set(updates)
             changed.update(updates)
-            deltas[fam] = state.delta(entries, removed)
+            specs[fam] = ([port_spec(state, e) for e in entries], removed)
         for i in changed:
             info = self.service_ports[i]
             present = any(i in st.entries for st in self._states.values())
@@ -369,7 +369,7 @@ class Engine:
         if reload:
             return keys, self._load_all()
         names = [s.name for s in self.service_ports[self._names_loaded:]]
-        dropped: int = self._core.update(deltas["IPv4"], deltas["IPv6"], names)
+        dropped: int = self._core.update_ports(*specs["IPv4"], *specs["IPv6"], names)
         self._names_loaded += len(names)
         return keys, dropped
 

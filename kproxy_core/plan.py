@@ -45,7 +45,8 @@ ZONE_LABEL = "topology.kubernetes.io/zone"
 
 def hash16(text: str) -> str:
     """kube-proxy's chain hash: base32(sha256(text))[:16] (``portProtoHash``)."""
-    return base64.b32encode(hashlib.sha256(text.encode()).digest())[:16].decode()
+    # 10 bytes are 16 base32 characters: encoding only those costs a sixth of the whole digest
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()[:10]).decode()
 
 
 def service_port_name(namespace: str, name: str, port_name: str) -> str:

@@ -267,6 +267,38 @@ class PortEntry:
     notes: tuple[str, ...]  # warnings about the port itself (Maglev table sizes)
 
 
+def port_spec(state: FamilyState, e: PortEntry) -> tuple[Any, ...]:
+    """``e`` as a ``Core.update_ports`` port (see ``_engine_py.PortSpec``), with the
+    records of the keys it owns."""
+    pp = e.pp
+    v6 = state.cfg.family == "IPv6"
+    pton = _pton6 if v6 else _pton4
+    pools = (pp.cluster, pp.local)
+    weighted = e.selector in (SELECTOR_CODES["weighted"], SELECTOR_CODES["round-robin"])
+    recs: list[tuple[int, bytes, int, bytes, bytes]] = []
+    keys: list[tuple[bool, bytes, int, int, int]] = []
+    for i, rec in enumerate(e.np_recs):
+        if state.owns_np(e, i):
+            keys.append((True, b"", e.np_keys[i][0], e.np_keys[i][1], len(recs)))
+            recs.append(_rec_spec(rec, pton))
+    for i, rec in enumerate(e.fe_recs):
+        if state.owns_fe(e, i):
+            k = e.fe_keys[i]
+            keys.append((False, pton(k[0]), k[1], k[2], len(recs)))
+            recs.append(_rec_spec(rec, pton))
+    return (
+        e.svc, pp.affinity_timeout, e.selector, pp.selector.seed,
+        (b"".join([pton(ep.ip) for ep in pools[0]]), b"".join([pton(ep.ip) for ep in pools[1]])),
+        ([ep.port for ep in pools[0]], [ep.port for ep in pools[1]]),
+        ([ep.weight for ep in pools[0]], [ep.weight for ep in pools[1]]) if weighted else (None, None),
+        e.tables, recs, keys,
+    )
+
+
+def _rec_spec(rec: Rec, pton: Callable[[str], bytes]) -> tuple[int, bytes, int, bytes, bytes]:
+    return (rec[0], bytes(rec[1]), rec[2], b"".join([pton(n[0]) for n in rec[3]]), bytes(n[1] for n in rec[3]))
+
+
 def _dst_local(cfg: Any, ip: str) -> bool:
     """``cfg.is_local_address`` for a canonical address, without ``ipaddress``."""
     if ip in cfg.node_ips or ip in cfg.extra_local_ips:
@@ -274,9 +306,16 @@ def _dst_local(cfg: Any, ip: str) -> bool:
     return ip.startswith("127.") if cfg.family == "IPv4" else ip == "::1"
 
 
+ActionMemo = dict[tuple[Any, ...], tuple[list[int], int]]
+
+
 def port_entry(pp: PlanPort, cfg: Any, svc: int, order: Order,
-               build: Callable[..., np.ndarray] | None = None) -> PortEntry:
-    """The tables' view of one service port (the walks of its frontends, its pools)."""
+               build: Callable[..., np.ndarray] | None = None, memo: ActionMemo | None = None) -> PortEntry:
+    """The tables' view of one service port (the walks of its frontends, its pools).
+
+    ``memo``: walks already made for this ``cfg``, keyed by what a walk's verdict, pool
+    and masquerade depend on (the port's policy flags and whether its pools are empty,
+    not its addresses or endpoints): most ports share one, and a walk costs ~10 µs."""
     kind = pp.selector.kind
     pools = (pp.cluster, pp.local)
     if kind == "weighted" and all(len({e.weight for e in pool}) <= 1 for pool in pools):
@@ -291,7 +330,11 @@ def port_entry(pp: PlanPort, cfg: Any, svc: int, order: Order,
                 notes.extend(warns)
     proto = PROTO_NUMBERS[pp.protocol]
     plan = ProxyPlan(cfg, ())
-    memo: dict[tuple[str, bool], tuple[list[int], int]] = {}
+    if memo is None:
+        memo = {}
+    flags = (bool(pp.cluster), bool(pp.local), pp.has_endpoints, pp.internal_local, pp.external_local,
+             pp.externally_accessible, bool(pp.lb_ips), bool(pp.source_ranges), pp.node_port != 0,
+             fw_active(pp, cfg))
     fw: tuple[tuple[str, int], ...] | None = None
     fe_keys: list[FeKey] = []
     fe_recs: list[Rec] = []
@@ -299,9 +342,10 @@ def port_entry(pp: PlanPort, cfg: Any, svc: int, order: Order,
     np_recs: list[Rec] = []
     for f in pp.frontends():
         dst_local = f.ip is not None and _dst_local(cfg, f.ip)
-        got = memo.get((f.kind, dst_local))
+        sig = (f.kind, f.policy, dst_local, flags)
+        got = memo.get(sig)
         if got is None:
-            got = memo[(f.kind, dst_local)] = _actions(pp, plan, f.kind, dst_local)
+            got = memo[sig] = _actions(pp, plan, f.kind, dst_local)
         nets: tuple[tuple[str, int], ...] = ()
         if f.kind == "LoadBalancer" and fw_active(pp, cfg):
             if fw is None:
@@ -342,6 +386,7 @@ class FamilyState:
         self.fe_claims: dict[FeKey, list[Claim]] = {}
         self.np_claims: dict[NpKey, list[Claim]] = {}
         self.notes: dict[int, tuple[str, ...]] = {}  # service index -> its warnings (non-empty)
+        self.memo: ActionMemo = {}  # port_entry's walks for this config
 
     def _claims(self, e: PortEntry, add: bool) -> tuple[set[FeKey], set[NpKey]]:
         _claim(self.fe_claims, e.fe_keys, e, add)

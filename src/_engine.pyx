@@ -50,6 +50,7 @@ from kproxy_core._engine_py import (
     _check_port,
     _check_update,
     _parse_pair,
+    check_ports,
     _proto,
     batch_columns,
     check_tables,
@@ -521,6 +522,122 @@ cdef _Blocks _make_blocks(dict c, bint v6):
     return out
 
 
+cdef _Blocks _spec_blocks(list specs, bint v6):
+    """One block per checked PortSpec (see _engine_py.PortSpec)."""
+    cdef Py_ssize_t n = len(specs), i, j, k, w, width = 16 if v6 else 4
+    cdef _Blocks out = _Blocks.__new__(_Blocks)
+    cdef kp_blk *b
+    cdef kp_rec *R
+    cdef kp_key *K
+    cdef kp_pe4 *p4
+    cdef kp_pe6 *p6
+    cdef kp_cidr4 *c4
+    cdef kp_cidr6 *c6
+    cdef const unsigned char *raw
+    cdef const unsigned char *acts
+    cdef const unsigned char *pre
+    cdef const unsigned char *fwb
+    cdef int32_t n0, n1, nfw, off, nfw_at
+    cdef int64_t t0, t1
+    cdef uint8_t sel
+    cdef int prefix
+    cdef uint32_t m4, a4
+    cdef kp_a6 m6, a6
+    cdef const int32_t[:] tv
+    out.b = <kp_blk **>calloc(n if n else 1, sizeof(kp_blk *))
+    if out.b == NULL:
+        raise MemoryError("kproxy_core._engine: out of memory")
+    for i in range(n):
+        svc, aff, sel_o, seed, addrs, ports, weights, tables, recs, keys = specs[i]
+        sel = sel_o
+        n0 = <int32_t>(len(addrs[0]) // width)
+        n1 = <int32_t>(len(addrs[1]) // width)
+        t0 = len(tables[0]) if (tables[0] is not None and n0) else 0
+        t1 = len(tables[1]) if (tables[1] is not None and n1) else 0
+        nfw = 0
+        for rec in recs:
+            nfw += len(rec[4])
+        b = kp_blk_new(v6, <int32_t>len(recs), <int32_t>len(keys), n0, n1, sel, t0, t1, nfw)
+        if b == NULL:
+            raise MemoryError("kproxy_core._engine: out of memory")
+        out.b[i] = b
+        out.n = i + 1
+        if sel != KP_SEL_RANDOM:
+            out.any_sel = True
+        b.svc = <int32_t>svc
+        for w in range(2):
+            raw = addrs[w]
+            off = n0 if w else 0
+            pw = ports[w]
+            ww = weights[w]
+            for j in range(n1 if w else n0):
+                if v6:
+                    p6 = <kp_pe6 *>b.pool + off + j
+                    p6.addr = kp_a6_load(raw + 16 * j)
+                    p6.port = <uint16_t>pw[j]
+                else:
+                    p4 = <kp_pe4 *>b.pool + off + j
+                    p4.addr = (<uint32_t>raw[4 * j] << 24) | (<uint32_t>raw[4 * j + 1] << 16) | (
+                        <uint32_t>raw[4 * j + 2] << 8) | raw[4 * j + 3]
+                    p4.port = <uint16_t>pw[j]
+                if b.w != NULL:
+                    b.w[off + j] = <uint32_t>ww[j] if ww is not None else 1
+        if t0:
+            tv = np.ascontiguousarray(tables[0], dtype=np.int32)
+            memcpy(b.tab, &tv[0], sizeof(int32_t) * t0)
+        if t1:
+            tv = np.ascontiguousarray(tables[1], dtype=np.int32)
+            memcpy(b.tab + t0, &tv[0], sizeof(int32_t) * t1)
+        nfw_at = 0
+        for j in range(len(recs)):
+            kind, act_b, npf, fw_b, pre_b = recs[j]
+            R = &b.rec[j]
+            R.kind = <uint8_t>kind
+            R.np_filter = <uint8_t>npf
+            acts = act_b
+            for k in range(4):  # classes 4-7 (allowed by KUBE-FW) live in the record
+                R.action[k] = acts[4 + k]
+                R.blocked[k] = acts[k]
+            R.fwn = <int32_t>len(pre_b)
+            R.fwl = <const void *><uintptr_t>nfw_at
+            pre = pre_b
+            fwb = fw_b
+            for k in range(len(pre_b)):
+                prefix = pre[k]
+                if v6:
+                    c6 = <kp_cidr6 *>b.fw + nfw_at
+                    m6 = _a6(_FULL128 ^ ((_ONE << (128 - prefix)) - 1))  # Python ints: 128 bits
+                    a6 = kp_a6_load(fwb + 16 * k)
+                    c6.mask = m6
+                    c6.net.hi = a6.hi & m6.hi
+                    c6.net.lo = a6.lo & m6.lo
+                else:
+                    c4 = <kp_cidr4 *>b.fw + nfw_at
+                    m4 = 0 if prefix == 0 else (<uint32_t>0xFFFFFFFF << (32 - prefix))
+                    a4 = (<uint32_t>fwb[4 * k] << 24) | (<uint32_t>fwb[4 * k + 1] << 16) | (
+                        <uint32_t>fwb[4 * k + 2] << 8) | fwb[4 * k + 3]
+                    c4.mask = m4
+                    c4.net = a4 & m4
+                nfw_at += 1
+        for j in range(len(keys)):
+            nodeport, kaddr, kport, kproto, ri = keys[j]
+            K = &b.key[j]
+            K.np = 1 if nodeport else 0
+            K.rec = <int32_t>ri
+            K.port = <uint16_t>kport
+            K.proto = <uint8_t>kproto
+            K.addr.hi = 0
+            K.addr.lo = 0
+            if not nodeport:
+                raw = kaddr
+                if v6:
+                    K.addr = kp_a6_load(raw)
+                else:
+                    K.addr.lo = (<uint32_t>raw[0] << 24) | (<uint32_t>raw[1] << 16) | (<uint32_t>raw[2] << 8) | raw[3]
+        _check(kp_blk_finish(b, <uint32_t>aff, <uint64_t>seed))
+    return out
+
+
 cdef _Fam _build_fam(object t, bint v6, Py_ssize_t nsvc):
     c = check_tables(t, v6, nsvc)  # ValueError for anything inconsistent
     if max(len(c["rec_port"]), len(c["port_service"]), nsvc) > 0x7FFFFFFF:
@@ -721,16 +838,32 @@ cdef class Core:
         cs = [_check_update(t4, False, len(names)), _check_update(t6, True, len(names))]
         cdef _Blocks b4 = _make_blocks(cs[0][0], False)
         cdef _Blocks b6 = _make_blocks(cs[1][0], True)
+        return self._install(b4, cs[0][1], b6, cs[1][1], names)
+
+    def update_ports(self, p4, r4, p6, r6, services):
+        if not self.ready:
+            raise EngineError("Core.__init__ was not called")
+        if self.fam4 is None:
+            raise EngineError("Core.update before Core.load")
+        names = self.services + list(services)
+        p4 = check_ports(p4, r4, False, len(names))
+        p6 = check_ports(p6, r6, True, len(names))
+        cdef _Blocks b4 = _spec_blocks(p4, False)
+        cdef _Blocks b6 = _spec_blocks(p6, True)
+        return self._install(b4, list(r4), b6, list(r6), names)
+
+    cdef object _install(self, _Blocks b4, list removed4, _Blocks b6, list removed6, list names):
         cdef int stale4 = 0, stale6 = 0
         cdef int64_t dropped = 0
         cdef kp_fam *f4 = &self.fam4.f
         cdef kp_fam *f6 = &self.fam6.f
-        cdef int32_t[:] rem4 = np.asarray(cs[0][1], dtype=np.int32)
-        cdef int32_t[:] rem6 = np.asarray(cs[1][1], dtype=np.int32)
+        cdef int32_t[:] rem4 = np.asarray(removed4, dtype=np.int32).reshape(-1)
+        cdef int32_t[:] rem6 = np.asarray(removed6, dtype=np.int32).reshape(-1)
         cdef int32_t[:] only4
         cdef int32_t[:] only6
         cdef int32_t *r4 = &rem4[0] if rem4.shape[0] else NULL
         cdef int32_t *r6 = &rem6[0] if rem6.shape[0] else NULL
+        cdef Py_ssize_t i
         self._wlock()
         try:
             if (b4.any_sel and not f4.sel_any) or (b6.any_sel and not f6.sel_any):
@@ -746,8 +879,8 @@ cdef class Core:
             _check(kp_fam_install(f6, b6.b, <int32_t>b6.n, r6, <int32_t>rem6.shape[0], &stale6))
             b6.taken = True
             if (stale4 and self.st.flows[0].count) or (stale6 and self.st.flows[1].count):
-                only4 = np.unique(np.concatenate([cs[0][0]["port_service"], cs[0][1]])).astype(np.int32)
-                only6 = np.unique(np.concatenate([cs[1][0]["port_service"], cs[1][1]])).astype(np.int32)
+                only4 = np.unique(np.array([b4.b[i].svc for i in range(b4.n)] + removed4, dtype=np.int32))
+                only6 = np.unique(np.array([b6.b[i].svc for i in range(b6.n)] + removed6, dtype=np.int32))
                 self._lock()
                 with nogil:
                     if stale4 and only4.shape[0]:
