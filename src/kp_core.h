@@ -477,9 +477,13 @@ typedef struct kp_blk {
 typedef struct { uint32_t addr; uint16_t port; uint8_t proto, sel; const kp_rec *rec; } kp_fe4;
 typedef struct { kp_a6 addr; uint16_t port; uint8_t proto, sel; uint32_t pad_; const kp_rec *rec; } kp_fe6;
 typedef struct { uint16_t port; uint8_t proto, pad_; uint32_t pad2_; const kp_rec *rec; } kp_np;
-/* a table: this header (one line), then mask + 1 slots. Published whole: a grown table
- * is a new allocation, and the old one is retired like a block */
-typedef struct { uint64_t mask; int shift, pad_; int64_t live, used; size_t size; uint64_t pad2_[3]; } kp_htab;
+/* a table: this header (one line), then cap slots, any number of them: a key's home slot
+ * is hi64(hash * cap) (Lemire's multiply-shift range reduction), so a table is sized to
+ * its keys (twice as many slots), not to a power of two (up to 4x: 64 B per IPv4 key
+ * instead of 32). Published whole: a grown table is a new allocation, and the old one is
+ * retired like a block */
+typedef struct { uint64_t cap; int64_t live, used; size_t size; uint64_t pad2_[4]; } kp_htab;
+#define KP_NEXT(t, i) ((i) + 1 == (t)->cap ? 0 : (i) + 1)
 #define KP_SLOTS_OF(T, t) ((T *)((char *)(t) + sizeof(kp_htab)))
 
 /* nftables' cluster-ips set: an active ClusterIP and the service index it reports */
@@ -557,14 +561,17 @@ static void kp_aligned_free(void *p) {
 #endif
 }
 
+/* slots for n keys: n * halves / 2 (at most half used, so probing ends), at least 16 */
+static uint64_t kp_table_size(uint64_t n, unsigned halves) {
+    uint64_t c = n * halves / 2 + 1;
+    return c < 16 ? 16 : c;
+}
+
 static kp_htab *kp_htab_new(uint64_t nslots, size_t slot) {
     size_t size = sizeof(kp_htab) + nslots * slot;
     kp_htab *t = (kp_htab *)kp_aligned(size);
-    uint64_t i;
     if (!t) return NULL;
-    t->mask = nslots - 1;
-    t->shift = 64;
-    for (i = nslots; i > 1; i >>= 1) t->shift--;
+    t->cap = nslots;
     t->size = size;
     return t;
 }
@@ -593,8 +600,8 @@ static int kp_fam_init(kp_fam *f, int v6, int32_t nlocal, int32_t nnpaddr, int32
     memset(f, 0, sizeof(*f));
     f->v6 = v6; f->nlocal = nlocal; f->nnpaddr = nnpaddr; f->ncip = ncip; f->nscidr = nscidr;
     f->check = ncip > 0 || nscidr > 0;
-    f->fe = kp_htab_new(kp_pow2_at_least(4 * (uint64_t)nfe), v6 ? sizeof(kp_fe6) : sizeof(kp_fe4));
-    f->np = kp_htab_new(kp_pow2_at_least(4 * (uint64_t)nnp), sizeof(kp_np));
+    f->fe = kp_htab_new(kp_table_size((uint64_t)nfe, 4), v6 ? sizeof(kp_fe6) : sizeof(kp_fe4));
+    f->np = kp_htab_new(kp_table_size((uint64_t)nnp, 4), sizeof(kp_np));
     if (!f->fe || !f->np) { kp_fam_free(f); return KP_ENOMEM; }
     if (v6) {
         KP_ALLOC(f->local6, nlocal);
@@ -614,13 +621,13 @@ static int kp_fam_init(kp_fam *f, int v6, int32_t nlocal, int32_t nnpaddr, int32
 /* Fibonacci hashing (one multiply, the top bits): a frontend lookup is on every new
  * packet's path, and service addresses are dense runs that it spreads evenly. */
 KP_INLINE uint64_t kp_fe4_slot(const kp_htab *t, uint32_t addr, uint16_t port, uint8_t proto) {
-    return ((((uint64_t)addr << 24) | ((uint64_t)port << 8) | proto) * 0x9E3779B97F4A7C15ULL) >> t->shift;
+    return kp_mulhi((((uint64_t)addr << 24) | ((uint64_t)port << 8) | proto) * 0x9E3779B97F4A7C15ULL, t->cap);
 }
 KP_INLINE uint64_t kp_fe6_slot(const kp_htab *t, kp_a6 a, uint16_t port, uint8_t proto) {
-    return kp_mix(a.hi ^ kp_mix(a.lo ^ (((uint64_t)port << 8) | proto))) >> t->shift;
+    return kp_mulhi(kp_mix(a.hi ^ kp_mix(a.lo ^ (((uint64_t)port << 8) | proto))), t->cap);
 }
 KP_INLINE uint64_t kp_np_slot(const kp_htab *t, uint16_t port, uint8_t proto) {
-    return kp_mix(((uint64_t)port << 8) | proto) & t->mask;
+    return kp_mulhi(kp_mix(((uint64_t)port << 8) | proto), t->cap);
 }
 
 /* Lookups: the record, or NULL. The loops end: a table is never more than half used. */
@@ -634,7 +641,7 @@ KP_INLINE const kp_fe4 *kp_fe4_find(const kp_fam *f, uint32_t addr, uint16_t por
         const kp_rec *r = (const kp_rec *)KP_LOAD_ACQ(e->rec);
         if (!r) { *rec = NULL; return e; }
         if (r != KP_TOMB && e->addr == addr && e->port == port && e->proto == proto) { *rec = r; return e; }
-        i = (i + 1) & t->mask;
+        i = KP_NEXT(t, i);
     }
 }
 KP_INLINE const kp_fe6 *kp_fe6_find(const kp_fam *f, kp_a6 addr, uint16_t port, uint8_t proto,
@@ -647,7 +654,7 @@ KP_INLINE const kp_fe6 *kp_fe6_find(const kp_fam *f, kp_a6 addr, uint16_t port, 
         const kp_rec *r = (const kp_rec *)KP_LOAD_ACQ(e->rec);
         if (!r) { *rec = NULL; return e; }
         if (r != KP_TOMB && kp_a6_eq(e->addr, addr) && e->port == port && e->proto == proto) { *rec = r; return e; }
-        i = (i + 1) & t->mask;
+        i = KP_NEXT(t, i);
     }
 }
 KP_INLINE const kp_rec *kp_fe4_get(const kp_fam *f, uint32_t addr, uint16_t port, uint8_t proto) {
@@ -669,7 +676,7 @@ KP_INLINE const kp_rec *kp_np_get(const kp_fam *f, uint16_t port, uint8_t proto)
         const kp_rec *r = (const kp_rec *)KP_LOAD_ACQ(e->rec);
         if (!r) return NULL;
         if (r != KP_TOMB && e->port == port && e->proto == proto) return r;
-        i = (i + 1) & t->mask;
+        i = KP_NEXT(t, i);
     }
 }
 
@@ -936,29 +943,29 @@ static void kp_fam_carry(kp_fam *nf, const kp_fam *of) {
 static kp_htab *kp_htab_ready(kp_htab *t, int64_t more, size_t slot, int kind) {
     kp_htab *n;
     uint64_t i, cap;
-    if ((uint64_t)(t->used + more) * 2 <= t->mask + 1) return t;
-    cap = kp_pow2_at_least(4 * (uint64_t)(t->live + more));
+    if ((uint64_t)(t->used + more) * 2 <= t->cap) return t;
+    cap = kp_table_size((uint64_t)(t->live + more), 5);  /* 2.5 slots a key: room to grow */
     n = kp_htab_new(cap, slot);
     if (!n) return NULL;
-    for (i = 0; i <= t->mask; i++) {
+    for (i = 0; i < t->cap; i++) {
         uint64_t j;
         if (kind == 0) {
             const kp_fe4 *e = KP_SLOTS_OF(kp_fe4, t) + i;
             kp_fe4 *s = KP_SLOTS_OF(kp_fe4, n);
             if (!e->rec || e->rec == KP_TOMB) continue;
-            for (j = kp_fe4_slot(n, e->addr, e->port, e->proto); s[j].rec; j = (j + 1) & n->mask) {}
+            for (j = kp_fe4_slot(n, e->addr, e->port, e->proto); s[j].rec; j = KP_NEXT(n, j)) {}
             s[j] = *e;
         } else if (kind == 1) {
             const kp_fe6 *e = KP_SLOTS_OF(kp_fe6, t) + i;
             kp_fe6 *s = KP_SLOTS_OF(kp_fe6, n);
             if (!e->rec || e->rec == KP_TOMB) continue;
-            for (j = kp_fe6_slot(n, e->addr, e->port, e->proto); s[j].rec; j = (j + 1) & n->mask) {}
+            for (j = kp_fe6_slot(n, e->addr, e->port, e->proto); s[j].rec; j = KP_NEXT(n, j)) {}
             s[j] = *e;
         } else {
             const kp_np *e = KP_SLOTS_OF(kp_np, t) + i;
             kp_np *s = KP_SLOTS_OF(kp_np, n);
             if (!e->rec || e->rec == KP_TOMB) continue;
-            for (j = kp_np_slot(n, e->port, e->proto); s[j].rec; j = (j + 1) & n->mask) {}
+            for (j = kp_np_slot(n, e->port, e->proto); s[j].rec; j = KP_NEXT(n, j)) {}
             s[j] = *e;
         }
         n->live++;
@@ -973,7 +980,7 @@ static void kp_key_put(kp_fam *f, const kp_key *k, const kp_rec *rec) {
     if (k->np) {
         kp_htab *t = f->np;
         kp_np *s = KP_SLOTS_OF(kp_np, t);
-        for (i = kp_np_slot(t, k->port, k->proto); s[i].rec; i = (i + 1) & t->mask)
+        for (i = kp_np_slot(t, k->port, k->proto); s[i].rec; i = KP_NEXT(t, i))
             if (s[i].port == k->port && s[i].proto == k->proto) {
                 if (s[i].rec == KP_TOMB) t->live++;
                 KP_STORE_REL(s[i].rec, rec);
@@ -985,7 +992,7 @@ static void kp_key_put(kp_fam *f, const kp_key *k, const kp_rec *rec) {
     } else if (f->v6) {
         kp_htab *t = f->fe;
         kp_fe6 *s = KP_SLOTS_OF(kp_fe6, t);
-        for (i = kp_fe6_slot(t, k->addr, k->port, k->proto); s[i].rec; i = (i + 1) & t->mask)
+        for (i = kp_fe6_slot(t, k->addr, k->port, k->proto); s[i].rec; i = KP_NEXT(t, i))
             if (kp_a6_eq(s[i].addr, k->addr) && s[i].port == k->port && s[i].proto == k->proto) {
                 if (s[i].rec == KP_TOMB) t->live++;
                 s[i].sel = rec->sel;  /* a prefetch hint only: may pair with the other record */
@@ -999,7 +1006,7 @@ static void kp_key_put(kp_fam *f, const kp_key *k, const kp_rec *rec) {
         kp_htab *t = f->fe;
         kp_fe4 *s = KP_SLOTS_OF(kp_fe4, t);
         uint32_t a = (uint32_t)k->addr.lo;
-        for (i = kp_fe4_slot(t, a, k->port, k->proto); s[i].rec; i = (i + 1) & t->mask)
+        for (i = kp_fe4_slot(t, a, k->port, k->proto); s[i].rec; i = KP_NEXT(t, i))
             if (s[i].addr == a && s[i].port == k->port && s[i].proto == k->proto) {
                 if (s[i].rec == KP_TOMB) t->live++;
                 s[i].sel = rec->sel;
@@ -1020,7 +1027,7 @@ static void kp_key_drop(kp_fam *f, const kp_key *k, const kp_blk *ob) {
 #define KP_DROP_IF(T, slot, match) do { \
         kp_htab *t_ = (k->np ? f->np : f->fe); \
         T *s_ = KP_SLOTS_OF(T, t_); \
-        for (i = (slot); s_[i].rec; i = (i + 1) & t_->mask) \
+        for (i = (slot); s_[i].rec; i = KP_NEXT(t_, i)) \
             if (match) { \
                 if (s_[i].rec >= lo && s_[i].rec < hi) { KP_STORE_REL(s_[i].rec, KP_TOMB); t_->live--; } \
                 return; \

@@ -82,7 +82,7 @@ cdef extern from "kp_core.h" nogil:
         void *fw
 
     ctypedef struct kp_htab:
-        uint64_t mask
+        uint64_t cap
         int64_t live
         int64_t used
         size_t size
