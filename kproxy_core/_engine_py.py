@@ -501,12 +501,13 @@ class Core:
         those of ``port_removed``, and add ``services``' names after the known ones. Only
         those ports change; flows whose endpoint left their service are dropped (returns
         how many). Inconsistent tables raise ValueError and leave the core as it was."""
-        names = self.services + list(services)
-        checked = [_check_update(t, v6, len(names)) for t, v6 in ((t4, False), (t6, True))]
+        added = list(services)
+        n = len(self.services) + len(added)
+        checked = [_check_update(t, v6, n) for t, v6 in ((t4, False), (t6, True))]
         with self._lock:
             if self.fam[0] is None or self.fam[1] is None:
                 raise EngineError("Core.update before Core.load")
-            self.services = names
+            self.services.extend(added)  # in place, as the compiled core (a copy is O(services))
             dropped = 0
             for fam, (c, removed), fl in zip(self.fam, checked, self.flows, strict=True):
                 assert fam is not None
@@ -518,12 +519,13 @@ class Core:
                      r6: Sequence[int], services: Sequence[str]) -> int:
         """:meth:`update` with the changed ports as :data:`PortSpec` tuples and the removed
         service indices per family: the lean path of an engine's apply."""
-        names = self.services + list(services)
-        checked = [check_ports(p4, r4, False, len(names)), check_ports(p6, r6, True, len(names))]
+        added = list(services)
+        n = len(self.services) + len(added)
+        checked = [check_ports(p4, r4, False, n), check_ports(p6, r6, True, n)]
         with self._lock:
             if self.fam[0] is None or self.fam[1] is None:
                 raise EngineError("Core.update before Core.load")
-            self.services = names
+            self.services.extend(added)  # in place, as the compiled core (a copy is O(services))
             dropped = 0
             for fam, specs, removed, fl in zip(self.fam, checked, (r4, r6), self.flows, strict=True):
                 assert fam is not None

@@ -998,12 +998,17 @@ def _slice_endpoint(ctx: _Ctx, e: Mapping[str, Any], i: int, family: str | None,
     elif cond is not None:
         _mapping(ctx, cond, f"endpoints[{i}].conditions")
 
+    # node and zone names repeat across every endpoint of the cluster: one string each
     node_name = e.get("nodeName")
     if node_name is not None and type(node_name) is not str:
         node_name = _opt_str(ctx, node_name, f"endpoints[{i}].nodeName")
+    if node_name is not None:
+        node_name = _intern(node_name)
     zone = e.get("zone")
     if zone is not None and type(zone) is not str:
         zone = _opt_str(ctx, zone, f"endpoints[{i}].zone")
+    if zone is not None:
+        zone = _intern(zone)
     hostname = e.get("hostname")
     if hostname is not None and type(hostname) is not str:
         hostname = _opt_str(ctx, hostname, f"endpoints[{i}].hostname")
@@ -1041,6 +1046,9 @@ def _slice_endpoint(ctx: _Ctx, e: Mapping[str, Any], i: int, family: str | None,
         node_hints,
         target,
     )
+
+
+_intern = sys.intern
 
 
 def _slice_addresses(ctx: _Ctx, raw: Any, path: str, family: str | None) -> tuple[str, ...]:

@@ -852,25 +852,27 @@ cdef class Core:
             raise EngineError("Core.__init__ was not called")
         if self.fam4 is None:
             raise EngineError("Core.update before Core.load")
-        names = self.services + list(services)
-        cs = [_check_update(t4, False, len(names)), _check_update(t6, True, len(names))]
+        added = list(services)
+        n = len(self.services) + len(added)
+        cs = [_check_update(t4, False, n), _check_update(t6, True, n)]
         cdef _Blocks b4 = _make_blocks(cs[0][0], False)
         cdef _Blocks b6 = _make_blocks(cs[1][0], True)
-        return self._install(b4, cs[0][1], b6, cs[1][1], names)
+        return self._install(b4, cs[0][1], b6, cs[1][1], added)
 
     def update_ports(self, p4, r4, p6, r6, services):
         if not self.ready:
             raise EngineError("Core.__init__ was not called")
         if self.fam4 is None:
             raise EngineError("Core.update before Core.load")
-        names = self.services + list(services)
-        p4 = check_ports(p4, r4, False, len(names))
-        p6 = check_ports(p6, r6, True, len(names))
+        added = list(services)
+        n = len(self.services) + len(added)
+        p4 = check_ports(p4, r4, False, n)
+        p6 = check_ports(p6, r6, True, n)
         cdef _Blocks b4 = _spec_blocks(p4, False)
         cdef _Blocks b6 = _spec_blocks(p6, True)
-        return self._install(b4, list(r4), b6, list(r6), names)
+        return self._install(b4, list(r4), b6, list(r6), added)
 
-    cdef object _install(self, _Blocks b4, list removed4, _Blocks b6, list removed6, list names):
+    cdef object _install(self, _Blocks b4, list removed4, _Blocks b6, list removed6, list added):
         cdef int stale4 = 0, stale6 = 0
         cdef int64_t dropped = 0
         cdef kp_fam *f4 = &self.fam4.f
@@ -891,7 +893,9 @@ cdef class Core:
                 f6.sel_any = f6.sel_any or b6.any_sel
                 self._lock()
                 PyThread_release_lock(self.lock)
-            self.services = names  # before the records that name them
+            # before the records that name them; in place: a copy of 100,000 names costs
+            # more than the rest of an update (Decisions keep the list, and old indices stay)
+            self.services.extend(added)
             _check(kp_fam_install(f4, b4.b, <int32_t>b4.n, r4, <int32_t>rem4.shape[0], &stale4))
             b4.taken = True
             _check(kp_fam_install(f6, b6.b, <int32_t>b6.n, r6, <int32_t>rem6.shape[0], &stale6))
