@@ -502,27 +502,35 @@ def _bench_sweep(args: argparse.Namespace) -> int:
             sys.stderr.write("\r" + " " * width + "\r")
             sys.stderr.flush()
 
+    rows: list[sweep.SweepRow] = []
+
     def on_row(row: sweep.SweepRow) -> None:
         clear()
+        rows.append(row)
         if not args.json:
             print(sweep.format_row(row), flush=True)
+
+    def report() -> None:
+        if args.json:
+            print(json.dumps(sweep.to_json(rows, notes), indent=2))
+        else:
+            for line in sweep.footer(rows, notes):
+                print(line)
 
     if not args.json:
         print(sweep.header(), flush=True)
     try:
-        rows = sweep.run_sweep(sizes, args.endpoints, args.packets, flows, on_row=on_row,
-                               progress=progress if tty else None, notes=notes, min_time=args.min_time,
-                               apply_reps=args.reps, trace_reps=args.reps)
+        sweep.run_sweep(sizes, args.endpoints, args.packets, flows, on_row=on_row,
+                        progress=progress if tty else None, notes=notes, min_time=args.min_time,
+                        apply_reps=args.reps, trace_reps=args.reps)
     except sweep.SweepMemoryError as e:
         clear()
+        if rows:  # the sizes measured before the one that does not fit are worth keeping
+            report()
         raise UsageError(f"--sweep: {e}") from None
     finally:
         clear()
-    if args.json:
-        print(json.dumps(sweep.to_json(rows, notes), indent=2))
-    else:
-        for line in sweep.footer(rows, notes):
-            print(line)
+    report()
     if args.plot is not None:
         sweep.plot(rows, args.plot)
         if not args.json:

@@ -135,6 +135,20 @@ def test_sweep_too_big_for_memory(capsys: pytest.CaptureFixture[str]) -> None:
     assert err.count("\n") == 1 and "available" in err
 
 
+def test_sizes_before_the_one_that_does_not_fit_are_kept(capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    def check(services: int, endpoints: int, measured: Any = (), twin: bool = False) -> None:
+        if services > 100:
+            raise sweep.SweepMemoryError(f"{services} service ports × {endpoints} endpoints need about 1.0 GiB")
+
+    monkeypatch.setattr(sweep, "check_memory", check)
+    rc, out, err = _run(capsys, "bench", "--sweep", "50,200", "--endpoints", "2", "--packets", "2000",
+                        "--min-time", "0.01", "--reps", "3", "--json")
+    assert rc == 2
+    assert err == "kproxy: error: --sweep: 200 service ports × 2 endpoints need about 1.0 GiB\n"
+    assert [r["service_ports"] for r in json.loads(out)["rows"]] == [50]
+
+
 def test_memory_error_while_measuring_is_one_line(capsys: pytest.CaptureFixture[str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: Any, **kw: Any) -> sweep.SweepRow:
