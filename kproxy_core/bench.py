@@ -11,7 +11,7 @@ must agree with the engine (the benchmarks assert it).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +79,46 @@ def synthetic_cluster(
         svcs[svc.key] = svc
         slices[sl.key] = sl
     return Cluster(svcs, slices, node_objs)
+
+
+def synthetic_objects(services: int, endpoints: int, nodes: int = 3) -> Iterator[dict[str, Any]]:
+    """The manifests of :func:`synthetic_cluster` (random selector) as ``Cluster.from_objects``
+    takes them: the Nodes, then each Service followed by its EndpointSlice."""
+    for i in range(nodes):
+        yield {
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": f"node-{i}"},
+            "spec": {"podCIDR": f"100.64.{i}.0/24", "podCIDRs": [f"100.64.{i}.0/24"]},
+            "status": {"addresses": [{"type": "InternalIP", "address": f"192.168.0.{i + 1}"}]},
+        }
+    ep_ip = POD_BASE
+    for i in range(services):
+        name = f"svc-{i}"
+        cip = _ip(SERVICE_BASE + i + 1)
+        yield {
+            "apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "bench", "name": name},
+            "spec": {
+                "type": "ClusterIP", "clusterIP": cip, "clusterIPs": [cip], "ipFamilies": ["IPv4"],
+                "selector": {"app": name}, "ports": [{"name": "http", "protocol": "TCP", "port": 80}],
+            },
+        }
+        yield slice_object(name, [_ip(ep_ip + j) for j in range(endpoints)], nodes)
+        ep_ip += endpoints
+
+
+def slice_object(service: str, addresses: Sequence[str], nodes: int = 3) -> dict[str, Any]:
+    """The EndpointSlice manifest of a synthetic service (``<service>-abc``): ready endpoints at
+    ``addresses``, the j-th on node ``j % nodes``, port http 8080/TCP."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"namespace": "bench", "name": f"{service}-abc",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+        "endpoints": [
+            {"addresses": [a], "conditions": {"ready": True}, "nodeName": f"node-{j % nodes}"}
+            for j, a in enumerate(addresses)
+        ],
+    }
 
 
 @dataclass

@@ -415,8 +415,16 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.sweep is not None:
+        return _bench_sweep(args)
+    if args.plot is not None:
+        raise UsageError("--plot: draws a sweep; give --sweep N1,N2,...")
     from .bench import run_bench
 
+    if args.services is None:
+        args.services = 10_000
+    if args.flows is None:
+        args.flows = 100_000
     for name in ("services", "endpoints", "packets"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name}: must be at least 1")
@@ -437,6 +445,96 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"  {k.ljust(width)}  {v / 1e6:10.3f} M lookups/s")
     for k, v in res["ratios"].items():
         print(f"  {k.ljust(width)}  {v:10.1f} x")
+    return 0
+
+
+MAX_SWEEP_ENDPOINTS = 1 << 26  # the synthetic pod addresses run from 100.64.0.0 and must stay IPv4
+
+
+def _sweep_sizes(text: str) -> list[int]:
+    sizes = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            n = int(item)
+        except ValueError:
+            raise UsageError(f"--sweep: {item!r} is not a whole number of service ports") from None
+        if n < 1:
+            raise UsageError(f"--sweep: {n} service ports: must be at least 1")
+        sizes.append(n)
+    return sorted(set(sizes))
+
+
+def _bench_sweep(args: argparse.Namespace) -> int:
+    from . import sweep
+
+    sizes = _sweep_sizes(args.sweep)
+    if args.services is not None:
+        raise UsageError("--services: the sweep sets the sizes; give one or the other")
+    if args.selector is not None:
+        raise UsageError("--selector: the sweep (and its roofline) measures kube-proxy's random choice only")
+    for name in ("endpoints", "packets", "reps"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name}: must be at least 1")
+    if args.flows is not None and args.flows < 0:
+        raise UsageError("--flows: must be 0 (every packet its own flow) or more")
+    if sizes[-1] * args.endpoints > MAX_SWEEP_ENDPOINTS:
+        raise UsageError(f"--sweep: {sizes[-1]} service ports × {args.endpoints} endpoints: more than "
+                         f"{MAX_SWEEP_ENDPOINTS} endpoints in all")
+    if args.plot is not None:
+        why = sweep.plot_available()
+        if why is not None:
+            raise UsageError("--plot needs matplotlib: pip install 'kproxy-core[plot]'")
+    flows = None if not args.flows else args.flows
+    tty = sys.stderr.isatty() and not args.no_progress
+    notes: dict[str, str] = {}
+    width = 0
+
+    def progress(n: int, stage: str) -> None:
+        nonlocal width
+        line = f"{PROG} bench: {n:,} service ports: {stage}..."
+        sys.stderr.write("\r" + line.ljust(width))
+        sys.stderr.flush()
+        width = len(line)
+
+    def clear() -> None:
+        if width:
+            sys.stderr.write("\r" + " " * width + "\r")
+            sys.stderr.flush()
+
+    rows: list[sweep.SweepRow] = []
+
+    def on_row(row: sweep.SweepRow) -> None:
+        clear()
+        rows.append(row)
+        if not args.json:
+            print(sweep.format_row(row), flush=True)
+
+    def report() -> None:
+        if args.json:
+            print(json.dumps(sweep.to_json(rows, notes), indent=2))
+        else:
+            for line in sweep.footer(rows, notes):
+                print(line)
+
+    if not args.json:
+        print(sweep.header(), flush=True)
+    try:
+        sweep.run_sweep(sizes, args.endpoints, args.packets, flows, on_row=on_row,
+                        progress=progress if tty else None, notes=notes, min_time=args.min_time,
+                        apply_reps=args.reps, trace_reps=args.reps)
+    except sweep.SweepMemoryError as e:
+        clear()
+        if rows:  # the sizes measured before the one that does not fit are worth keeping
+            report()
+        raise UsageError(f"--sweep: {e}") from None
+    finally:
+        clear()
+    report()
+    if args.plot is not None:
+        sweep.plot(rows, args.plot)
+        if not args.json:
+            print(f"plot: {args.plot}")
     return 0
 
 
@@ -654,12 +752,24 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
 
-    b = sub.add_parser("bench", help="lookups/s: compiled engine, pure-Python twin, numpy baseline")
-    b.add_argument("--services", type=int, default=10_000)
-    b.add_argument("--endpoints", type=int, default=10)
-    b.add_argument("--packets", type=int, default=1_000_000)
-    b.add_argument("--flows", type=int, default=100_000, help="distinct flows (0: every packet new)")
+    b = sub.add_parser(
+        "bench", help="lookups/s: compiled engine, pure-Python twin, numpy baseline; --sweep: how it scales",
+        description="Measure the engine on a synthetic cluster of ClusterIP services. With --sweep, one row "
+                    "per size: build, apply, trace, bytes per service port, and lookups/s against the roofline "
+                    "(a lean C loop on the same keys, compiled with the system C compiler).",
+    )
+    b.add_argument("--services", type=int, default=None, help="service ports (default 10000; not with --sweep)")
+    b.add_argument("--endpoints", type=int, default=10, help="endpoints per service port (default 10)")
+    b.add_argument("--packets", type=int, default=1_000_000, help="packets per lookup batch (default 1000000)")
+    b.add_argument("--flows", type=int, default=None,
+                   help="distinct flows (0: every packet new; default 100000, with --sweep every packet its own)")
     b.add_argument("--min-time", type=float, default=0.5, help="seconds per measurement")
+    b.add_argument("--sweep", metavar="N1,N2,...",
+                   help="one row per cluster size (service ports), e.g. 1000,10000,100000,1000000")
+    b.add_argument("--plot", metavar="FILE.png", help="with --sweep: draw the curves (needs kproxy-core[plot])")
+    b.add_argument("--reps", type=int, default=200,
+                   help="with --sweep: apply and trace calls per size (default 200; apply stops early after 20 s)")
+    b.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     from .selectors import SELECTOR_KINDS
 
     b.add_argument("--selector", choices=SELECTOR_KINDS, default=None,

@@ -1,0 +1,1 @@
+../kproxy_core/roofline.c
