@@ -361,18 +361,25 @@ cdef _Fam _new_fam(dict c, bint v6):
 
 
 cdef class _Blocks:
-    """Blocks built from checked tables, freed unless installed (``taken``)."""
+    """Blocks built in a family's arena, given back to it unless installed (``taken``).
+    Built and discarded only by the family's writer (the Core's writer lock, or a family
+    no one else sees yet)."""
     cdef kp_blk **b
     cdef Py_ssize_t n
     cdef bint taken
     cdef bint any_sel
+    cdef _Fam fam
+
+    cdef void discard(self):
+        cdef Py_ssize_t i
+        if self.b != NULL and not self.taken:
+            for i in range(self.n):
+                kp_blk_discard(&self.fam.f, self.b[i])
+            self.taken = True
 
     def __dealloc__(self):
-        cdef Py_ssize_t i
+        self.discard()
         if self.b != NULL:
-            if not self.taken:
-                for i in range(self.n):
-                    kp_aligned_free(self.b[i])
             free(self.b)
 
 
@@ -380,11 +387,12 @@ cdef inline kp_a6 _row_a6(const uint8_t[:, :] u6, Py_ssize_t i) noexcept nogil:
     return kp_a6_load(&u6[i, 0])
 
 
-cdef _Blocks _make_blocks(dict c, bint v6):
+cdef _Blocks _make_blocks(dict c, bint v6, _Fam fam):
     """One block per port of checked tables: its records, the keys that point at them,
     its pools, weights, lookup tables and KUBE-FW sources."""
     cdef Py_ssize_t nport = len(c["port_service"]), i, k, j, r, e
     cdef _Blocks out = _Blocks.__new__(_Blocks)
+    out.fam = fam
     rec_port_a = c["rec_port"]
     fe_owner = rec_port_a[c["fe_rec"]] if len(c["fe_rec"]) else np.zeros(0, np.int64)
     np_owner = rec_port_a[c["np_rec"]] if len(c["np_rec"]) else np.zeros(0, np.int64)
@@ -465,7 +473,7 @@ cdef _Blocks _make_blocks(dict c, bint v6):
     for i in range(nport):
         n0 = <int32_t>pln[i, 0]
         n1 = <int32_t>pln[i, 1]
-        b = kp_blk_new(v6, <int32_t>(rec_off[i + 1] - rec_off[i]), <int32_t>key_count[i], n0, n1, psel[i],
+        b = kp_blk_new(&fam.f.arena, v6, <int32_t>(rec_off[i + 1] - rec_off[i]), <int32_t>key_count[i], n0, n1, psel[i],
                        tln[i, 0] if n0 else 0, tln[i, 1] if n1 else 0, <int32_t>fw_count[i])
         if b == NULL:
             raise MemoryError("kproxy_core._engine: out of memory")
@@ -544,10 +552,11 @@ cdef _Blocks _make_blocks(dict c, bint v6):
     return out
 
 
-cdef _Blocks _spec_blocks(list specs, bint v6):
+cdef _Blocks _spec_blocks(list specs, bint v6, _Fam fam):
     """One block per checked PortSpec (see _engine_py.PortSpec)."""
     cdef Py_ssize_t n = len(specs), i, j, k, w, width = 16 if v6 else 4
     cdef _Blocks out = _Blocks.__new__(_Blocks)
+    out.fam = fam
     cdef kp_blk *b
     cdef kp_rec *R
     cdef kp_key *K
@@ -579,7 +588,7 @@ cdef _Blocks _spec_blocks(list specs, bint v6):
         nfw = 0
         for rec in recs:
             nfw += len(rec[4])
-        b = kp_blk_new(v6, <int32_t>len(recs), <int32_t>len(keys), n0, n1, sel, t0, t1, nfw)
+        b = kp_blk_new(&fam.f.arena, v6, <int32_t>len(recs), <int32_t>len(keys), n0, n1, sel, t0, t1, nfw)
         if b == NULL:
             raise MemoryError("kproxy_core._engine: out of memory")
         out.b[i] = b
@@ -665,7 +674,7 @@ cdef _Fam _build_fam(object t, bint v6, Py_ssize_t nsvc):
     if max(len(c["rec_port"]), len(c["port_service"]), nsvc) > 0x7FFFFFFF:
         raise ValueError("tables: more than 2**31 - 1 rows")
     cdef _Fam fam = _new_fam(c, v6)
-    cdef _Blocks blocks = _make_blocks(c, v6)
+    cdef _Blocks blocks = _make_blocks(c, v6, fam)
     cdef int stale = 0
     fam.f.sel_any = blocks.any_sel
     _check(kp_fam_install(&fam.f, blocks.b, <int32_t>blocks.n, NULL, 0, &stale))
@@ -855,9 +864,19 @@ cdef class Core:
         added = list(services)
         n = len(self.services) + len(added)
         cs = [_check_update(t4, False, n), _check_update(t6, True, n)]
-        cdef _Blocks b4 = _make_blocks(cs[0][0], False)
-        cdef _Blocks b6 = _make_blocks(cs[1][0], True)
-        return self._install(b4, cs[0][1], b6, cs[1][1], added)
+        cdef _Blocks b4 = None
+        cdef _Blocks b6 = None
+        self._wlock()
+        try:
+            b4 = _make_blocks(cs[0][0], False, self.fam4)
+            b6 = _make_blocks(cs[1][0], True, self.fam6)
+            return self._install(b4, cs[0][1], b6, cs[1][1], added)
+        finally:
+            if b4 is not None:
+                b4.discard()
+            if b6 is not None:
+                b6.discard()
+            PyThread_release_lock(self.wlock)
 
     def update_ports(self, p4, r4, p6, r6, services):
         if not self.ready:
@@ -868,9 +887,19 @@ cdef class Core:
         n = len(self.services) + len(added)
         p4 = check_ports(p4, r4, False, n)
         p6 = check_ports(p6, r6, True, n)
-        cdef _Blocks b4 = _spec_blocks(p4, False)
-        cdef _Blocks b6 = _spec_blocks(p6, True)
-        return self._install(b4, list(r4), b6, list(r6), added)
+        cdef _Blocks b4 = None
+        cdef _Blocks b6 = None
+        self._wlock()
+        try:
+            b4 = _spec_blocks(p4, False, self.fam4)
+            b6 = _spec_blocks(p6, True, self.fam6)
+            return self._install(b4, list(r4), b6, list(r6), added)
+        finally:
+            if b4 is not None:
+                b4.discard()
+            if b6 is not None:
+                b6.discard()
+            PyThread_release_lock(self.wlock)
 
     cdef object _install(self, _Blocks b4, list removed4, _Blocks b6, list removed6, list added):
         cdef int stale4 = 0, stale6 = 0
@@ -884,8 +913,7 @@ cdef class Core:
         cdef int32_t *r4 = &rem4[0] if rem4.shape[0] else NULL
         cdef int32_t *r6 = &rem6[0] if rem6.shape[0] else NULL
         cdef Py_ssize_t i
-        self._wlock()
-        try:
+        if True:  # the caller holds the writer lock
             if (b4.any_sel and not f4.sel_any) or (b6.any_sel and not f6.sel_any):
                 # batches pick their loop once: the first non-random selector waits for
                 # the batches running with the random-only loop to end
@@ -914,8 +942,6 @@ cdef class Core:
                 PyThread_release_lock(self.lock)
             elif f4.nretired + f6.nretired:
                 self._reclaim(f4.nretired + f6.nretired > 4096)
-        finally:
-            PyThread_release_lock(self.wlock)
         return dropped
 
     cdef void _reclaim(self, bint wait):

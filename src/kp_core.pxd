@@ -81,6 +81,9 @@ cdef extern from "kp_core.h" nogil:
         int32_t *tab
         void *fw
 
+    ctypedef struct kp_arena:
+        char *cur
+
     ctypedef struct kp_htab:
         uint64_t cap
         int64_t live
@@ -118,6 +121,7 @@ cdef extern from "kp_core.h" nogil:
         int32_t nsvc
         int64_t nblk, blk_bytes
         int64_t nretired, cretired
+        kp_arena arena
 
     ctypedef struct kp_state:
         uint64_t seed
@@ -158,10 +162,10 @@ cdef extern from "kp_core.h" nogil:
                     int32_t nscidr, int64_t nfe, int64_t nnp)
     void kp_fam_free(kp_fam *f)
     void kp_fam_sort(kp_fam *f)
-    kp_blk *kp_blk_new(int v6, int32_t nrec, int32_t nkey, int32_t n0, int32_t n1, uint8_t sel,
+    kp_blk *kp_blk_new(kp_arena *arena, int v6, int32_t nrec, int32_t nkey, int32_t n0, int32_t n1, uint8_t sel,
                        int64_t tlen0, int64_t tlen1, int32_t nfw)
     int kp_blk_finish(kp_blk *b, uint32_t affinity, uint64_t seed)
-    void kp_aligned_free(void *p)
+    void kp_blk_discard(kp_fam *f, kp_blk *b)
     int kp_fam_install(kp_fam *f, kp_blk **nb, int32_t n, const int32_t *removed, int32_t nrem,
                        int *stale)
     void kp_fam_reclaim(kp_fam *f)
