@@ -1,0 +1,642 @@
+"""Engine.apply() against a rebuild from scratch: a long-lived engine fed random sequences
+of adds, replacements and deletions decides every packet as an engine built afresh on the
+same objects, and its tracked flows survive or go as the new pools say.
+
+Only self-agreement is possible here: the fresh engine is the oracle (test_differential,
+the kube-proxy tables and the kernel tests vouch for it), and the twins must agree with
+each other after the same history."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
+from k8s import ep, eport, lb, node, port, service, slice_
+from test_differential import LB_RANGES, PROTOS, SELECTOR_TEXTS
+
+import kproxy_core as kp
+from kproxy_core.plugins import make_plugin_manager
+from kproxy_core.servicetypes import ServiceTypeRegistry
+
+IMPLS = [impl for impl in ("compiled", "python") if impl == "python" or kp.COMPILED_AVAILABLE]
+FAMILIES = ("IPv4", "IPv6")
+NS = "ns"
+N_SVC = 5  # Services s0..s4; EndpointSlices may also point to s5, which never exists
+PROTO_OF = ("TCP", "UDP", "SCTP")  # the usual protocol of port p0, p1, p2 (so slices mostly match)
+SHARED_NODE_PORTS = (30000, 30001, 30002)  # drawn now and then: collisions are rejected
+EXTERNAL_IPS = ("192.168.99.1", "192.168.99.2", "fd00:99::1", "fd00:99::2")  # shared: duplicates happen
+LB_INGRESS: tuple[str | dict[str, Any], ...] = (
+    "192.168.98.1", "192.168.98.2", "fd00:98::1", "203.0.113.77",
+    {"ip": "192.168.97.1", "ipMode": "Proxy"}, {"hostname": "lb.example"})
+BOX_IPS = ("192.0.2.1", "192.0.2.2", "2001:db8:2::1", "2001:db8:2::2")
+BOX_IP, BOX_POLICY = "box.test/ip", "box.test/policy"
+OWN_NODE = "n1"
+
+
+# --------------------------------------------------------------------------- plugin types
+
+
+class BoxType(kp.ServiceType):
+    """A ClusterIP Service also reachable on the addresses of its box.test/ip annotation."""
+
+    name = "Box"
+
+    def frontends(self, service: kp.Service, port: kp.ServicePort, family: str,
+                  cluster: kp.Cluster) -> Iterator[kp.FrontendSpec]:
+        if service.cluster_ip_for(family) is None:  # type: ignore[arg-type]
+            return
+        policy = service.annotations.get(BOX_POLICY, "internal")
+        for ip in service.annotations.get(BOX_IP, "").split(","):
+            if ip and (":" in ip) == (family == "IPv6"):
+                yield kp.FrontendSpec(ip, "Box", policy=policy)  # type: ignore[arg-type]
+
+
+def ranked_vip(rank: int, family: str) -> str:
+    return f"2001:db8:5100::{10 + rank:x}" if family == "IPv6" else f"198.51.100.{10 + rank}"
+
+
+class RankedType(kp.ServiceType):
+    """cluster_wide: the extra VIP is numbered by the Service's rank among all Services, so
+    adding or deleting any Service moves the VIPs of the Ranked Services after it."""
+
+    name = "Ranked"
+    cluster_wide = True
+
+    def frontends(self, service: kp.Service, port: kp.ServicePort, family: str,
+                  cluster: kp.Cluster) -> Iterator[kp.FrontendSpec]:
+        if service.cluster_ip_for(family) is None:  # type: ignore[arg-type]
+            return
+        rank = sorted(cluster.services).index(service.key)
+        yield kp.FrontendSpec(ranked_vip(rank, family), "Ranked", policy="external")
+
+
+class TypesPlugin:
+    @kp.hookimpl
+    def kproxy_register_service_types(self, registry: ServiceTypeRegistry) -> None:
+        registry.register(BoxType())
+        registry.register(RankedType())
+
+
+PM = make_plugin_manager([TypesPlugin()], entry_points=False)
+
+
+# --------------------------------------------------------------------------- objects
+
+def sometimes(draw: Callable[..., Any], one_in: int) -> bool:
+    """True about once in ``one_in`` draws; False is the simple case hypothesis shrinks to."""
+    return bool(draw(st.integers(1, one_in)) == one_in)
+
+
+def selector_annotations(draw: st.DrawFn, i: int) -> dict[str, str]:
+    """kproxy-core.io/ endpoint selector annotations for s{i}, as test_differential's but
+    rarer (weights that leave endpoints out make many pools empty)."""
+    ann: dict[str, str] = {}
+    if sometimes(draw, 2):
+        ann["kproxy-core.io/selector"] = draw(st.sampled_from(SELECTOR_TEXTS))
+    if sometimes(draw, 5):
+        keys = [f"10.{k % 3}.{i}.{k + 1}" for k in range(4)] + [f"fd00:10::{i}:{k + 1}" for k in range(4)]
+        chosen = draw(st.lists(st.sampled_from(keys), max_size=5, unique=True))
+        ann["kproxy-core.io/weights"] = ",".join(f"{k}={draw(st.integers(0, 5))}" for k in chosen)
+    if sometimes(draw, 6):
+        ann["kproxy-core.io/maglev-table-size"] = draw(st.sampled_from(["3", "7", "251", "1021"]))
+    if sometimes(draw, 4):
+        ann["kproxy-core.io/maglev-seed"] = str(draw(st.integers(0, 2**64 - 1)))
+    return ann
+
+
+SERVICE_KINDS = ("ClusterIP", "ClusterIP", "NodePort", "NodePort", "LoadBalancer", "LoadBalancer", "Box", "Ranked",
+                 "ExternalName", "headless")
+
+
+@st.composite
+def service_objs(draw: st.DrawFn, i: int) -> dict[str, Any]:
+    kind = draw(st.sampled_from(SERVICE_KINDS))
+    typ = "ClusterIP" if kind == "headless" else kind
+    host = i + 1
+    if sometimes(draw, 6):
+        host += 50  # readdressed
+    if sometimes(draw, 12):
+        host = draw(st.integers(1, N_SVC))  # maybe another Service's ClusterIP: rejected while it holds it
+    v4, v6 = f"172.30.0.{host}", f"fd00:30::{host:x}"
+    cips: list[str] = draw(st.sampled_from([[v4], [v6], [v4, v6], [v6, v4]]))
+    if kind == "headless":
+        cips = ["None"]
+    elif kind == "ExternalName":
+        cips = []
+    with_np = typ == "NodePort" or (typ == "LoadBalancer" and draw(st.booleans()))
+    ports = []
+    for j in range(draw(st.integers(1, 3))):
+        proto = draw(st.sampled_from(PROTOS)) if sometimes(draw, 4) else PROTO_OF[j]
+        np_ = None
+        if with_np:
+            np_ = draw(st.sampled_from(SHARED_NODE_PORTS)) if sometimes(draw, 8) else 31000 + 10 * i + j
+        ports.append(port(80 + j, f"p{j}", proto, node_port=np_))
+    spec: dict[str, Any] = {}
+    if kind == "ExternalName":
+        spec["externalName"] = "db.example.com"
+    elif kind != "headless":
+        if typ in ("NodePort", "LoadBalancer"):
+            spec["externalTrafficPolicy"] = "Local" if sometimes(draw, 3) else "Cluster"
+        spec["internalTrafficPolicy"] = "Local" if sometimes(draw, 4) else "Cluster"
+        if sometimes(draw, 4):
+            spec["sessionAffinity"] = "ClientIP"
+            spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": draw(st.integers(1, 50))}}
+        if sometimes(draw, 3):
+            spec["externalIPs"] = draw(st.lists(st.sampled_from(EXTERNAL_IPS), min_size=1, max_size=2, unique=True))
+        if typ == "LoadBalancer":
+            if not with_np:
+                spec["allocateLoadBalancerNodePorts"] = False
+            if draw(st.booleans()):
+                spec["loadBalancerSourceRanges"] = draw(st.lists(st.sampled_from(LB_RANGES), min_size=1, max_size=3))
+    svc = service(NS, f"s{i}", cips, ports, type=typ, **spec)
+    ann = selector_annotations(draw, i) if kind not in ("ExternalName", "headless") else {}
+    if kind == "Box":
+        ann[BOX_IP] = ",".join(draw(st.lists(st.sampled_from(BOX_IPS), min_size=1, max_size=2, unique=True)))
+        ann[BOX_POLICY] = draw(st.sampled_from(["internal", "external"]))
+    svc["metadata"]["annotations"] = ann
+    if typ == "LoadBalancer":
+        lb(svc, *draw(st.lists(st.sampled_from(LB_INGRESS), max_size=3, unique_by=str)))
+    return svc
+
+
+@st.composite
+def slice_objs(draw: st.DrawFn, i: int, part: str, svc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """EndpointSlice ``s{i}-{part}``: mostly for s{i}, now and then (relabelled) for
+    another Service or for s5, which does not exist; slices a, b and c of one i draw
+    from the same four addresses, so one endpoint is often listed in two slices. With
+    ``svc``: for that Service, mostly of its families and protocols."""
+    target = draw(st.integers(0, N_SVC)) if svc is None and sometimes(draw, 6) else i
+    families = list(FAMILIES)
+    protos = dict(enumerate(PROTO_OF))
+    if svc is not None:
+        families = sorted({"IPv6" if ":" in ip else "IPv4" for ip in svc["spec"].get("clusterIPs", [])}) or families
+        protos = {int(p["name"][1:]): p["protocol"] for p in svc["spec"]["ports"]}
+    fam = draw(st.sampled_from(families))
+    eps = []
+    keys = [] if sometimes(draw, 8) else draw(st.lists(st.integers(0, 3), min_size=1, max_size=4, unique=True))
+    hinted = sometimes(draw, 5)  # topology hints on every endpoint, or on none
+    for k in keys:
+        ip = f"10.{k % 3}.{i}.{k + 1}" if fam == "IPv4" else f"fd00:10::{i}:{k + 1}"
+        ready = not sometimes(draw, 5)
+        eps.append(ep(ip, draw(st.sampled_from(["n1", "n2", "n3", None])), ready=ready,
+                      serving=ready or draw(st.booleans()), terminating=not ready and draw(st.booleans()),
+                      zone_hints=draw(st.sampled_from([["za"], ["zb"]])) if hinted else None))
+    names = draw(st.lists(st.sampled_from(sorted(protos)), min_size=1, max_size=3, unique=True))
+    eports = [eport(8000 + j, f"p{j}", draw(st.sampled_from(PROTOS)) if sometimes(draw, 8) else protos.get(j, "TCP"))
+              for j in names]
+    return slice_(NS, f"s{target}", eps, eports, name=f"s{i}-{part}", family=fam)
+
+
+@st.composite
+def service_with_slices(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Service s{i} and one to three EndpointSlices that fit it (mostly)."""
+    i = draw(st.integers(0, N_SVC - 1))
+    svc = draw(service_objs(i))
+    parts = draw(st.lists(st.sampled_from("abc"), min_size=1, max_size=3, unique=True))
+    return [svc, *(draw(slice_objs(i, part, svc)) for part in parts)]
+
+
+@st.composite
+def node_objs(draw: st.DrawFn, k: int) -> dict[str, Any]:
+    """Node n{k} (n4 is not there at the start), readdressed or rezoned now and then."""
+    v4 = f"192.168.0.{k + draw(st.sampled_from([0, 10]))}"
+    v6 = f"fd00:1::{k + draw(st.sampled_from([0, 10])):x}"
+    ips = draw(st.sampled_from([[v4, v6], [v4], [v6, v4], [v4, f"192.168.0.{k + 10}"]]))
+    return node(f"n{k}", *dict.fromkeys(ips), pod_cidr=f"10.{k - 1}.0.0/24",
+                zone=draw(st.sampled_from(["za", "zb", None])))
+
+
+@st.composite
+def any_object(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["Service"] * 3 + ["EndpointSlice"] * 3 + ["Node"]))
+    if kind == "Service":
+        return draw(service_objs(draw(st.integers(0, N_SVC - 1))))
+    if kind == "EndpointSlice":
+        return draw(slice_objs(draw(st.integers(0, N_SVC - 1)), draw(st.sampled_from("abc"))))
+    return draw(node_objs(draw(st.integers(1, 4))))
+
+
+def bad_object(draw: st.DrawFn) -> dict[str, Any]:
+    """An object apply() must refuse on its own."""
+    which = draw(st.sampled_from(["port", "type", "slice"]))
+    if which == "port":
+        return service(NS, f"s{draw(st.integers(0, N_SVC - 1))}", "172.30.0.1", [port(70000, "p0")])
+    if which == "type":
+        return service(NS, f"s{draw(st.integers(0, N_SVC - 1))}", "172.30.0.1", [port(80, "p0")], type="Nope")
+    bad = slice_(NS, "s0", [ep("10.0.0.1")], [eport(8000, "p0")], name="s0-a")
+    bad["endpoints"][0]["addresses"] = ["not-an-ip"]
+    return bad
+
+
+def key_of(obj: dict[str, Any]) -> tuple[str, str, str]:
+    meta = obj["metadata"]
+    return obj["kind"], meta.get("namespace", ""), meta["name"]
+
+
+OPTIONS = st.fixed_dictionaries({
+    "node": st.sampled_from([OWN_NODE, None]),
+    "mode": st.sampled_from(["iptables", "nftables"]),
+    "cluster_cidr": st.sampled_from([None, "10.0.0.0/8,fd00:10::/64"]),
+    "masquerade_all": st.sampled_from([False, False, True]),
+    "nodeport_addresses": st.sampled_from([None, None, "192.168.0.0/24,fd00:1::/64"]),
+    "seed": st.integers(0, 2**64 - 1),
+}).map(lambda o: {**o, "service_cidrs": "172.30.0.0/24,fd00:30::/112" if o["mode"] == "nftables" else None})
+
+
+# --------------------------------------------------------------------------- packets
+
+
+def _v6(a: str) -> bool:
+    return ":" in a
+
+
+VIPS = ([f"172.30.0.{h}" for h in (*range(1, N_SVC + 1), *range(51, N_SVC + 51))]
+        + [f"fd00:30::{h:x}" for h in (*range(1, N_SVC + 1), *range(51, N_SVC + 51))]
+        + list(EXTERNAL_IPS) + [i if isinstance(i, str) else i.get("ip", "") for i in LB_INGRESS]
+        + list(BOX_IPS) + [ranked_vip(r, f) for r in range(N_SVC) for f in FAMILIES]
+        + ["172.30.0.99", "8.8.8.8", "fd00:30::99", "2001:db8:ffff::1"])
+VIPS = [a for a in VIPS if a]
+# the own node's addresses before and after a readdressing, and another node's
+NODE_ADDRS = ["192.168.0.1", "192.168.0.11", "192.168.0.2", "fd00:1::1", "fd00:1::b", "fd00:1::2"]
+NODE_PORTS = sorted({31000 + 10 * i + j for i in range(N_SVC) for j in range(3)} | set(SHARED_NODE_PORTS) | {80, 9999})
+# a pod, a node, clients inside and outside the load-balancer source ranges
+SOURCES = {False: ["10.0.0.7", "192.168.0.2", "203.0.113.9", "198.18.0.1"],
+           True: ["fd00:10::7", "fd00:1::2", "2001:db8::9", "2001:db8:ff::1"]}
+HAIRPIN = {False: "10.1.0.2", True: "fd00:10::0:2"}  # an endpoint of s0, to s0's ClusterIPs
+# tracked flows come only from these, so their flows and affinity never touch the stateless
+# packets and traces above
+FLOW_SOURCES = {False: ["10.0.0.8", "203.0.113.10"], True: ["fd00:10::8", "2001:db8::10"]}
+
+Packet = tuple[str, str, int, str, int]
+
+
+def universe(v6: bool) -> list[Packet]:
+    """Every frontend any Service can have (present or gone), from every kind of source."""
+    rng = random.Random(6 if v6 else 4)
+    out: list[tuple[str, str, int, str]] = []
+    services = [(p, pr) for p in (80, 81, 82) for pr in PROTOS] + [(9999, "TCP")]
+    for dst in (a for a in VIPS if _v6(a) == v6):
+        out += [(s, dst, p, pr) for s in SOURCES[v6] for p, pr in services]
+    for dst in ("172.30.0.1", "172.30.0.51", "fd00:30::1", "fd00:30::33"):
+        out += [(HAIRPIN[v6], dst, p, pr) for p, pr in services if _v6(dst) == v6]
+    for dst in (a for a in NODE_ADDRS if _v6(a) == v6):
+        out += [(s, dst, p, pr) for s in SOURCES[v6][:3] for p in NODE_PORTS for pr in PROTOS]
+    lo = "::1" if v6 else "127.0.0.1"
+    out += [(lo, lo, p, pr) for p in NODE_PORTS for pr in PROTOS]
+    return [(*r, rng.randrange(1, 65536)) for r in out]
+
+
+def columns(rows: list[Packet], v6: bool) -> tuple[np.ndarray, ...]:
+    if v6:
+        src = np.array([list(ipaddress.ip_address(r[0]).packed) for r in rows], dtype=np.uint8).reshape(-1, 16)
+        dst = np.array([list(ipaddress.ip_address(r[1]).packed) for r in rows], dtype=np.uint8).reshape(-1, 16)
+    else:
+        src = np.array([int(ipaddress.ip_address(r[0])) for r in rows], dtype=np.uint32)
+        dst = np.array([int(ipaddress.ip_address(r[1])) for r in rows], dtype=np.uint32)
+    dport = np.array([r[2] for r in rows], dtype=np.uint16)
+    proto = np.array([{"TCP": 6, "UDP": 17, "SCTP": 132}[r[3]] for r in rows], dtype=np.uint8)
+    sport = np.array([r[4] for r in rows], dtype=np.uint16)
+    return src, dst, dport, proto, sport
+
+
+PACKETS = {v6: universe(v6) for v6 in (False, True)}
+COLUMNS = {v6: columns(PACKETS[v6], v6) for v6 in (False, True)}
+
+
+def batch(engine: kp.Engine, v6: bool) -> np.ndarray:
+    lookup = engine.lookup_batch6 if v6 else engine.lookup_batch
+    return lookup(*COLUMNS[v6], now=0.0, track=False)
+
+
+def service_names(engine: kp.Engine, out: np.ndarray) -> np.ndarray:
+    names = np.array([s.name for s in engine.service_ports] + [""], dtype=object)
+    return names[out["service"]]  # -1 (no service) is the ""
+
+
+def same_ep(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ip = (a["ep_ip"] == b["ep_ip"]) if a["ep_ip"].ndim == 1 else (a["ep_ip"] == b["ep_ip"]).all(axis=1)
+    return ip & (a["ep_port"] == b["ep_port"])  # type: ignore[no-any-return]
+
+
+def ep_is_src(out: np.ndarray, v6: bool) -> np.ndarray:
+    src = COLUMNS[v6][0]
+    return (out["ep_ip"] == src).all(axis=1) if v6 else out["ep_ip"] == src  # type: ignore[no-any-return]
+
+
+def norm_ep(endpoint: tuple[str, int] | str | None) -> tuple[str, int] | None:
+    if endpoint is None:
+        return None
+    if isinstance(endpoint, str):  # a trace's "ip:port" / "[ip]:port"
+        host, _, p = endpoint.rpartition(":")
+        return str(ipaddress.ip_address(host.strip("[]"))), int(p)
+    return str(ipaddress.ip_address(endpoint[0])), int(endpoint[1])
+
+
+def decoded(engine: kp.Engine, out: np.ndarray, i: int) -> dict[str, Any]:
+    return engine.decode(out[i:i + 1])[0]
+
+
+# --------------------------------------------------------------------------- the machine
+
+
+class IncrementalEngine(RuleBasedStateMachine):
+    """One long-lived engine per twin, fed through apply(); after every apply, a fresh
+    engine per twin on the same objects is the oracle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.engines: dict[str, kp.Engine] = {}
+        self.opts: dict[str, Any] = {}
+        self.indices: dict[str, dict[str, int]] = {impl: {} for impl in IMPLS}
+        # tracked flows: (v6, src, dst, dport, proto, sport) -> (service port, endpoint)
+        self.flows: dict[tuple[Any, ...], tuple[str, tuple[str, int]]] = {}
+        self.hits: list[tuple[bool, str, int, str]] = []
+        self.steps = 0
+
+    # ------------------------------------------------------------------ set-up
+    @initialize(opts=OPTIONS, data=st.data())
+    def start(self, opts: dict[str, Any], data: st.DataObject) -> None:
+        self.opts = opts
+        objects = {key_of(o): o for o in (data.draw(node_objs(k), label=f"n{k}") for k in (1, 2, 3))}
+        groups = [data.draw(service_with_slices()) for _ in range(data.draw(st.integers(1, 4), label="services"))]
+        groups += [[data.draw(any_object())] for _ in range(data.draw(st.integers(0, 3), label="others"))]
+        for group in groups:
+            trial = {**objects, **{key_of(o): o for o in group}}
+            if self._valid(trial):
+                objects = trial
+        self.objects = objects
+        cluster = kp.Cluster.from_objects(list(objects.values()), plugins=PM)
+        # a flow table far larger than the flows tracked here (no bucket ever fills), yet small:
+        # the twins' load() walks the whole table
+        self.engines = {impl: kp.Engine(cluster, impl=impl, plugins=PM, flow_capacity=1 << 12,
+                                        affinity_capacity=1 << 10, **opts) for impl in IMPLS}
+        self.check({})
+
+    @staticmethod
+    def _valid(objects: dict[tuple[str, str, str], dict[str, Any]]) -> bool:
+        try:
+            kp.Cluster.from_objects(list(objects.values()), plugins=PM)
+        except kp.ManifestError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ changes
+    def change(self, draw: Callable[..., Any], form: str | None = None) -> dict[str, Any]:
+        """One add/replace (plain object or ADDED/MODIFIED event) or one DELETED event."""
+        if self.objects and sometimes(draw, 4):
+            keys = sorted(k for k in self.objects if k != ("Node", "", self.opts["node"]))
+            gone = [("Service", NS, f"s{i}") for i in range(N_SVC)] + [("Node", "", "n4")]
+            kind, ns, name = draw(st.sampled_from(keys + gone))
+            obj = self.objects.get((kind, ns, name)) or (
+                node(name) if kind == "Node" else service(ns, name, "None", [port(80, "p0")]))
+            return {"type": "DELETED", "object": obj}
+        obj = draw(any_object())
+        form = form or draw(st.sampled_from(["plain", "ADDED", "MODIFIED"]))
+        return obj if form == "plain" else {"type": form, "object": obj}
+
+    @rule(data=st.data())
+    def apply_one(self, data: st.DataObject) -> None:
+        self.apply([self.change(data.draw)])
+
+    @rule(data=st.data())
+    def apply_batch(self, data: st.DataObject) -> None:
+        form = data.draw(st.sampled_from(["plain", "ADDED", "MODIFIED", None]), label="form")
+        self.apply([self.change(data.draw, form) for _ in range(data.draw(st.integers(2, 6), label="n"))])
+
+    @rule(data=st.data())
+    def apply_service_with_slices(self, data: st.DataObject) -> None:
+        form = data.draw(st.sampled_from(["plain", "ADDED", "MODIFIED"]), label="form")
+        self.apply([o if form == "plain" else {"type": form, "object": o} for o in data.draw(service_with_slices())])
+
+    @rule(data=st.data())
+    def apply_with_a_bad_object(self, data: st.DataObject) -> None:
+        items = [self.change(data.draw) for _ in range(data.draw(st.integers(0, 2), label="n"))]
+        items.insert(data.draw(st.integers(0, len(items))), bad_object(data.draw))
+        self.apply(items, bad=True)
+
+    def apply(self, items: list[dict[str, Any]], bad: bool = False) -> None:
+        self.steps += 1
+        new = dict(self.objects)
+        for item in items:
+            if "type" in item:
+                if item["type"] == "DELETED":
+                    new.pop(key_of(item["object"]), None)
+                else:
+                    new[key_of(item["object"])] = item["object"]
+            else:
+                new[key_of(item)] = item
+        rejected = bad or not self._valid(new)
+        event(f"apply: {'refused' if rejected else 'accepted'}")
+        results: dict[str, kp.ApplyResult] = {}
+        for impl, engine in self.engines.items():
+            ports_before = list(engine.service_ports)
+            if rejected:
+                with pytest.raises(kp.ManifestError):
+                    engine.apply(items)
+                assert engine.service_ports == ports_before, "a refused apply changed service_ports"
+            else:
+                results[impl] = engine.apply(items)
+        if not rejected:
+            self.objects = new
+        self.check(results)
+
+    # ------------------------------------------------------------------ flows
+    @rule(data=st.data())
+    def open_flows(self, data: st.DataObject) -> None:
+        """Track new connections (track=1) to frontends that DNAT now; repeat some old ones."""
+        picks: list[tuple[Any, ...]] = []
+        for _ in range(data.draw(st.integers(1, 10), label="flows")):
+            if self.flows and sometimes(data.draw, 4):
+                picks.append(data.draw(st.sampled_from(sorted(self.flows))))
+            elif self.hits:
+                v6, dst, dport, proto = data.draw(st.sampled_from(self.hits))
+                src = data.draw(st.sampled_from(FLOW_SOURCES[v6]))
+                picks.append((v6, src, dst, dport, proto, data.draw(st.integers(1, 65535))))
+        for key in picks:
+            _, src, dst, dport, proto, sport = key
+            ds = [e.lookup(src, dst, dport, proto, sport=sport, now=0.0, track=1) for e in self.engines.values()]
+            facts = [(d.verdict, d.service, d.frontend, d.endpoint, d.masquerade) for d in ds]
+            assert all(f == facts[0] for f in facts), f"twins differ on a tracked flow {key}: {facts}"
+            d = ds[0]
+            if key in self.flows:
+                assert (d.verdict, d.service, norm_ep(d.endpoint)) == ("DNAT", *self.flows[key]), (
+                    f"tracked flow {key} lost its endpoint {self.flows[key]}: now {facts[0]}")
+            elif d.verdict == "DNAT":
+                ep_ = norm_ep(d.endpoint)
+                assert d.service is not None and ep_ is not None
+                self.flows[key] = (d.service, ep_)
+        for impl, engine in self.engines.items():
+            assert engine.flow_count == len(self.flows), (impl, engine.flow_count, len(self.flows))
+
+    def check_flows(self, fresh: kp.Engine, results: dict[str, kp.ApplyResult]) -> None:
+        pools: dict[tuple[bool, str], set[tuple[str, int]]] = {}
+        for fam in FAMILIES:
+            for pp in fresh.plans[fam].ports:  # type: ignore[index]
+                eps = {norm_ep((e.ip, e.port)) for e in (*pp.cluster, *pp.local)}
+                pools[fam == "IPv6", pp.spn] = eps  # type: ignore[assignment]
+        if results:
+            gone = [k for k, (spn, e) in self.flows.items() if e not in pools.get((k[0], spn), set())]
+            for impl, res in results.items():
+                assert res.flows_dropped == len(gone), (
+                    f"{impl}: flows_dropped {res.flows_dropped}, expected {len(gone)}: {gone}")
+            for k in gone:
+                del self.flows[k]
+            if gone:
+                event("apply dropped tracked flows")
+        for impl, engine in self.engines.items():
+            assert engine.flow_count == len(self.flows), (impl, engine.flow_count, len(self.flows))
+            for key, (spn, e) in self.flows.items():
+                _, src, dst, dport, proto, sport = key
+                d = engine.lookup(src, dst, dport, proto, sport=sport, now=0.0, track=1)
+                assert (d.verdict, d.service, norm_ep(d.endpoint)) == ("DNAT", spn, e), (
+                    f"{impl}: tracked flow {key} to {spn} {e} after apply: {d.verdict} {d.service} {d.endpoint}")
+
+    # ------------------------------------------------------------------ rules text
+    @rule()
+    def rules_text_agrees(self) -> None:
+        cluster = kp.Cluster.from_objects(list(self.objects.values()), plugins=PM)
+        fresh = kp.Engine(cluster, impl=IMPLS[0], plugins=PM, flow_capacity=64, affinity_capacity=64, **self.opts)
+        for mode in ("iptables", "nftables"):
+            for fam in FAMILIES:
+                want = fresh.render(mode, family=fam)  # type: ignore[arg-type]
+                for impl, engine in self.engines.items():
+                    got = engine.render(mode, family=fam)  # type: ignore[arg-type]
+                    assert got == want, f"{impl}: {mode} {fam} rules differ from a fresh engine's:\n" + _diff(want, got)
+
+    # ------------------------------------------------------------------ the oracle
+    def check(self, results: dict[str, kp.ApplyResult]) -> None:
+        cluster = kp.Cluster.from_objects(list(self.objects.values()), plugins=PM)
+        fresh = {impl: kp.Engine(cluster, impl=impl, plugins=PM, flow_capacity=64, affinity_capacity=64, **self.opts)
+                 for impl in IMPLS}
+        oracle = fresh[IMPLS[0]]
+        rr = {fam == "IPv6": {pp.spn for pp in oracle.plans[fam].ports if pp.selector.kind == "round-robin"}  # type: ignore[index]
+              for fam in FAMILIES}
+        candidates: dict[Packet, set[tuple[str, int] | None]] = {}
+
+        def pool_of(p: Packet) -> set[tuple[str, int] | None]:
+            if p not in candidates:
+                t = oracle.trace(*p[:4], sport=p[4], now=0.0)
+                candidates[p] = {norm_ep(c["endpoint"]) for c in t.candidates}
+            return candidates[p]
+
+        twin_out: dict[bool, list[tuple[list[str], np.ndarray]]] = {False: [], True: []}
+        hits: set[tuple[bool, str, int, str]] = set()
+        for impl in IMPLS:
+            engine, scratch = self.engines[impl], fresh[impl]
+            wants: dict[bool, np.ndarray] = {}
+            for v6 in (False, True):
+                got, want = batch(engine, v6), batch(scratch, v6)
+                twin_out[v6].append(([s.name for s in engine.service_ports], got))
+                g_svc, w_svc = service_names(engine, got), service_names(scratch, want)
+                rr_rows = (want["verdict"] == 1) & np.isin(w_svc, list(rr[v6]))
+                hairpin = ep_is_src(got, v6) | ep_is_src(want, v6)
+                bad = ((got["verdict"] != want["verdict"]) | (g_svc != w_svc) | (got["frontend"] != want["frontend"])
+                       | ((got["masq"] != want["masq"]) & ~(rr_rows & hairpin)) | (~same_ep(got, want) & ~rr_rows))
+                if bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    raise AssertionError(
+                        f"{impl}: {int(bad.sum())} of {len(bad)} stateless lookups differ from a fresh engine's; "
+                        f"first: {PACKETS[v6][i]}\n  long-lived: {decoded(engine, got, i)}\n"
+                        f"  fresh:      {decoded(scratch, want, i)}\n{self.describe()}")
+                for i in np.flatnonzero(rr_rows & (got["verdict"] == 1)):
+                    pkt = PACKETS[v6][int(i)]
+                    chosen = norm_ep(decoded(engine, got, int(i))["endpoint"])
+                    assert chosen in pool_of(pkt), (
+                        f"{impl}: round-robin pick {chosen} for {pkt} is no candidate {pool_of(pkt)}")
+                if impl == IMPLS[0]:
+                    hits |= {(v6, *PACKETS[v6][int(i)][1:4]) for i in np.flatnonzero(want["verdict"] == 1)}
+                wants[v6] = want
+            self.check_traces(impl, engine, scratch, wants, rr)
+            present = {s.name for s in engine.service_ports if s.present}
+            assert present == {s.name for s in scratch.service_ports}, (
+                f"{impl}: present service ports {sorted(present)} != fresh {[s.name for s in scratch.service_ports]}")
+            warnings = {w for w in engine.warnings if "appears more than once" not in w}
+            assert warnings == set(scratch.warnings), (
+                f"{impl}: warnings {sorted(warnings ^ set(scratch.warnings))} differ from a fresh engine's")
+            for i, s in enumerate(engine.service_ports):
+                assert self.indices[impl].setdefault(s.name, i) == i, f"{impl}: {s.name} moved to index {i}"
+            if impl in results:
+                assert results[impl].ports_after == sum(len(p.ports) for p in scratch.plans.values())
+        # the twins had the same history (round-robin cursors included): the same answers
+        for v6, outs in twin_out.items():
+            for names, out in outs[1:]:
+                assert names == outs[0][0], "the twins' service_ports differ"
+                assert out.tobytes() == outs[0][1].tobytes(), f"the long-lived twins differ (IPv6: {v6})"
+        self.hits = sorted(hits)
+        event(f"frontends that DNAT: {min(len(hits) // 10 * 10, 30)}+")
+        self.check_flows(oracle, results)
+
+    def check_traces(self, impl: str, engine: kp.Engine, scratch: kp.Engine, wants: dict[bool, np.ndarray],
+                     rr: dict[bool, set[str]]) -> None:
+        """Traces (candidates, probabilities, chains, steps) and per-call lookups of a sample:
+        one packet per frontend that hits, rotating over the sources, and a few misses."""
+        rng = random.Random(self.steps)
+        sample: list[tuple[bool, Packet]] = []
+        for v6 in (False, True):
+            hit = np.flatnonzero(wants[v6]["verdict"] != 0)
+            by_frontend: dict[tuple[str, int, str], list[Packet]] = {}
+            for i in hit:
+                p = PACKETS[v6][int(i)]
+                by_frontend.setdefault(p[1:4], []).append(p)
+            groups = sorted(by_frontend)
+            rng.shuffle(groups)
+            sample += [(v6, rng.choice(by_frontend[g])) for g in groups[:24]]
+            sample += [(v6, p) for p in rng.sample(PACKETS[v6], 3)]
+        for v6, p in sample:
+            t_got = engine.trace(*p[:4], sport=p[4], now=0.0)
+            t_want = scratch.trace(*p[:4], sport=p[4], now=0.0)
+            d_got = engine.lookup(*p[:4], sport=p[4], now=0.0, track=0)
+            d_want = scratch.lookup(*p[:4], sport=p[4], now=0.0, track=0)
+            if t_want.service in rr[v6] and t_want.verdict == "DNAT":
+                keys = ("verdict", "service", "frontend", "candidates", "filtered")
+                a, b = t_got.to_dict(), t_want.to_dict()
+                assert {k: a[k] for k in keys} == {k: b[k] for k in keys}, (
+                    f"{impl}: trace of {p} differs from a fresh engine's:\n{t_got}\n---\n{t_want}\n{self.describe()}")
+                assert norm_ep(d_got.endpoint) in {norm_ep(c["endpoint"]) for c in t_want.candidates}
+                assert (d_got.verdict, d_got.service, d_got.frontend) == (d_want.verdict, d_want.service,
+                                                                           d_want.frontend)
+            else:
+                assert t_got.to_dict() == t_want.to_dict(), (
+                    f"{impl}: trace of {p} differs from a fresh engine's:\n{t_got}\n---\n{t_want}\n{self.describe()}")
+                assert (d_got.verdict, d_got.service, d_got.frontend, d_got.endpoint, d_got.masquerade) == (
+                    d_want.verdict, d_want.service, d_want.frontend, d_want.endpoint, d_want.masquerade), (p, d_got,
+                                                                                                         d_want)
+
+    def describe(self) -> str:
+        lines = [f"options: {self.opts}"]
+        for (kind, _, name), o in sorted(self.objects.items()):
+            if kind == "Service":
+                spec = o["spec"]
+                lines.append(f"  Service {name}: {spec['type']} {spec.get('clusterIPs', spec.get('clusterIP'))} "
+                             f"ports {[(p['port'], p['protocol'], p.get('nodePort')) for p in spec['ports']]} "
+                             f"ann {o['metadata'].get('annotations')}")
+            elif kind == "EndpointSlice":
+                eps = [e["addresses"][0] + "".join(k[0] for k, v in e["conditions"].items() if v)
+                       + f"@{e.get('nodeName')}" for e in o["endpoints"]]
+                lines.append(f"  EndpointSlice {name} -> {o['metadata']['labels']['kubernetes.io/service-name']}: "
+                             f"{eps} ports "
+                             f"{[(p['name'], p['protocol']) for p in o['ports']]}")
+            else:
+                lines.append(f"  Node {name}: {[a['address'] for a in o['status']['addresses']]}")
+        return "\n".join(lines)
+
+
+def _diff(a: str, b: str) -> str:
+    import difflib
+
+    return "\n".join(difflib.unified_diff(a.splitlines(), b.splitlines(), "fresh", "long-lived", lineterm="", n=1))
+
+
+TestIncrementalEngine = IncrementalEngine.TestCase
+TestIncrementalEngine.settings = settings(
+    max_examples=40, stateful_step_count=20, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
