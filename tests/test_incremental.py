@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -640,3 +640,171 @@ TestIncrementalEngine.settings = settings(
     max_examples=40, stateful_step_count=20, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
+
+
+# --------------------------------------------------------------------------- flows across updates
+
+WEB_IPS = {"IPv4": "172.30.1.1", "IPv6": "fd00:30:1::1"}
+
+
+def web_objs(eps4: Sequence[str], eps6: Sequence[str] = (), target: int = 8080, **spec: Any) -> list[dict[str, Any]]:
+    return [
+        node(OWN_NODE, "192.168.0.1", "fd00:1::1", pod_cidr="10.0.0.0/24"),
+        node("n2", "192.168.0.2", "fd00:1::2"),
+        service(NS, "web", [WEB_IPS["IPv4"], WEB_IPS["IPv6"]], [port(80, "http", node_port=30080),
+                                                               port(53, "dns", "UDP")], type="NodePort", **spec),
+        slice_(NS, "web", [ep(ip, "n2") for ip in eps4], [eport(target, "http"), eport(5353, "dns", "UDP")],
+               name="web-v4"),
+        slice_(NS, "web", [ep(ip, "n2") for ip in eps6], [eport(target, "http"), eport(5353, "dns", "UDP")],
+               name="web-v6", family="IPv6"),
+    ]
+
+
+def api_objs(*eps: str) -> list[dict[str, Any]]:
+    return [service(NS, "api", "172.30.1.2", [port(443, "https")]),
+            slice_(NS, "api", [ep(ip) for ip in eps], [eport(8443, "https")], name="api-1")]
+
+
+FOUR = {"IPv4": [f"10.0.1.{i}" for i in range(1, 5)], "IPv6": [f"fd00:10::1:{i}" for i in range(1, 5)]}
+
+
+def clients(family: str, n: int = 80, sport: int = 40000) -> list[tuple[str, int]]:
+    return [(f"fd00:10::{i:x}" if family == "IPv6" else f"10.0.0.{i}", sport + i) for i in range(1, n + 1)]
+
+
+def connect(engine: kp.Engine, who: list[tuple[str, int]], dst: str, dport: int, proto: str = "TCP",
+            now: float = 0.0) -> list[tuple[str, int] | None]:
+    """One tracked packet per client 5-tuple: the endpoint each goes to (None: no DNAT)."""
+    return [engine.lookup(s, dst, dport, proto, sport=p, now=now).endpoint for s, p in who]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("proto", "dport"), [("TCP", 80), ("UDP", 53)])
+def test_flows_to_staying_endpoints_survive_a_change_of_the_others(
+        make_engine: Callable[..., kp.Engine], family: str, proto: str, dport: int) -> None:
+    eps = FOUR[family]
+    engine = make_engine([*web_objs(FOUR["IPv4"], FOUR["IPv6"]), *api_objs("10.0.2.1", "10.0.2.2")], node=OWN_NODE)
+    who = clients(family)
+    before = connect(engine, who, WEB_IPS[family], dport, proto)
+    api_before = connect(engine, clients("IPv4"), "172.30.1.2", 443)
+    total = engine.flow_count
+    assert total == 2 * len(who)
+    # two endpoints go, two arrive, in one slice update
+    new = [eps[0], eps[1], eps[0][:-1] + "5", eps[0][:-1] + "6"]
+    v4, v6 = (new, FOUR["IPv6"]) if family == "IPv4" else (FOUR["IPv4"], new)
+    gone = {eps[2], eps[3]}
+    lost = [b for b in before if b is not None and b[0] in gone]
+    assert 0 < len(lost) < len(before)  # the seed sends some flows to the leaving endpoints
+    objs = web_objs(v4, v6)
+    res = engine.apply([objs[3] if family == "IPv4" else objs[4]])
+    assert res.flows_dropped == len(lost)
+    assert res.services == ("ns/web",)
+    assert engine.flow_count == total - len(lost)
+    after = connect(engine, who, WEB_IPS[family], dport, proto, now=1.0)
+    target = 8080 if dport == 80 else 5353
+    for b, a in zip(before, after, strict=True):
+        assert b is not None and a is not None
+        if b[0] in gone:  # the next packet of a dropped flow picks a remaining endpoint
+            assert a[0] in new and a[1] == target
+        else:
+            assert a == b
+    assert engine.flow_count == total  # the dropped ones were opened again
+    assert connect(engine, clients("IPv4"), "172.30.1.2", 443, now=1.0) == api_before
+
+
+def test_flows_survive_unrelated_applies(make_engine: Callable[..., kp.Engine]) -> None:
+    engine = make_engine([*web_objs(FOUR["IPv4"], FOUR["IPv6"]), *api_objs("10.0.2.1")], node=OWN_NODE)
+    who4, who6 = clients("IPv4"), clients("IPv6")
+    web4 = connect(engine, who4, WEB_IPS["IPv4"], 80)
+    web6 = connect(engine, who6, WEB_IPS["IPv6"], 53, "UDP")
+    n = engine.flow_count
+    db = [service(NS, "db", "172.30.1.3", [port(5432, "pg")], type="NodePort"),
+          slice_(NS, "db", [ep("10.0.3.1")], [eport(5432, "pg")], name="db-1")]
+    steps: list[list[dict[str, Any]]] = [
+        db,  # a new Service and its slice
+        [{"type": "MODIFIED", "object": api_objs("10.0.2.1", "10.0.2.2")[1]}],  # another Service's endpoints
+        [{"type": "MODIFIED", "object": service(NS, "api", "172.30.1.4", [port(443, "https")])}],  # readdressed
+        [{"type": "DELETED", "object": db[0]}, {"type": "DELETED", "object": db[1]}],
+        [node("n2", "192.168.0.12", "fd00:1::2", zone="za")],  # a Node: everything is recomputed
+        [node(OWN_NODE, "192.168.0.11", "fd00:1::1", pod_cidr="10.0.0.0/24")],  # the own node, readdressed
+        [node("n3", "192.168.0.3")],
+        [{"type": "DELETED", "object": api_objs()[0]}],
+    ]
+    for change in steps:
+        res = engine.apply(change)
+        assert res.flows_dropped == 0, change
+        assert engine.flow_count == n
+        assert connect(engine, who4, WEB_IPS["IPv4"], 80, now=1.0) == web4, change
+        assert connect(engine, who6, WEB_IPS["IPv6"], 53, "UDP", now=1.0) == web6, change
+        assert engine.flow_count == n
+
+
+def test_deleting_a_service_drops_its_flows(make_engine: Callable[..., kp.Engine]) -> None:
+    objs = [*web_objs(FOUR["IPv4"], FOUR["IPv6"]), *api_objs("10.0.2.1", "10.0.2.2")]
+    engine = make_engine(objs, node=OWN_NODE)
+    who = clients("IPv4")
+    connect(engine, who, WEB_IPS["IPv4"], 80)
+    connect(engine, clients("IPv6"), WEB_IPS["IPv6"], 80)
+    api = connect(engine, who, "172.30.1.2", 443)
+    index = engine.service_index("ns/web:http")
+    res = engine.apply([{"type": "DELETED", "object": objs[2]}])  # the Service; its slices stay, orphaned
+    assert res.flows_dropped == 2 * len(who)
+    assert engine.flow_count == len(who)
+    assert not engine.service_ports[index].present
+    assert {d.verdict for d in (engine.lookup(s, WEB_IPS["IPv4"], 80, sport=p, now=1.0) for s, p in who)} == {"PASS"}
+    assert connect(engine, who, "172.30.1.2", 443, now=1.0) == api
+    assert engine.flow_count == len(who)
+    # back again: the same index, new flows
+    res = engine.apply([objs[2]])
+    assert res.flows_dropped == 0 and engine.service_index("ns/web:http") == index
+    assert None not in connect(engine, who, WEB_IPS["IPv4"], 80, now=2.0)
+    assert engine.flow_count == 2 * len(who)
+    # its slices deleted: flows dropped, new packets rejected (no endpoints)
+    res = engine.apply([{"type": "DELETED", "object": objs[3]}])
+    assert res.flows_dropped == len(who) and engine.flow_count == len(who)
+    d = engine.lookup(who[0][0], WEB_IPS["IPv4"], 80, sport=who[0][1], now=3.0)
+    assert (d.verdict, d.service) == ("REJECT", "ns/web:http")
+
+
+def test_a_new_target_port_drops_the_flows(make_engine: Callable[..., kp.Engine]) -> None:
+    """An endpoint is its address and port: the same pods on a new port are new endpoints."""
+    engine = make_engine(web_objs(FOUR["IPv4"]), node=OWN_NODE)
+    who = clients("IPv4")
+    connect(engine, who, WEB_IPS["IPv4"], 80)
+    res = engine.apply([web_objs(FOUR["IPv4"], target=8081)[3]])
+    assert res.flows_dropped == len(who) and engine.flow_count == 0
+    assert {e[1] for e in connect(engine, who, WEB_IPS["IPv4"], 80, now=1.0) if e} == {8081}
+
+
+def test_affinity_to_a_removed_endpoint_moves_the_client(make_engine: Callable[..., kp.Engine]) -> None:
+    affinity = {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}
+    engine = make_engine(web_objs(FOUR["IPv4"], **affinity), node=OWN_NODE)
+    sticky = connect(engine, [("10.0.0.1", 1000 + i) for i in range(6)], WEB_IPS["IPv4"], 80)
+    assert len(set(sticky)) == 1 and sticky[0] is not None
+    left = [ip for ip in FOUR["IPv4"] if ip != sticky[0][0]]
+    res = engine.apply([web_objs(left)[3]])
+    assert res.flows_dropped == len(sticky)
+    moved = connect(engine, [("10.0.0.1", 2000 + i) for i in range(6)], WEB_IPS["IPv4"], 80, now=1.0)
+    assert len(set(moved)) == 1 and moved[0] is not None and moved[0][0] in left
+
+
+@pytest.mark.skipif(not kp.COMPILED_AVAILABLE, reason="the compiled core is not built")
+def test_twins_drop_the_same_flows() -> None:
+    """A run of endpoint-set changes A_k -> A_k+1 with flows open across them: the twins
+    drop the same flows and send every packet to the same endpoint."""
+    rng = random.Random(7)
+    pool = [f"10.0.1.{i}" for i in range(1, 13)]
+    sets = [sorted(rng.sample(pool, rng.randint(1, 8))) for _ in range(12)]
+    cluster = kp.Cluster.from_objects([*web_objs(sets[0]), *api_objs("10.0.2.1")])
+    engines = [kp.Engine(cluster, node=OWN_NODE, seed=99, impl=impl) for impl in ("compiled", "python")]
+    who = clients("IPv4", n=60)
+    dropped = 0
+    for k, eps in enumerate(sets[1:], 1):
+        answers = [connect(e, who[: 20 * (k % 3 + 1)], WEB_IPS["IPv4"], 80 if k % 2 else 53, "TCP" if k % 2 else "UDP",
+                           now=float(k)) for e in engines]
+        assert answers[0] == answers[1], k
+        results = [e.apply([web_objs(eps)[3]]) for e in engines]
+        assert results[0].flows_dropped == results[1].flows_dropped, (k, results)
+        assert engines[0].flow_count == engines[1].flow_count
+        dropped += results[0].flows_dropped
+    assert dropped > 0
