@@ -588,8 +588,8 @@ class IncrementalEngine(RuleBasedStateMachine):
                 by_frontend.setdefault(p[1:4], []).append(p)
             groups = sorted(by_frontend)
             rng.shuffle(groups)
-            sample += [(v6, rng.choice(by_frontend[g])) for g in groups[:24]]
-            sample += [(v6, p) for p in rng.sample(PACKETS[v6], 3)]
+            sample += [(v6, rng.choice(by_frontend[g])) for g in groups[:12]]
+            sample += [(v6, p) for p in rng.sample(PACKETS[v6], 2)]
         for v6, p in sample:
             t_got = engine.trace(*p[:4], sport=p[4], now=0.0)
             t_want = scratch.trace(*p[:4], sport=p[4], now=0.0)
@@ -637,7 +637,7 @@ def _diff(a: str, b: str) -> str:
 
 TestIncrementalEngine = IncrementalEngine.TestCase
 TestIncrementalEngine.settings = settings(
-    max_examples=40, stateful_step_count=20, deadline=None,
+    max_examples=50, stateful_step_count=25, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 
