@@ -29,6 +29,7 @@ N_ADDED = 6
 N_STATES = 31  # state 0 and 30 applies
 N_PACKETS = {"compiled": 200_000, "python": 4_000}  # the twin is ~500x slower per packet
 RUN_TIMEOUT = 60.0
+GROUP = 4  # batches a reader runs back to back before checking them
 
 
 def cluster_ip(i: int) -> str:
@@ -245,10 +246,13 @@ def test_batches_see_one_state_per_packet(impl: str, scenario: Scenario) -> None
 
     def reader(published: Published, stop: threading.Event) -> None:
         while not stop.is_set():
-            a = published.count
-            out = engine.lookup_batch(*cols, now=0.0, track=False)
-            window = published.window(a, published.count)
-            batches.append((window, check_rows(engine, scenario, out, window)))
+            group = []  # batches back to back (no GIL), checked after: an apply ends inside some
+            for _ in range(GROUP):
+                a = published.count
+                out = engine.lookup_batch(*cols, now=0.0, track=False)
+                group.append((published.window(a, published.count), out))
+            for window, out in group:
+                batches.append((window, check_rows(engine, scenario, out, window)))
 
     published = drive(engine, scenario, reader)
     assert len(batches) >= 5, batches
@@ -293,10 +297,27 @@ def test_lookups_see_one_state(impl: str, scenario: Scenario) -> None:
     assert len({w.start for w in calls}) > N_STATES // 2, len(calls)
 
 
+def check_tracked(engine: kp.Engine, scenario: Scenario, out: np.ndarray, window: range) -> None:
+    """With flows a packet may keep an endpoint of an older state: its verdict and service
+    are still some state's so far, and its endpoint one that the service had."""
+    n = len(out)
+    g = global_ids(engine, scenario, out)
+    ok = np.zeros(n, dtype=bool)
+    for k in range(window.stop):  # a flow may date from any state so far
+        exp = scenario.expected[k][:n]
+        ok |= (g["verdict"] == exp["verdict"]) & (g["service"] == exp["service"])
+    dnat = g["verdict"] == 1
+    keys = pool_keys(g["service"], g["ep_ip"], g["ep_port"])
+    ok &= ~dnat | np.isin(keys, scenario.pools[window.stop - 1])
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        raise AssertionError("a tracked packet answered as no state did, or with an endpoint its "
+                             "service never had:\n" + explain(engine, scenario, i, g[i], window))
+
+
 @pytest.mark.parametrize("impl", ["compiled", "python"])
 def test_tracked_batches_stay_consistent(impl: str, scenario: Scenario) -> None:
-    """With flows (track=True) a packet may keep an endpoint of an older state: its verdict
-    and service are still some state's, and its endpoint one that the service had."""
+    """As above with track=True: flows may keep endpoints of older states (check_tracked)."""
     if impl == "compiled" and not kp.COMPILED_AVAILABLE:
         pytest.skip("the compiled core is not built")
     engine = kp.Engine(kp.Cluster.from_objects(scenario.initial), impl=impl, **OPTIONS)
@@ -306,22 +327,14 @@ def test_tracked_batches_stay_consistent(impl: str, scenario: Scenario) -> None:
 
     def reader(published: Published, stop: threading.Event) -> None:
         while not stop.is_set():
-            a = published.count
-            out = engine.lookup_batch(*cols, now=float(len(rounds)), track=True)
-            window = published.window(a, published.count)
-            rounds.append(len(window))
-            g = global_ids(engine, scenario, out)
-            ok = np.zeros(n, dtype=bool)
-            for k in range(window.stop):  # a flow may date from any state so far
-                exp = scenario.expected[k][:n]
-                ok |= (g["verdict"] == exp["verdict"]) & (g["service"] == exp["service"])
-            dnat = g["verdict"] == 1
-            keys = pool_keys(g["service"], g["ep_ip"], g["ep_port"])
-            ok &= ~dnat | np.isin(keys, scenario.pools[window.stop - 1])
-            if not ok.all():
-                i = int(np.flatnonzero(~ok)[0])
-                raise AssertionError("a tracked packet answered as no state did, or with an endpoint its "
-                                     "service never had:\n" + explain(engine, scenario, i, g[i], window))
+            group = []
+            for _ in range(GROUP):
+                a = published.count
+                out = engine.lookup_batch(*cols, now=float(len(rounds)), track=True)
+                group.append((published.window(a, published.count), out))
+            for window, out in group:
+                rounds.append(len(window))
+                check_tracked(engine, scenario, out, window)
 
     published = drive(engine, scenario, reader)
     assert len(rounds) >= 3 and published.overlaps > 0, rounds

@@ -474,7 +474,8 @@ class IncrementalEngine(RuleBasedStateMachine):
                 assert d.service is not None and ep_ is not None
                 self.flows[key] = (d.service, ep_)
         for impl, engine in self.engines.items():
-            assert engine.flow_count == len(self.flows), (impl, engine.flow_count, len(self.flows))
+            assert engine.flow_count == len(self.flows), (
+                f"{impl}: flow_count {engine.flow_count}, but {len(self.flows)} tracked flows are live")
 
     def check_flows(self, fresh: kp.Engine, results: dict[str, kp.ApplyResult]) -> None:
         pools: dict[tuple[bool, str], set[tuple[str, int]]] = {}
@@ -492,7 +493,8 @@ class IncrementalEngine(RuleBasedStateMachine):
             if gone:
                 event("apply dropped tracked flows")
         for impl, engine in self.engines.items():
-            assert engine.flow_count == len(self.flows), (impl, engine.flow_count, len(self.flows))
+            assert engine.flow_count == len(self.flows), (
+                f"{impl}: flow_count {engine.flow_count}, but {len(self.flows)} tracked flows are live")
             for key, (spn, e) in self.flows.items():
                 _, src, dst, dport, proto, sport = key
                 d = engine.lookup(src, dst, dport, proto, sport=sport, now=0.0, track=1)
