@@ -268,3 +268,76 @@ def test_compiled_core_is_loaded() -> None:
     engine = kp.Engine(kp.Cluster.from_objects(web(1)))
     assert engine.compiled
     assert type(engine.lookup("10.0.0.1", "10.96.0.10", 80)).__module__ == "kproxy_core._engine"
+
+
+def test_apply_touches_only_the_changed_ports(make_engine: Callable[..., kp.Engine]) -> None:
+    objs = web(2) + [service("default", f"s{i}", f"10.96.1.{i}", [port(80, "http")]) for i in range(1, 6)]
+    objs += [slice_("default", f"s{i}", [ep(f"10.0.2.{i}", "n2")], [eport(8080, "http")]) for i in range(1, 6)]
+    engine = make_engine(objs, node=NODE)
+    before = {i: engine.port_entry("IPv4", f"default/s{i}:http") for i in range(1, 6)}
+    res = engine.apply([slice_("default", "s3", [ep("10.0.2.99", "n2")], [eport(8080, "http")])])
+    assert res.services == ("default/s3",) and not res.full
+    after = {i: engine.port_entry("IPv4", f"default/s{i}:http") for i in range(1, 6)}
+    assert [i for i in before if after[i] is not before[i]] == [3]  # the others' entries are the same objects
+    d = engine.lookup("10.0.0.5", "10.96.1.3", 80, "TCP", sport=1, now=0.0, track=0)
+    assert d.endpoint == ("10.0.2.99", 8080) and d.service == "default/s3:http"
+    assert engine.lookup("10.0.0.5", "10.96.1.2", 80, "TCP", sport=1, now=0.0, track=0).endpoint == ("10.0.2.2", 8080)
+
+
+def test_core_frontend_matches_as_lookup(make_engine: Callable[..., kp.Engine]) -> None:
+    engine = make_engine(web(2), node=NODE)
+    idx = engine.service_index("default/web:http")
+    assert engine._core.frontend("10.96.0.10", 80, "TCP") == (idx, 1, 1)  # ClusterIP, frontend table
+    assert engine._core.frontend("192.168.0.1", 30080, "TCP") == (idx, 2, 2)  # NodePort on the node
+    assert engine._core.frontend("fd00:96::10", 80, "TCP") == (idx, 1, 1)
+    assert engine._core.frontend("10.96.0.10", 81, "TCP") == (-1, 0, 0)
+    assert engine._core.frontend("192.168.0.2", 30080, "UDP") == (-1, 0, 0)  # not this node's address
+
+
+def test_memory_breakdown(make_engine: Callable[..., kp.Engine]) -> None:
+    objs = [node(NODE, "192.168.0.1")]
+    objs += [service("default", f"s{i}", f"10.96.{i // 250}.{i % 250 + 1}", [port(80, "http")]) for i in range(300)]
+    objs += [slice_("default", f"s{i}", [ep(f"10.1.{i // 250}.{i % 250 + 1}", NODE)], [eport(8080, "http")])
+             for i in range(300)]
+    engine = make_engine(objs, node=NODE)
+    m = engine.memory()
+    assert m["service_ports"] == 300 and m["model"] > 0
+    assert m["total"] == sum(v for k, v in m.items() if k not in ("total", "service_ports", "blocks_count"))
+    if engine.compiled:
+        # 16-byte slots, two a key after a load (+ a header line, and the empty IPv6 table)
+        assert m["frontends"] <= 32 * 300 + 16 + 64 + (16 * 32 + 64) and m["blocks_count"] == 300
+        assert m["blocks"] <= 300 * 512  # header, one record, one key, one pool entry
+
+
+@pytest.mark.parametrize("bad", [
+    "svc out of range", "weights missing", "table entry past the pool", "key record", "action pool 3",
+    "prefix too long", "address bytes", "twice",
+])
+def test_update_ports_rejects_bad_ports_and_changes_nothing(impl: str, bad: str) -> None:
+    cluster = kp.Cluster.from_objects(web(2))
+    engine = kp.Engine(cluster, node=NODE, seed=1, impl=impl)
+    ok = (0, 0, 0, 0, (bytes([10, 0, 1, 1]), b""), ([8080], []), (None, None), (None, None),
+          [(1, bytes([5] * 8), 0, b"", b"")], [(False, bytes([10, 96, 0, 10]), 80, 6, 0)])
+    spec = list(ok)
+    removed: list[int] = []
+    if bad == "svc out of range":
+        spec[0] = 5
+    elif bad == "weights missing":
+        spec[2] = 1  # weighted
+    elif bad == "table entry past the pool":
+        spec[2] = 4  # maglev
+        spec[7] = (np.array([0, 1, 0], np.int32), None)
+    elif bad == "key record":
+        spec[9] = [(False, bytes([10, 96, 0, 10]), 80, 6, 1)]
+    elif bad == "action pool 3":
+        spec[8] = [(1, bytes([0b1101] * 8), 0, b"", b"")]
+    elif bad == "prefix too long":
+        spec[8] = [(1, bytes([5] * 8), 0, bytes(4), bytes([33]))]
+    elif bad == "address bytes":
+        spec[4] = (bytes(3), b"")
+    else:
+        removed = [0]
+    before = engine.lookup("10.0.0.5", "10.96.0.10", 80, "TCP", sport=7, now=0.0, track=0)
+    with pytest.raises(ValueError, match="ports: "):
+        engine._core.update_ports([tuple(spec)], removed, [], [], [])
+    assert engine.lookup("10.0.0.5", "10.96.0.10", 80, "TCP", sport=7, now=0.0, track=0) == before
