@@ -218,13 +218,30 @@ def node_objs(draw: st.DrawFn, k: int) -> dict[str, Any]:
                 zone=draw(st.sampled_from(["za", "zb", None])))
 
 
+SERVICE_CIDRS = (["172.30.0.0/24", "fd00:30::/112"], ["172.30.0.0/25"], ["fd00:30::/112"],
+                 ["172.30.0.0/24", "fd00:30::/120"], ["198.51.100.0/24", "2001:db8:5100::/120"])
+
+
+def service_cidr(name: str, cidrs: list[str]) -> dict[str, Any]:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": name},
+            "spec": {"cidrs": cidrs}}
+
+
+@st.composite
+def service_cidr_objs(draw: st.DrawFn) -> dict[str, Any]:
+    """A ServiceCIDR (nftables' cluster-ips-check, when service_cidrs= is not given)."""
+    return service_cidr(draw(st.sampled_from(["kubernetes", "extra"])), draw(st.sampled_from(SERVICE_CIDRS)))
+
+
 @st.composite
 def any_object(draw: st.DrawFn) -> dict[str, Any]:
-    kind = draw(st.sampled_from(["Service"] * 3 + ["EndpointSlice"] * 3 + ["Node"]))
+    kind = draw(st.sampled_from(["Service"] * 3 + ["EndpointSlice"] * 3 + ["Node", "ServiceCIDR"]))
     if kind == "Service":
         return draw(service_objs(draw(st.integers(0, N_SVC - 1))))
     if kind == "EndpointSlice":
         return draw(slice_objs(draw(st.integers(0, N_SVC - 1)), draw(st.sampled_from("abc"))))
+    if kind == "ServiceCIDR":
+        return draw(service_cidr_objs())
     return draw(node_objs(draw(st.integers(1, 4))))
 
 
@@ -252,7 +269,9 @@ OPTIONS = st.fixed_dictionaries({
     "masquerade_all": st.sampled_from([False, False, True]),
     "nodeport_addresses": st.sampled_from([None, None, "192.168.0.0/24,fd00:1::/64"]),
     "seed": st.integers(0, 2**64 - 1),
-}).map(lambda o: {**o, "service_cidrs": "172.30.0.0/24,fd00:30::/112" if o["mode"] == "nftables" else None})
+    # nftables: --service-cluster-ip-range, or (None) the ServiceCIDR objects
+    "service_cidrs": st.sampled_from(["172.30.0.0/24,fd00:30::/112", None]),
+})
 
 
 # --------------------------------------------------------------------------- packets
@@ -371,6 +390,8 @@ class IncrementalEngine(RuleBasedStateMachine):
     def start(self, opts: dict[str, Any], data: st.DataObject) -> None:
         self.opts = opts
         objects = {key_of(o): o for o in (data.draw(node_objs(k), label=f"n{k}") for k in (1, 2, 3))}
+        if not sometimes(data.draw, 4):
+            objects["ServiceCIDR", "", "kubernetes"] = service_cidr("kubernetes", list(SERVICE_CIDRS[0]))
         groups = [data.draw(service_with_slices()) for _ in range(data.draw(st.integers(1, 4), label="services"))]
         groups += [[data.draw(any_object())] for _ in range(data.draw(st.integers(0, 3), label="others"))]
         for group in groups:
@@ -398,10 +419,11 @@ class IncrementalEngine(RuleBasedStateMachine):
         """One add/replace (plain object or ADDED/MODIFIED event) or one DELETED event."""
         if self.objects and sometimes(draw, 4):
             keys = sorted(k for k in self.objects if k != ("Node", "", self.opts["node"]))
-            gone = [("Service", NS, f"s{i}") for i in range(N_SVC)] + [("Node", "", "n4")]
+            gone = [("Service", NS, f"s{i}") for i in range(N_SVC)] + [("Node", "", "n4"), ("ServiceCIDR", "", "extra")]
             kind, ns, name = draw(st.sampled_from(keys + gone))
-            obj = self.objects.get((kind, ns, name)) or (
-                node(name) if kind == "Node" else service(ns, name, "None", [port(80, "p0")]))
+            obj = self.objects.get((kind, ns, name)) or {
+                "Node": node(name), "ServiceCIDR": service_cidr(name, [])}.get(kind) or service(
+                ns, name, "None", [port(80, "p0")])
             return {"type": "DELETED", "object": obj}
         obj = draw(any_object())
         form = form or draw(st.sampled_from(["plain", "ADDED", "MODIFIED"]))
@@ -639,6 +661,8 @@ class IncrementalEngine(RuleBasedStateMachine):
                 lines.append(f"  EndpointSlice {name} -> {o['metadata']['labels']['kubernetes.io/service-name']}: "
                              f"{eps} ports "
                              f"{[(p['name'], p['protocol']) for p in o['ports']]}")
+            elif kind == "ServiceCIDR":
+                lines.append(f"  ServiceCIDR {name}: {o['spec']['cidrs']}")
             else:
                 lines.append(f"  Node {name}: {[a['address'] for a in o['status']['addresses']]}")
         return "\n".join(lines)
