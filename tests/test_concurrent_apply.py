@@ -50,6 +50,9 @@ def slice_obj(i: int, eps: list[int]) -> dict[str, Any]:
                   [eport(8080, "p")], name=f"s{i}-a")
 
 
+Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # src, dst, dport, proto, sport
+
+
 @dataclass
 class Scenario:
     """States 0..N_STATES-1 (state k+1 = state k after ``changes[k]``), the packets, and
@@ -58,7 +61,7 @@ class Scenario:
     initial: list[dict[str, Any]]
     changes: list[list[dict[str, Any]]]
     names: dict[str, int]  # service port name -> id used in ``expected``
-    cols: tuple[np.ndarray, ...]
+    cols: Columns
     expected: np.ndarray  # (N_STATES, n) of kp.OUT_DTYPE, "service" in ``names`` ids
     pools: list[np.ndarray]  # per state: every (service id, endpoint) of states 0..k, as keys
 
@@ -196,10 +199,15 @@ def drive(engine: kp.Engine, scenario: Scenario, reader: Callable[[Published, th
     return published
 
 
+def first(cols: Columns, n: int) -> Columns:
+    src, dst, dport, proto, sport = cols
+    return src[:n], dst[:n], dport[:n], proto[:n], sport[:n]
+
+
 def global_ids(engine: kp.Engine, scenario: Scenario, out: np.ndarray) -> np.ndarray:
     """``out`` with its service indices (the engine's) turned into the scenario's ids."""
     remap = np.array([scenario.names.get(s.name, -2) for s in engine.service_ports] + [-1], dtype=np.int32)
-    g = out.copy()
+    g: np.ndarray = out.copy()
     g["service"] = remap[out["service"]]
     return g
 
@@ -241,7 +249,7 @@ def test_batches_see_one_state_per_packet(impl: str, scenario: Scenario) -> None
         pytest.skip("the compiled core is not built")
     engine = kp.Engine(kp.Cluster.from_objects(scenario.initial), impl=impl, **OPTIONS)
     n = N_PACKETS[impl]
-    cols = tuple(c[:n] for c in scenario.cols)
+    cols = first(scenario.cols, n)
     batches: list[tuple[range, set[int]]] = []
 
     def reader(published: Published, stop: threading.Event) -> None:
@@ -322,7 +330,7 @@ def test_tracked_batches_stay_consistent(impl: str, scenario: Scenario) -> None:
         pytest.skip("the compiled core is not built")
     engine = kp.Engine(kp.Cluster.from_objects(scenario.initial), impl=impl, **OPTIONS)
     n = N_PACKETS[impl]
-    cols = tuple(c[:n] for c in scenario.cols)
+    cols = first(scenario.cols, n)
     rounds: list[int] = []
 
     def reader(published: Published, stop: threading.Event) -> None:

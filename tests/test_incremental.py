@@ -181,8 +181,10 @@ def slice_objs(draw: st.DrawFn, i: int, part: str, svc: dict[str, Any] | None = 
         protos = {int(p["name"][1:]): p["protocol"] for p in svc["spec"]["ports"]}
     fam = draw(st.sampled_from(families))
     eps = []
-    keys = [] if sometimes(draw, 8) else draw(st.lists(st.integers(0, 3), min_size=1, max_size=4, unique=True))
-    if keys and draw(st.booleans()):
+    keys: list[int] = []
+    if not sometimes(draw, 8):
+        keys = draw(st.lists(st.integers(0, 3), min_size=1, max_size=4, unique=True))
+    if keys and sometimes(draw, 2):
         keys.append(4)  # one address any Service's slices may list: an endpoint of several Services
     hinted = sometimes(draw, 5)  # topology hints on every endpoint, or on none
     for k in keys:
@@ -245,7 +247,7 @@ def any_object(draw: st.DrawFn) -> dict[str, Any]:
     return draw(node_objs(draw(st.integers(1, 4))))
 
 
-def bad_object(draw: st.DrawFn) -> dict[str, Any]:
+def bad_object(draw: Callable[..., Any]) -> dict[str, Any]:
     """An object apply() must refuse on its own."""
     which = draw(st.sampled_from(["port", "type", "slice"]))
     if which == "port":
@@ -317,7 +319,10 @@ def universe(v6: bool) -> list[Packet]:
     return [(*r, rng.randrange(1, 65536)) for r in out]
 
 
-def columns(rows: list[Packet], v6: bool) -> tuple[np.ndarray, ...]:
+Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # src, dst, dport, proto, sport
+
+
+def columns(rows: list[Packet], v6: bool) -> Columns:
     if v6:
         src = np.array([list(ipaddress.ip_address(r[0]).packed) for r in rows], dtype=np.uint8).reshape(-1, 16)
         dst = np.array([list(ipaddress.ip_address(r[1]).packed) for r in rows], dtype=np.uint8).reshape(-1, 16)
@@ -336,12 +341,14 @@ COLUMNS = {v6: columns(PACKETS[v6], v6) for v6 in (False, True)}
 
 def batch(engine: kp.Engine, v6: bool) -> np.ndarray:
     lookup = engine.lookup_batch6 if v6 else engine.lookup_batch
-    return lookup(*COLUMNS[v6], now=0.0, track=False)
+    out: np.ndarray = lookup(*COLUMNS[v6], now=0.0, track=False)
+    return out
 
 
 def service_names(engine: kp.Engine, out: np.ndarray) -> np.ndarray:
     names = np.array([s.name for s in engine.service_ports] + [""], dtype=object)
-    return names[out["service"]]  # -1 (no service) is the ""
+    picked: np.ndarray = names[out["service"]]  # -1 (no service) is the ""
+    return picked
 
 
 def same_ep(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -583,9 +590,9 @@ class IncrementalEngine(RuleBasedStateMachine):
                         f"{impl}: {int(bad.sum())} of {len(bad)} stateless lookups differ from a fresh engine's; "
                         f"first: {PACKETS[v6][i]}\n  long-lived: {decoded(engine, got, i)}\n"
                         f"  fresh:      {decoded(oracle, want, i)}\n{self.describe()}")
-                for i in np.flatnonzero(rr_rows & (got["verdict"] == 1)):
-                    pkt = PACKETS[v6][int(i)]
-                    chosen = norm_ep(decoded(engine, got, int(i))["endpoint"])
+                for row in np.flatnonzero(rr_rows & (got["verdict"] == 1)):
+                    pkt = PACKETS[v6][int(row)]
+                    chosen = norm_ep(decoded(engine, got, int(row))["endpoint"])
                     pool = {norm_ep(c["endpoint"]) for c in oracle_trace(pkt)[0].candidates}
                     assert chosen in pool, f"{impl}: round-robin pick {chosen} for {pkt} is no candidate {pool}"
             self.check_traces(impl, engine, oracle_trace, wants, rr)
@@ -816,7 +823,8 @@ def test_a_new_target_port_drops_the_flows(make_engine: Callable[..., kp.Engine]
 
 
 def test_affinity_to_a_removed_endpoint_moves_the_client(make_engine: Callable[..., kp.Engine]) -> None:
-    affinity = {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}
+    affinity: dict[str, Any] = {"sessionAffinity": "ClientIP",
+                                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}
     engine = make_engine(web_objs(FOUR["IPv4"], **affinity), node=OWN_NODE)
     sticky = connect(engine, [("10.0.0.1", 1000 + i) for i in range(6)], WEB_IPS["IPv4"], 80)
     assert len(set(sticky)) == 1 and sticky[0] is not None
