@@ -23,7 +23,7 @@ from . import _engine_py
 from .addresses import FAMILIES, Family
 from .dns import DEFAULT_TTL, DEFAULT_ZONE, Answer, Zone, build_zone, normalize
 from .errors import PacketError
-from .manifests import apply_objects
+from .manifests import apply_objects, indexed
 from .model import PROTO_NUMBERS, Cluster
 from .plan import PlanPort, ProxyConfig, ProxyPlan, make_config, plan_port
 from .tables import FRONTENDS, VERDICTS, FamilyState, FamilyTables, PortEntry, port_entry, port_spec
@@ -136,7 +136,7 @@ class Engine:
             raise ValueError(f"mode must be 'iptables' or 'nftables', not {mode!r}")
         if isinstance(node, _FIRST):
             node = cluster.first_node
-        self.cluster = cluster
+        self.cluster = indexed(cluster)  # apply builds on its indexes
         self.node = node
         self.mode = mode
         if plugins is None:
@@ -296,19 +296,32 @@ class Engine:
         with self._lock:
             new_cluster, changes = apply_objects(self.cluster, objects, self.plugins)
             before = sum(len(st.entries) for st in self._states.values())
-            self.cluster = new_cluster
-            self._zones = {}  # after the cluster: a zone built meanwhile from the old one is dropped
-            self._derived = {}
-            full = changes.all
-            if full:
-                self.configs = {
-                    fam: make_config(new_cluster, fam, self.node, **self._settings)  # type: ignore[arg-type]
-                    for fam in FAMILIES
-                }
-                keys: list[tuple[str, str]] = sorted(new_cluster.services)
-                dropped = self._build_all()
-            else:
-                keys, dropped = self._update(changes)
+            # a refusal while planning (a plugin type's handler, the engine's own Node gone)
+            # must leave the engine as it was: everything below that can refuse runs before
+            # anything is changed, and what was set aside comes back if it does
+            saved = (self.cluster, self.configs, self._zones, self._derived, self._states,
+                     self._svc_ports, self._wide, len(self.service_ports))
+            try:
+                self.cluster = new_cluster
+                self._zones = {}  # after the cluster: a zone built meanwhile from the old one is dropped
+                self._derived = {}
+                full = changes.all
+                if full:
+                    self.configs = {
+                        fam: make_config(new_cluster, fam, self.node, **self._settings)  # type: ignore[arg-type]
+                        for fam in FAMILIES
+                    }
+                    keys: list[tuple[str, str]] = sorted(new_cluster.services)
+                    dropped = self._build_all()
+                else:
+                    keys, dropped = self._update(changes)
+            except BaseException:
+                (self.cluster, self.configs, self._zones, self._derived, self._states,
+                 self._svc_ports, self._wide, n) = saved
+                for info in self.service_ports[n:]:
+                    self._service_index.pop(info.name, None)
+                del self.service_ports[n:]
+                raise
             after = sum(len(st.entries) for st in self._states.values())
             return ApplyResult(
                 services=tuple(f"{ns}/{n}" for ns, n in keys),
@@ -321,16 +334,20 @@ class Engine:
     def _update(self, changes: Any) -> tuple[list[tuple[str, str]], int]:
         registry = self.plugins.registry
         touched = set(changes.services)
+        wide = set(self._wide)
         for k in touched:  # the index of cluster-wide Services follows the changed ones
             svc = self.cluster.services.get(k)
             h = registry.get(svc.type) if svc is not None else None
             if h is not None and h.cluster_wide:
-                self._wide.add(k)
+                wide.add(k)
             else:
-                self._wide.discard(k)
+                wide.discard(k)
         if touched:  # a cluster-wide type's answers may change with any Service
-            touched |= self._wide
+            touched |= wide
         keys = sorted(touched)
+        # plan first: a refusal here changes nothing (apply restores the rest)
+        planned = {fam: {key: self._entries(fam, key) for key in keys} for fam in FAMILIES}
+        self._wide = wide
         nft = self.mode == "nftables"
         reload = nft and changes.service_cidrs
         if reload:
@@ -343,7 +360,7 @@ class Engine:
             by_key = self._svc_ports[fam]
             updates: dict[int, PortEntry | None] = {}
             for key in keys:
-                got = self._entries(fam, key)
+                got = planned[fam][key]
                 for i in by_key.pop(key, ()):
                     if i not in got:
                         updates[i] = None

@@ -15,6 +15,7 @@ same shape in :attr:`Cluster.warnings <kproxy_core.model.Cluster.warnings>`.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -375,6 +376,11 @@ def _pairs(objects: Any) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
 
 
 def _who(kind: str, namespace: str, name: str) -> str:
+    # a name with a line break or another control character is quoted: an error stays one line
+    if not name.isprintable():
+        name = _q(name)
+    if not namespace.isprintable():
+        namespace = _q(namespace)
     return f"{kind} {name}" if kind in _CLUSTER_SCOPED else f"{kind} {namespace}/{name}"
 
 
@@ -1413,6 +1419,21 @@ def _claim(svc: Service, ip_owner: MutableMapping[str, Any], np_owner: MutableMa
             problems.append(
                 f"{who}: spec.ports[{i}].nodePort: {np_key[0]}/{np_key[1]} is already used by {by}"
             )
+
+
+def indexed(cluster: Cluster) -> Cluster:
+    """``cluster`` with the indexes and shared maps an apply builds on (a Cluster made by
+    :func:`load` or :meth:`Cluster.from_objects` has them; one built directly from model
+    objects gets them here, once, instead of in its first apply)."""
+    if cluster.ip_index is not None and cluster.nodeport_index is not None and cluster.slice_index is not None \
+            and all(isinstance(m, FrozenMap) for m in (cluster.services, cluster.slices, cluster.nodes)):
+        return cluster
+    _, ip_index, np_index = _full_index_check(cluster.services)
+    return dataclasses.replace(
+        cluster, services=frozen(cluster.services), slices=frozen(cluster.slices), nodes=frozen(cluster.nodes),
+        legacy_endpoints=frozen(cluster.legacy_endpoints), service_cidrs=frozen(cluster.service_cidrs),
+        ip_index=ip_index, nodeport_index=np_index, slice_index=build_slice_index(cluster.slices),
+    )
 
 
 def _index_check(

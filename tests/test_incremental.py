@@ -907,8 +907,7 @@ def assert_like_fresh(engine: kp.Engine, objects: list[dict[str, Any]], **opts: 
                                                                                  "ep_port", "masq"]]).all()
 
 
-# Bug: apply() sets engine.cluster before planning; a refusal while planning leaves the refused objects in.
-@pytest.mark.xfail(strict=True, reason="apply() is not atomic when planning refuses (engine.cluster is updated)")
+# Regression: apply() set engine.cluster before planning; a refusal while planning left the refused objects in.
 def test_a_refusal_while_planning_changes_nothing(impl: str) -> None:
     pm = make_plugin_manager([OnlyOnePlugin()], entry_points=False)
     first = service(NS, "s0", "172.30.0.1", [port(80, "p0")], type="OnlyOne")
@@ -925,8 +924,7 @@ def test_a_refusal_while_planning_changes_nothing(impl: str) -> None:
     assert_like_fresh(engine, [objs[0], first, moved], node=OWN_NODE)
 
 
-# Bug: deleting the engine's own Node raises NodeNotFoundError after engine.cluster has lost the Node.
-@pytest.mark.xfail(strict=True, reason="apply() is not atomic when the own Node is deleted (engine.cluster is updated)")
+# Regression: deleting the engine's own Node raised NodeNotFoundError after engine.cluster had lost the Node.
 def test_deleting_the_own_node_changes_nothing_when_refused(make_engine: Callable[..., kp.Engine]) -> None:
     objs = web_objs(FOUR["IPv4"])
     engine = make_engine(objs, node=OWN_NODE)
