@@ -4,7 +4,8 @@ same objects, and its tracked flows survive or go as the new pools say.
 
 Only self-agreement is possible here: the fresh engine is the oracle (test_differential,
 the kube-proxy tables and the kernel tests vouch for it), and the twins must agree with
-each other after the same history."""
+each other after the same history. Below the state machine: flows across single updates,
+and refused applies that must leave the engine as it was (two strict xfails today)."""
 
 from __future__ import annotations
 
