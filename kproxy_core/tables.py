@@ -265,6 +265,10 @@ class PortEntry:
     selector: int  # selectors.SELECTOR_CODES
     tables: tuple[np.ndarray | None, np.ndarray | None]  # Maglev / source-hash, per pool
     notes: tuple[str, ...]  # warnings about the port itself (Maglev table sizes)
+    # per key: does kube-proxy write it as a DNAT rule (nat table, service-ips), or only as
+    # a REJECT / DROP (filter table, no-endpoint-services)? Decides who owns a shared key
+    fe_nat: tuple[bool, ...] = ()
+    np_nat: tuple[bool, ...] = ()
 
 
 def port_spec(state: FamilyState, e: PortEntry) -> tuple[Any, ...]:
@@ -340,7 +344,12 @@ def port_entry(pp: PlanPort, cfg: Any, svc: int, order: Order,
     fe_recs: list[Rec] = []
     np_keys: list[NpKey] = []
     np_recs: list[Rec] = []
+    fe_nat: list[bool] = []
+    np_nat: list[bool] = []
     for f in pp.frontends():
+        # both renderers: the cluster IP (and internal-policy frontends) get a DNAT rule iff
+        # the port has internal endpoints; every external frontend iff it has endpoints
+        nat = pp.has_internal_endpoints if f.shape == "ClusterIP" else pp.has_endpoints
         dst_local = f.ip is not None and _dst_local(cfg, f.ip)
         sig = (f.kind, f.policy, dst_local, flags)
         got = memo.get(sig)
@@ -355,12 +364,14 @@ def port_entry(pp: PlanPort, cfg: Any, svc: int, order: Order,
         if f.kind == "NodePort":
             np_keys.append((f.port, proto))
             np_recs.append(rec)
+            np_nat.append(nat)
         else:
             assert f.ip is not None
             fe_keys.append((f.ip, f.port, proto))
             fe_recs.append(rec)
+            fe_nat.append(nat)
     return PortEntry(pp, svc, order, tuple(fe_keys), tuple(fe_recs), tuple(np_keys), tuple(np_recs),
-                     SELECTOR_CODES[kind], (tables[0], tables[1]), tuple(notes))
+                     SELECTOR_CODES[kind], (tables[0], tables[1]), tuple(notes), tuple(fe_nat), tuple(np_nat))
 
 
 def _net(cidr: str) -> tuple[str, int]:
@@ -374,10 +385,13 @@ Claim = tuple[Order, int, int]  # (port order, service index, the key's position
 class FamilyState:
     """One family's ports and who owns each frontend key, kept across updates.
 
-    Two ports may claim one key (a duplicate ClusterIP:port, externalIP or NodePort): as
-    kube-proxy's rule order does, the first in plan order wins and the others are warned
-    about. :meth:`set` replaces some ports and says which ports the compiled tables must
-    (re)load: the changed ones and those that became a key's owner."""
+    Two ports may claim one key (a duplicate ClusterIP:port, externalIP, load-balancer IP or
+    NodePort); the others are warned about, and the owner is the port whose rule the
+    kernel meets: DNAT rules (nat table, service-ips) before REJECT / DROP ones (filter
+    table, no-endpoint-services), then iptables' first rule in plan order, or nftables'
+    last element (a later one replaces an earlier one in the map). :meth:`set` replaces
+    some ports and says which ports the compiled tables must (re)load: the changed ones and
+    those that became a key's owner."""
 
     def __init__(self, cfg: Any, service_cidrs: Sequence[str] = ()) -> None:
         self.cfg = cfg
@@ -415,11 +429,12 @@ class FamilyState:
             elif old is not None:
                 removed.append(svc)
         noted: set[int] = set(changed) | set(removed)
-        for claims in [self.fe_claims.get(k, []) for k in fe_touched] + [self.np_claims.get(k, []) for k in np_touched]:
-            for j, (_, svc, _) in enumerate(claims):
-                noted.add(svc)
-                if j == 0:
-                    changed.add(svc)  # the owner now: its record must be in the tables
+        touched = [(False, self.fe_claims.get(k)) for k in fe_touched]
+        touched += [(True, self.np_claims.get(k)) for k in np_touched]
+        for np_, claims in touched:
+            if claims:
+                noted.update(c[1] for c in claims)
+                changed.add(self._owner(claims, np_)[1])  # its record must be in the tables
         for svc in noted:
             self._note(svc)
         return sorted((self.entries[s] for s in changed), key=_order), sorted(removed)
@@ -443,11 +458,23 @@ class FamilyState:
         else:
             self.notes.pop(svc, None)
 
+    def _owner(self, claims: list[Claim], nodeport: bool) -> Claim:
+        if len(claims) == 1:
+            return claims[0]
+        fallback = None
+        for c in (reversed(claims) if self.cfg.nftables else claims):
+            e = self.entries[c[1]]
+            if (e.np_nat if nodeport else e.fe_nat)[c[2]]:
+                return c
+            fallback = fallback or c
+        assert fallback is not None
+        return fallback
+
     def owns_fe(self, e: PortEntry, i: int) -> bool:
-        return self.fe_claims[e.fe_keys[i]][0] == (e.order, e.svc, i)
+        return self._owner(self.fe_claims[e.fe_keys[i]], False) == (e.order, e.svc, i)
 
     def owns_np(self, e: PortEntry, i: int) -> bool:
-        return self.np_claims[e.np_keys[i]][0] == (e.order, e.svc, i)
+        return self._owner(self.np_claims[e.np_keys[i]], True) == (e.order, e.svc, i)
 
     def ordered(self) -> list[PortEntry]:
         return sorted(self.entries.values(), key=_order)

@@ -22,7 +22,7 @@ alive until after it has released it.
 """
 
 cimport cython
-from cpython.long cimport PyLong_AsLongAndOverflow
+from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_AsLongLongAndOverflow
 from cpython.pythread cimport (
     NOWAIT_LOCK,
     WAIT_LOCK,
@@ -707,6 +707,17 @@ cdef inline bint _ip4(object s, uint32_t *out):
     return kp_parse_ip4(<const char *>PyUnicode_DATA(s), <size_t>PyUnicode_GET_LENGTH(s), out)
 
 
+cdef inline bint _int4(object x, uint32_t *out):
+    """An int below 2**32 (an IPv4 address, as ipaddress takes it); False sends the caller
+    to ipaddress (IPv6, negative, too big)."""
+    cdef int overflow = 0
+    cdef long long v = PyLong_AsLongLongAndOverflow(x, &overflow)
+    if overflow or v < 0 or v > 0xFFFFFFFF:
+        return False
+    out[0] = <uint32_t>v
+    return True
+
+
 cdef inline long _port(object x, str what) except -1:
     cdef int overflow = 0
     cdef long v
@@ -1063,7 +1074,8 @@ cdef class Core:
         cdef _Fam fam
         cdef list services
         cdef Decision dec
-        if not (type(src) is str and type(dst) is str and _ip4(src, &s4) and _ip4(dst, &d4)):
+        if not ((type(src) is str and type(dst) is str and _ip4(src, &s4) and _ip4(dst, &d4))
+                or (type(src) is int and type(dst) is int and _int4(src, &s4) and _int4(dst, &d4))):
             si, di, v6 = _parse_pair(src, dst)
             if v6:
                 s6 = _a6(si)

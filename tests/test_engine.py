@@ -341,3 +341,25 @@ def test_update_ports_rejects_bad_ports_and_changes_nothing(impl: str, bad: str)
     with pytest.raises(ValueError, match="ports: "):
         engine._core.update_ports([tuple(spec)], removed, [], [], [])
     assert engine.lookup("10.0.0.5", "10.96.0.10", 80, "TCP", sport=7, now=0.0, track=0) == before
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_a_shared_frontend_goes_where_the_kernel_sends_it(make_engine: Callable[..., kp.Engine], mode: str) -> None:
+    # Regression: two LoadBalancers sharing an IP and port, the first without endpoints: the
+    # engine said REJECT (first in plan order) where the kernel DNATs to the second, whose
+    # rule is in the nat table (the first's REJECT is in filter, met after DNAT).
+    def lb_svc(name: str, ip: str) -> dict[str, Any]:
+        s = service("ns", name, ip, [port(80, "p0")], type="LoadBalancer", allocateLoadBalancerNodePorts=False)
+        s["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.77"}]}}
+        return s
+
+    objs = [node(NODE, "192.168.0.1"), lb_svc("s1", "172.30.0.2"), lb_svc("s3", "172.30.0.4"),
+            slice_("ns", "s3", [ep("10.1.3.2", NODE)], [eport(8000, "p0")])]
+    engine = make_engine(objs, node=NODE, mode=mode)
+    d = engine.lookup("203.0.113.9", "203.0.113.77", 80, "TCP", sport=1, now=0.0, track=0)
+    assert (d.verdict, d.service, d.endpoint) == ("DNAT", "ns/s3:p0", ("10.1.3.2", 8000))
+    assert any("is also used by another service" in w for w in engine.warnings)
+    # the second loses its endpoints: now no rule DNATs, and the filter's first / last REJECT decides
+    engine.apply([slice_("ns", "s3", [], [eport(8000, "p0")])])
+    d = engine.lookup("203.0.113.9", "203.0.113.77", 80, "TCP", sport=1, now=0.0, track=0)
+    assert (d.verdict, d.service) == ("REJECT", "ns/s1:p0" if mode == "iptables" else "ns/s3:p0")
