@@ -23,6 +23,7 @@ from . import _engine_py
 from .addresses import FAMILIES, Family
 from .dns import DEFAULT_TTL, DEFAULT_ZONE, Answer, Zone, build_zone, normalize
 from .errors import PacketError
+from .manifests import _gc_paused as gc_paused
 from .manifests import apply_objects, indexed
 from .model import PROTO_NUMBERS, Cluster
 from .plan import PlanPort, ProxyConfig, ProxyPlan, make_config, plan_port
@@ -177,7 +178,8 @@ class Engine:
         self.service_ports: list[ServicePortInfo] = []
         self._names_loaded = 0  # how many of service_ports' names the core has
         self._derived: dict[str, Any] = {}  # plans, tables, warnings: built on demand
-        self._build_all()
+        with gc_paused():  # millions of objects, no cycles: a collection would walk them all
+            self._build_all()
 
     # ------------------------------------------------------------------ building
     def _plan_service(self, fam: Family, key: tuple[str, str]) -> list[PlanPort]:
@@ -293,7 +295,7 @@ class Engine:
         conntrack cleanup does; lookups running in other threads see, per packet, the
         old tables or the new ones, never a mix.
         """
-        with self._lock:
+        with self._lock, gc_paused():
             new_cluster, changes = apply_objects(self.cluster, objects, self.plugins)
             before = sum(len(st.entries) for st in self._states.values())
             # a refusal while planning (a plugin type's handler, the engine's own Node gone)
