@@ -731,6 +731,12 @@ cdef inline long _port(object x, str what) except -1:
 
 cdef inline int _track(object track) except -1:
     # as the twin: any true value reads; only == 1 writes
+    cdef int overflow = 0
+    cdef long v
+    if type(track) is int:  # the common case, without Python comparisons
+        v = PyLong_AsLongAndOverflow(track, &overflow)
+        if not overflow:
+            return 0 if v == 0 else (1 if v == 1 else 2)
     if not track:
         return 0
     return 1 if track == 1 else 2
@@ -1071,7 +1077,6 @@ cdef class Core:
         cdef long dp, sp
         cdef double t
         cdef kp_res r
-        cdef _Fam fam
         cdef list services
         cdef Decision dec
         if not ((type(src) is str and type(dst) is str and _ip4(src, &s4) and _ip4(dst, &d4))
@@ -1094,12 +1099,10 @@ cdef class Core:
 
         self._lock()
         if v6:
-            fam = self.fam6
             kp_decide6(&self.st, self.c6, s6, d6, <uint16_t>sp, <uint16_t>dp, <uint8_t>p,
                        kp_hash6(self.st.seed, s6, d6, <uint16_t>sp, <uint16_t>dp, <uint8_t>p),
                        KP_REC_UNKNOWN, 0, t, mode, 1, &r)
         else:
-            fam = self.fam4
             kp_decide4(&self.st, self.c4, s4, d4, <uint16_t>sp, <uint16_t>dp, <uint8_t>p,
                        kp_hash4(self.st.seed, s4, d4, <uint16_t>sp, <uint16_t>dp, <uint8_t>p),
                        KP_REC_UNKNOWN, 0, t, mode, 1, &r)
