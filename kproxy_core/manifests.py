@@ -1452,15 +1452,8 @@ def _index_check(
     nps = _Edit(np_index)
     for key in touched:  # first release what the touched Services held
         old = base.services.get(key)
-        if old is None:
-            continue
-        old_ips, old_nps = _claims(old)
-        for _, ip in old_ips:
-            if ips.get(ip) == key:
-                del ips[ip]
-        for i, np_key in old_nps:
-            if nps.get(np_key) == (key, i):
-                del nps[np_key]
+        if old is not None:
+            _release(old, ips, nps)
     problems: list[str] = []
     now = [svc for key in touched if (svc := b.services.get(key)) is not None]
     # an untouched holder that sorts after a touched claimant loses the address to it,
@@ -1478,16 +1471,21 @@ def _index_check(
                 late.add(np_holder[0])
     claimants = sorted([*now, *(b.services[k] for k in late)], key=lambda s: s.key)
     for k in late:
-        old_ips, old_nps = _claims(b.services[k])
-        for _, ip in old_ips:
-            if ips.get(ip) == k:
-                del ips[ip]
-        for i, np_key in old_nps:
-            if nps.get(np_key) == (k, i):
-                del nps[np_key]
+        _release(b.services[k], ips, nps)
     for svc in claimants:
         _claim(svc, ips, nps, problems)
     return problems, ips.result(), nps.result()
+
+
+def _release(svc: Service, ips: MutableMapping[str, Any], nps: MutableMapping[tuple[int, str], Any]) -> None:
+    """Take out of the indexes what ``svc`` holds there."""
+    held_ips, held_nps = _claims(svc)
+    for _, ip in held_ips:
+        if ips.get(ip) == svc.key:
+            del ips[ip]
+    for i, np_key in held_nps:
+        if nps.get(np_key) == (svc.key, i):
+            del nps[np_key]
 
 
 def _slice_index(base: Cluster, b: _Builder, slices: Mapping[tuple[str, str], EndpointSlice]

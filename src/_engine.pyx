@@ -88,8 +88,6 @@ cdef packed struct _out6:  # engine.OUT6_DTYPE (kp_out6 in kp_core.h)
 
 
 cdef uint64_t M64 = 0xFFFFFFFFFFFFFFFF
-cdef object _ONE = 1
-cdef object _FULL128 = (_ONE << 128) - 1
 cdef tuple _VERDICTS = tuple(VERDICTS)
 cdef list _FRONTENDS = FRONTENDS  # grows as plugins add frontend kinds (tables.frontend_code)
 cdef dict _PROTO_IN = dict(PROTO_IN)
@@ -383,8 +381,9 @@ cdef class _Blocks:
             free(self.b)
 
 
-cdef inline kp_a6 _row_a6(const uint8_t[:, :] u6, Py_ssize_t i) noexcept nogil:
-    return kp_a6_load(&u6[i, 0])
+cdef inline uint32_t _be32(const unsigned char *p) noexcept nogil:
+    """Four bytes in network order (a packed IPv4 address)."""
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
 
 cdef _Blocks _make_blocks(dict c, bint v6, _Fam fam):
@@ -451,13 +450,9 @@ cdef _Blocks _make_blocks(dict c, bint v6, _Fam fam):
     cdef kp_key *K
     cdef kp_pe4 *p4
     cdef kp_pe6 *p6
-    cdef kp_cidr4 *c4
-    cdef kp_cidr6 *c6
     cdef int32_t n0, n1, nfw_at
     cdef int64_t ln, st
-    cdef uint32_t m4
-    cdef kp_a6 m6, a6
-    cdef int prefix
+    cdef kp_a6 a6
     if v6:
         ep6 = c["ep_addr"]
         fe6 = c["fe_addr"]
@@ -513,19 +508,12 @@ cdef _Blocks _make_blocks(dict c, bint v6, _Fam fam):
             R.fwn = <int32_t>rfwl[r]
             R.fwl = <const void *><uintptr_t>nfw_at
             for k in range(rfwl[r]):
-                prefix = fwp[rfws[r] + k]
                 if v6:
-                    c6 = <kp_cidr6 *>b.fw + nfw_at
-                    m6 = _a6(_FULL128 ^ ((_ONE << (128 - prefix)) - 1))  # Python ints: 128 bits
                     a6 = kp_a6_load(&fw6[rfws[r] + k, 0])
-                    c6.mask = m6
-                    c6.net.hi = a6.hi & m6.hi
-                    c6.net.lo = a6.lo & m6.lo
                 else:
-                    c4 = <kp_cidr4 *>b.fw + nfw_at
-                    m4 = 0 if prefix == 0 else (<uint32_t>0xFFFFFFFF << (32 - prefix))
-                    c4.mask = m4
-                    c4.net = fw4[rfws[r] + k] & m4
+                    a6.hi = 0
+                    a6.lo = fw4[rfws[r] + k]
+                kp_blk_set_fw(b, nfw_at, a6, fwp[rfws[r] + k])
                 nfw_at += 1
         for j in range(key_count[i]):
             r = key_order[ko + j]
@@ -562,8 +550,6 @@ cdef _Blocks _spec_blocks(list specs, bint v6, _Fam fam):
     cdef kp_key *K
     cdef kp_pe4 *p4
     cdef kp_pe6 *p6
-    cdef kp_cidr4 *c4
-    cdef kp_cidr6 *c6
     cdef const unsigned char *raw
     cdef const unsigned char *acts
     cdef const unsigned char *pre
@@ -571,9 +557,7 @@ cdef _Blocks _spec_blocks(list specs, bint v6, _Fam fam):
     cdef int32_t n0, n1, nfw, off, nfw_at
     cdef int64_t t0, t1
     cdef uint8_t sel
-    cdef int prefix
-    cdef uint32_t m4, a4
-    cdef kp_a6 m6, a6
+    cdef kp_a6 a6
     cdef const int32_t[:] tv
     out.b = <kp_blk **>calloc(n if n else 1, sizeof(kp_blk *))
     if out.b == NULL:
@@ -608,8 +592,7 @@ cdef _Blocks _spec_blocks(list specs, bint v6, _Fam fam):
                     p6.port = <uint16_t>pw[j]
                 else:
                     p4 = <kp_pe4 *>b.pool + off + j
-                    p4.addr = (<uint32_t>raw[4 * j] << 24) | (<uint32_t>raw[4 * j + 1] << 16) | (
-                        <uint32_t>raw[4 * j + 2] << 8) | raw[4 * j + 3]
+                    p4.addr = _be32(raw + 4 * j)
                     p4.port = <uint16_t>pw[j]
                 if b.w != NULL:
                     b.w[off + j] = <uint32_t>ww[j] if ww is not None else 1
@@ -634,21 +617,12 @@ cdef _Blocks _spec_blocks(list specs, bint v6, _Fam fam):
             pre = pre_b
             fwb = fw_b
             for k in range(len(pre_b)):
-                prefix = pre[k]
                 if v6:
-                    c6 = <kp_cidr6 *>b.fw + nfw_at
-                    m6 = _a6(_FULL128 ^ ((_ONE << (128 - prefix)) - 1))  # Python ints: 128 bits
                     a6 = kp_a6_load(fwb + 16 * k)
-                    c6.mask = m6
-                    c6.net.hi = a6.hi & m6.hi
-                    c6.net.lo = a6.lo & m6.lo
                 else:
-                    c4 = <kp_cidr4 *>b.fw + nfw_at
-                    m4 = 0 if prefix == 0 else (<uint32_t>0xFFFFFFFF << (32 - prefix))
-                    a4 = (<uint32_t>fwb[4 * k] << 24) | (<uint32_t>fwb[4 * k + 1] << 16) | (
-                        <uint32_t>fwb[4 * k + 2] << 8) | fwb[4 * k + 3]
-                    c4.mask = m4
-                    c4.net = a4 & m4
+                    a6.hi = 0
+                    a6.lo = _be32(fwb + 4 * k)
+                kp_blk_set_fw(b, nfw_at, a6, pre[k])
                 nfw_at += 1
         for j in range(len(keys)):
             nodeport, kaddr, kport, kproto, ri = keys[j]
@@ -664,7 +638,7 @@ cdef _Blocks _spec_blocks(list specs, bint v6, _Fam fam):
                 if v6:
                     K.addr = kp_a6_load(raw)
                 else:
-                    K.addr.lo = (<uint32_t>raw[0] << 24) | (<uint32_t>raw[1] << 16) | (<uint32_t>raw[2] << 8) | raw[3]
+                    K.addr.lo = _be32(raw)
         _check(kp_blk_finish(b, <uint32_t>aff, <uint64_t>seed))
     return out
 

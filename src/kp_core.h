@@ -898,6 +898,21 @@ static kp_blk *kp_blk_new(kp_arena *arena, int v6, int32_t nrec, int32_t nkey, i
     return b;
 }
 
+/* KUBE-FW source `at` of block b: the network addr/prefix (IPv4 in addr.lo), pre-masked. */
+static void kp_blk_set_fw(kp_blk *b, int32_t at, kp_a6 addr, int prefix) {
+    if (b->v6) {
+        kp_cidr6 *c = (kp_cidr6 *)b->fw + at;
+        c->mask.hi = prefix >= 64 ? UINT64_MAX : (prefix <= 0 ? 0 : UINT64_MAX << (64 - prefix));
+        c->mask.lo = prefix <= 64 ? 0 : (prefix >= 128 ? UINT64_MAX : UINT64_MAX << (128 - prefix));
+        c->net.hi = addr.hi & c->mask.hi;
+        c->net.lo = addr.lo & c->mask.lo;
+    } else {
+        kp_cidr4 *c = (kp_cidr4 *)b->fw + at;
+        c->mask = prefix <= 0 ? 0 : (prefix >= 32 ? UINT32_MAX : UINT32_MAX << (32 - prefix));
+        c->net = (uint32_t)addr.lo & c->mask;
+    }
+}
+
 /* The alias columns of one weighted pool (n > 0 entries at pool index st). */
 static int kp_blk_alias(kp_blk *b, int32_t st, int32_t n) {
     uint64_t *prob = (uint64_t *)malloc(sizeof(uint64_t) * 2 * (size_t)n), *s, W = 0;

@@ -165,6 +165,7 @@ cdef extern from "kp_core.h" nogil:
     kp_blk *kp_blk_new(kp_arena *arena, int v6, int32_t nrec, int32_t nkey, int32_t n0, int32_t n1, uint8_t sel,
                        int64_t tlen0, int64_t tlen1, int32_t nfw)
     int kp_blk_finish(kp_blk *b, uint32_t affinity, uint64_t seed)
+    void kp_blk_set_fw(kp_blk *b, int32_t at, kp_a6 addr, int prefix)
     void kp_blk_discard(kp_fam *f, kp_blk *b)
     int kp_fam_install(kp_fam *f, kp_blk **nb, int32_t n, const int32_t *removed, int32_t nrem,
                        int *stale)

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 from k8s import ep, eport, lb, node, port, service, slice_
-from test_differential import LB_RANGES, PROTOS, SELECTOR_TEXTS
+from test_differential import LB_RANGES, PROTOS, SELECTOR_TEXTS, _ip_arrays
 
 import kproxy_core as kp
 from kproxy_core.plugins import make_plugin_manager
@@ -324,16 +324,7 @@ Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # s
 
 
 def columns(rows: list[Packet], v6: bool) -> Columns:
-    if v6:
-        src = np.array([list(ipaddress.ip_address(r[0]).packed) for r in rows], dtype=np.uint8).reshape(-1, 16)
-        dst = np.array([list(ipaddress.ip_address(r[1]).packed) for r in rows], dtype=np.uint8).reshape(-1, 16)
-    else:
-        src = np.array([int(ipaddress.ip_address(r[0])) for r in rows], dtype=np.uint32)
-        dst = np.array([int(ipaddress.ip_address(r[1])) for r in rows], dtype=np.uint32)
-    dport = np.array([r[2] for r in rows], dtype=np.uint16)
-    proto = np.array([{"TCP": 6, "UDP": 17, "SCTP": 132}[r[3]] for r in rows], dtype=np.uint8)
-    sport = np.array([r[4] for r in rows], dtype=np.uint16)
-    return src, dst, dport, proto, sport
+    return _ip_arrays(rows, v6)  # type: ignore[return-value]
 
 
 PACKETS = {v6: universe(v6) for v6 in (False, True)}
