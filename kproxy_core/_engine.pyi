@@ -158,15 +158,18 @@ class Core:
         """As ``lookup_batch`` for IPv6: ``src``/``dst`` are (n, 16) uint8 arrays
         (network byte order) and ``out`` is an ``engine.OUT6_DTYPE`` array."""
 
-    def update(self, t4: FamilyTables, t6: FamilyTables, services: Sequence[str]) -> int:
+    def update_ports(self, p4: Sequence[tuple[Any, ...]], r4: Sequence[int], p6: Sequence[tuple[Any, ...]],
+                     r6: Sequence[int], services: Sequence[str]) -> int:
         """Change some service ports in place, one publication per family.
 
-        ``t4``/``t6`` hold only the ports that change (``port_service``: their service
-        indices; each replaces the port of its index, or adds it) with the records of the
-        keys they hold, and ``port_removed``: the service indices whose port goes. A key
-        whose record belonged to a replaced or removed port and that is not given again is
-        deleted; every other port and key stays as it is. ``services``: names to append
-        to the service-port names (the new indices).
+        ``p4``/``p6``: the ports that change, as ``PortSpec`` tuples
+        (``kproxy_core._engine_py.PortSpec``: the service index, affinity, selector and seed,
+        the pools' packed addresses, ports and weights, the lookup tables, the records and
+        the keys that point at them); each replaces the port of its service index, or adds
+        it. ``r4``/``r6``: the service indices whose port goes. A key whose record belonged
+        to a replaced or removed port and that is not given again is deleted; every other
+        port and key stays as it is. ``services``: names to append to the service-port
+        names (the new indices).
 
         Lookups and batches running meanwhile in other threads get, per packet, the
         answer of the state before or after the update, never a mix (DESIGN §5): records
@@ -174,18 +177,9 @@ class Core:
         no lookup that started before it can still read it. Flows whose endpoint is no
         longer in a pool of their service's port are dropped; returns how many.
 
-        Bad tables (as for :meth:`load`, or a service index given twice) raise ValueError
-        and leave the core unchanged.
+        Bad ports (``_engine_py.check_ports``: a value out of range, a service index given
+        twice) raise ValueError and leave the core unchanged.
         """
-
-    def update_ports(self, p4: Sequence[tuple[Any, ...]], r4: Sequence[int], p6: Sequence[tuple[Any, ...]],
-                     r6: Sequence[int], services: Sequence[str]) -> int:
-        """:meth:`update` in the form an engine's apply builds: the changed ports of each
-        family as ``PortSpec`` tuples (``kproxy_core._engine_py.PortSpec``: the service
-        index, affinity, selector and seed, the pools' packed addresses, ports and weights,
-        the lookup tables, the records and the keys that point at them) and the removed
-        service indices. Checked by ``_engine_py.check_ports`` (ValueError, the core
-        unchanged), then installed as :meth:`update` does."""
 
     def frontend(self, dst: object, dport: int, proto: object = "TCP") -> tuple[int, int, int]:
         """Which service port a new packet to ``dst:dport/proto`` meets, as a lookup

@@ -312,13 +312,6 @@ class _Family:
             recs[r].port.keys.append((True, (p, pr)))
         return swapped
 
-    def update(self, c: dict[str, Any], removed: list[int]) -> set[int]:
-        """Replace the ports of an update and remove others; a key whose record belonged
-        to a replaced or removed port and that the update does not give again is deleted.
-        Returns the service indices whose port changed or went."""
-        gone = [p for svc in removed if (p := self.ports.pop(svc, None)) is not None]
-        return self._finish(self._put(c), gone)
-
     def update_specs(self, specs: Sequence[PortSpec], removed: Sequence[int]) -> set[int]:
         """:meth:`update` from checked :data:`PortSpec` tuples."""
         gone = [p for svc in removed if (p := self.ports.pop(svc, None)) is not None]
@@ -496,25 +489,6 @@ class Core:
             self.services = services
             return sum(self._drop_flows(fl, f, None) for f, fl in zip(new, self.flows, strict=True))
 
-    def update(self, t4: FamilyTables, t6: FamilyTables, services: Sequence[str]) -> int:
-        """Replace the ports of an update (``port_service``: their service indices), remove
-        those of ``port_removed``, and add ``services``' names after the known ones. Only
-        those ports change; flows whose endpoint left their service are dropped (returns
-        how many). Inconsistent tables raise ValueError and leave the core as it was."""
-        added = list(services)
-        n = len(self.services) + len(added)
-        checked = [_check_update(t, v6, n) for t, v6 in ((t4, False), (t6, True))]
-        with self._lock:
-            if self.fam[0] is None or self.fam[1] is None:
-                raise EngineError("Core.update before Core.load")
-            self.services.extend(added)  # in place, as the compiled core (a copy is O(services))
-            dropped = 0
-            for fam, (c, removed), fl in zip(self.fam, checked, self.flows, strict=True):
-                assert fam is not None
-                changed = fam.update(c, removed)
-                dropped += self._drop_flows(fl, fam, changed)
-        return dropped
-
     def update_ports(self, p4: Sequence[PortSpec], r4: Sequence[int], p6: Sequence[PortSpec],
                      r6: Sequence[int], services: Sequence[str]) -> int:
         """:meth:`update` with the changed ports as :data:`PortSpec` tuples and the removed
@@ -524,7 +498,7 @@ class Core:
         checked = [check_ports(p4, r4, False, n), check_ports(p6, r6, True, n)]
         with self._lock:
             if self.fam[0] is None or self.fam[1] is None:
-                raise EngineError("Core.update before Core.load")
+                raise EngineError("Core.update_ports before Core.load")
             self.services.extend(added)  # in place, as the compiled core (a copy is O(services))
             dropped = 0
             for fam, specs, removed, fl in zip(self.fam, checked, (r4, r6), self.flows, strict=True):
@@ -1038,17 +1012,6 @@ def check_ports(ports: Sequence[PortSpec], removed: Sequence[int], v6: bool, nse
             num(k[4], 0, len(recs) - 1, "key record")
         out.append(p)
     return out
-
-
-def _check_update(t: FamilyTables, v6: bool, nservices: int) -> tuple[dict[str, Any], list[int]]:
-    """An update's tables (as :func:`check_tables`), its removed service indices, and that
-    no service index is given twice."""
-    c = check_tables(t, v6, nservices)
-    removed = _int_array(getattr(t, "port_removed", ()), "port_removed", 0, nservices - 1, 0).tolist()
-    svcs = c["port_service"].tolist()
-    if len(set(svcs)) != len(svcs) or set(svcs) & set(removed) or len(set(removed)) != len(removed):
-        raise ValueError("tables: an update gives a service index twice (port_service, port_removed)")
-    return c, removed
 
 
 def _check_selectors(t: FamilyTables, c: dict[str, Any], n_port: int, n_pool: int,

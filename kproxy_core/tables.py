@@ -3,8 +3,8 @@
 An engine keeps, per family, a :class:`FamilyState`: one :class:`PortEntry` per service
 port (its frontends' records, pools, selector) and who owns each frontend key. A whole
 load flattens every entry (:meth:`FamilyState.tables`); an update flattens only the
-ports it changed plus those that became a key's owner (:meth:`FamilyState.delta`), and
-``Core.update`` replaces just those ports in place.
+ports it changed plus those that became a key's owner (:meth:`FamilyState.set`, then
+:func:`port_spec`), and ``Core.update_ports`` replaces just those ports in place.
 
 Everything per packet is decided from these arrays; all kube-proxy logic has already
 run in :mod:`kproxy_core.plan`. A frontend record carries, for each of the eight
@@ -82,10 +82,6 @@ CLASSES8 = tuple((pod, local, allowed) for allowed in (False, True) for pod, loc
 
 def encode(w: Walk) -> int:
     return VERDICT_CODE[w.verdict] | (POOL_CODE[w.pool] << 2) | (int(w.masquerade) << 4)
-
-
-def addr_int(ip: str) -> int:
-    return int(ipaddress.ip_address(ip))
 
 
 def _addr_array(ips: Sequence[str], v6: bool) -> npt.NDArray[np.uint8] | npt.NDArray[np.uint32]:
@@ -172,15 +168,6 @@ class FamilyTables:
     port_table_start: np.ndarray | None = None  # (P, 2) int64: each pool's lookup table in sel_table
     port_table_len: np.ndarray | None = None  # (P, 2) int64: its size M (0: none)
     sel_table: np.ndarray | None = None  # (T,) int32: Maglev lookup tables, entries index the pool
-    # an update (Core.update) only: the service indices whose port this family no longer has;
-    # the ports above replace those of their service index, the rest stay as they are
-    port_removed: np.ndarray = field(default_factory=_empty)
-
-
-# id(PlanPort) -> (the PlanPort, {frontend kind: (actions, nodeport filter action),
-# "maglev/<pool>": (lookup table, warnings)}); holding the PlanPort keeps its id from
-# being reused while the entry lives.
-TableCache = dict[int, tuple[PlanPort, dict[str, Any]]]
 
 
 def maglev_builder() -> Callable[..., np.ndarray]:
@@ -486,10 +473,6 @@ class FamilyState:
         """Every port's flat arrays, in plan order, each with the records of the keys it owns."""
         return assemble(self, self.ordered())
 
-    def delta(self, entries: Sequence[PortEntry], removed: Sequence[int]) -> FamilyTables:
-        """An update's arrays: ``entries`` as returned by :meth:`set`, and the removed ports."""
-        return assemble(self, entries, removed, full=False)
-
 
 _Key = TypeVar("_Key")
 
@@ -513,11 +496,9 @@ def _order(e: PortEntry) -> Order:
     return e.order
 
 
-def assemble(state: FamilyState, entries: Sequence[PortEntry], removed: Sequence[int] = (),
-             full: bool = True) -> FamilyTables:
-    """Flatten ports into :class:`FamilyTables` (see the module docstring): every port
-    (``full``, for :meth:`Core.load`) or the ports of an update (for :meth:`Core.update`,
-    with the service indices whose port is ``removed``)."""
+def assemble(state: FamilyState, entries: Sequence[PortEntry]) -> FamilyTables:
+    """Flatten every port (in plan order) into :class:`FamilyTables` for :meth:`Core.load`
+    (see the module docstring)."""
     cfg = state.cfg
     v6 = cfg.family == "IPv6"
     fe_keys: list[FeKey] = []
@@ -606,7 +587,7 @@ def assemble(state: FamilyState, entries: Sequence[PortEntry], removed: Sequence
     det_ips = [str(det_net.network_address)] if det_net is not None else ["::" if v6 else "0.0.0.0"]
     cips: dict[str, int] = {}
     scidrs: list[tuple[str, int]] = []
-    if cfg.nftables and full:  # an update leaves the cluster-ips-check as it is
+    if cfg.nftables:
         for e in entries:
             cips.setdefault(e.pp.cluster_ip, e.svc)
         for text in state.service_cidrs:
@@ -656,7 +637,6 @@ def assemble(state: FamilyState, entries: Sequence[PortEntry], removed: Sequence
         port_table_start=np.array(table_start, dtype=np.int64).reshape(-1, 2),
         port_table_len=np.array(table_len, dtype=np.int64).reshape(-1, 2),
         sel_table=np.concatenate(sel_tables) if sel_tables else np.zeros(0, dtype=np.int32),
-        port_removed=np.array(removed, dtype=np.int32),
     )
 
 

@@ -48,7 +48,6 @@ from kproxy_core._engine_py import (
     PROTO_IN,
     SLOTS,
     _check_port,
-    _check_update,
     _parse_pair,
     check_ports,
     _proto,
@@ -843,37 +842,15 @@ cdef class Core:
         del old
         return dropped
 
-    def update(self, t4, t6, services):
-        """Replace the ports of an update, remove those of ``port_removed``, and append
-        ``services`` to the service names; in place, one publication per family (see
-        kp_fam_install). Lookups and batches running meanwhile in other threads read, per
-        packet, the old or the new state."""
-        if not self.ready:
-            raise EngineError("Core.__init__ was not called")
-        if self.fam4 is None:
-            raise EngineError("Core.update before Core.load")
-        added = list(services)
-        n = len(self.services) + len(added)
-        cs = [_check_update(t4, False, n), _check_update(t6, True, n)]
-        cdef _Blocks b4 = None
-        cdef _Blocks b6 = None
-        self._wlock()
-        try:
-            b4 = _make_blocks(cs[0][0], False, self.fam4)
-            b6 = _make_blocks(cs[1][0], True, self.fam6)
-            return self._install(b4, cs[0][1], b6, cs[1][1], added)
-        finally:
-            if b4 is not None:
-                b4.discard()
-            if b6 is not None:
-                b6.discard()
-            PyThread_release_lock(self.wlock)
-
     def update_ports(self, p4, r4, p6, r6, services):
+        """Replace the given ports, remove those of r4 / r6, and append ``services`` to the
+        service names; in place, one publication per family (see kp_fam_install). Lookups
+        and batches running meanwhile in other threads read, per packet, the old or the
+        new state."""
         if not self.ready:
             raise EngineError("Core.__init__ was not called")
         if self.fam4 is None:
-            raise EngineError("Core.update before Core.load")
+            raise EngineError("Core.update_ports before Core.load")
         added = list(services)
         n = len(self.services) + len(added)
         p4 = check_ports(p4, r4, False, n)
