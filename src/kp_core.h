@@ -797,6 +797,9 @@ static int kp_cmp6(const void *a, const void *b) {
 
 KP_INLINE int kp_in4(const uint32_t *a, int32_t n, uint32_t x) {
     int32_t lo = 0, hi = n;
+    /* most addresses asked about (packet sources) lie outside the node's few: one range
+     * test instead of a search, which costs every packet a dozen instructions */
+    if (n == 0 || x < a[0] || x > a[n - 1]) return 0;
     while (lo < hi) {
         int32_t mid = lo + (hi - lo) / 2;
         if (a[mid] < x) lo = mid + 1; else hi = mid;
@@ -805,6 +808,7 @@ KP_INLINE int kp_in4(const uint32_t *a, int32_t n, uint32_t x) {
 }
 KP_INLINE int kp_in6(const kp_a6 *a, int32_t n, kp_a6 x) {
     int32_t lo = 0, hi = n;
+    if (n == 0 || x.hi < a[0].hi || x.hi > a[n - 1].hi) return 0;  /* as kp_in4 */
     while (lo < hi) {
         int32_t mid = lo + (hi - lo) / 2;
         if (a[mid].hi < x.hi || (a[mid].hi == x.hi && a[mid].lo < x.lo)) lo = mid + 1; else hi = mid;
