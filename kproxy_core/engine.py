@@ -252,14 +252,24 @@ class Engine:
 
     @property
     def plans(self) -> dict[Family, ProxyPlan]:
-        """Each family's whole plan (assembled on demand, and again after an update)."""
+        """Each family's whole plan (planned again on demand, and again after an update:
+        the engine keeps only what its tables need of each port)."""
         got: dict[Family, ProxyPlan] | None = self._derived.get("plans")
         if got is None:
-            got = self._derived["plans"] = {
-                fam: ProxyPlan(self.configs[fam], tuple(e.pp for e in st.ordered()))
-                for fam, st in self._states.items()
-            }
+            got = {}
+            for fam in self._states:
+                ports: list[PlanPort] = []
+                for key in sorted(self._svc_ports[fam]):
+                    ports.extend(self._plan_service(fam, key))
+                got[fam] = ProxyPlan(self.configs[fam], tuple(ports))
+            self._derived["plans"] = got
         return got
+
+    def plan_of(self, family: Family, entry: PortEntry) -> PlanPort:
+        """The plan of the service port behind one of this engine's table entries (planned
+        again: one Service's ports, whatever the size of the cluster)."""
+        ns, name, i = entry.order
+        return self._plan_service(family, (ns, name))[i]
 
     @property
     def tables(self) -> dict[Family, FamilyTables]:
@@ -374,7 +384,7 @@ class Engine:
                 # moved to another address changes it, and it is loaded whole
                 for i, e in updates.items():
                     old = state.entries.get(i)
-                    if e is None or old is None or old.pp.cluster_ip != e.pp.cluster_ip:
+                    if e is None or old is None or old.cluster_ip != e.cluster_ip:
                         reload = True
                         break
             entries, removed = state.set(updates)

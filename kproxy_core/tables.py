@@ -236,13 +236,27 @@ Rec = tuple[int, tuple[int, ...], int, tuple[tuple[str, int], ...]]
 Order = tuple[str, str, int]  # plan order: namespace, service name, position among its ports
 
 
-@dataclass(eq=False)
+# one pool of a port: its endpoints' addresses and ports, and their weights when the
+# selector reads them (None otherwise); the strings and ints are the plan's own objects
+Pool = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...] | None]
+
+
+@dataclass(eq=False, slots=True)
 class PortEntry:
     """What one service port contributes to its family's tables: its claims on frontend
     keys (with the record each would get), its pools and its selector. An engine keeps
-    one per service port and replaces only those of the ports an update touches."""
+    one per service port and replaces only those of the ports an update touches.
 
-    pp: PlanPort
+    It keeps what the compiled tables need of the port's plan, not the plan itself (its
+    ``EndpointInfo`` objects were most of an engine's memory): ``Engine.plan_of`` plans
+    the port again when a trace or a renderer needs it."""
+
+    spn: str
+    protocol: str
+    cluster_ip: str
+    affinity: int  # the session-affinity timeout (0: none)
+    seed: int  # the selector's seed
+    pools: tuple[Pool, Pool]  # (cluster, local)
     svc: int  # the service index (Engine.service_ports)
     order: Order
     fe_keys: tuple[FeKey, ...]
@@ -261,10 +275,9 @@ class PortEntry:
 def port_spec(state: FamilyState, e: PortEntry) -> tuple[Any, ...]:
     """``e`` as a ``Core.update_ports`` port (see ``_engine_py.PortSpec``), with the
     records of the keys it owns."""
-    pp = e.pp
     v6 = state.cfg.family == "IPv6"
     pton = _pton6 if v6 else _pton4
-    pools = (pp.cluster, pp.local)
+    pools = e.pools
     weighted = e.selector in (SELECTOR_CODES["weighted"], SELECTOR_CODES["round-robin"])
     recs: list[tuple[int, bytes, int, bytes, bytes]] = []
     keys: list[tuple[bool, bytes, int, int, int]] = []
@@ -278,10 +291,10 @@ def port_spec(state: FamilyState, e: PortEntry) -> tuple[Any, ...]:
             keys.append((False, pton(k[0]), k[1], k[2], len(recs)))
             recs.append(_rec_spec(rec, pton))
     return (
-        e.svc, pp.affinity_timeout, e.selector, pp.selector.seed,
-        (b"".join([pton(ep.ip) for ep in pools[0]]), b"".join([pton(ep.ip) for ep in pools[1]])),
-        ([ep.port for ep in pools[0]], [ep.port for ep in pools[1]]),
-        ([ep.weight for ep in pools[0]], [ep.weight for ep in pools[1]]) if weighted else (None, None),
+        e.svc, e.affinity, e.selector, e.seed,
+        (b"".join([pton(ip) for ip in pools[0][0]]), b"".join([pton(ip) for ip in pools[1][0]])),
+        (list(pools[0][1]), list(pools[1][1])),
+        (list(pools[0][2] or ()), list(pools[1][2] or ())) if weighted else (None, None),
         e.tables, recs, keys,
     )
 
@@ -357,7 +370,14 @@ def port_entry(pp: PlanPort, cfg: Any, svc: int, order: Order,
             fe_keys.append((f.ip, f.port, proto))
             fe_recs.append(rec)
             fe_nat.append(nat)
-    return PortEntry(pp, svc, order, tuple(fe_keys), tuple(fe_recs), tuple(np_keys), tuple(np_recs),
+    weighted = kind != "random"  # the weights a selector other than random may read
+    cols = tuple(
+        (tuple([ep.ip for ep in pool]), tuple([ep.port for ep in pool]),
+         tuple([ep.weight for ep in pool]) if weighted else None)
+        for pool in pools
+    )
+    return PortEntry(pp.spn, pp.protocol, pp.cluster_ip, pp.affinity_timeout, pp.selector.seed,
+                     (cols[0], cols[1]), svc, order, tuple(fe_keys), tuple(fe_recs), tuple(np_keys), tuple(np_recs),
                      SELECTOR_CODES[kind], (tables[0], tables[1]), tuple(notes), tuple(fe_nat), tuple(np_nat))
 
 
@@ -432,13 +452,12 @@ class FamilyState:
             self.notes.pop(svc, None)
             return
         out = list(e.notes)
-        pp = e.pp
         for i, k in enumerate(e.np_keys):
             if not self.owns_np(e, i):
-                out.append(f"{pp.spn}: NodePort {k[0]}/{pp.protocol} is also used by another service")
+                out.append(f"{e.spn}: NodePort {k[0]}/{e.protocol} is also used by another service")
         for i, (fk, rec) in enumerate(zip(e.fe_keys, e.fe_recs, strict=True)):
             if not self.owns_fe(e, i):
-                out.append(f"{pp.spn}: {FRONTENDS[rec[0]]} {fk[0]}:{fk[1]}/{pp.protocol} "
+                out.append(f"{e.spn}: {FRONTENDS[rec[0]]} {fk[0]}:{fk[1]}/{e.protocol} "
                            "is also used by another service")
         if out:
             self.notes[svc] = tuple(out)
@@ -544,26 +563,24 @@ def assemble(state: FamilyState, entries: Sequence[PortEntry]) -> FamilyTables:
         return len(rec_port) - 1
 
     for pi, e in enumerate(entries):
-        pp = e.pp
         port_service.append(e.svc)
-        port_affinity.append(pp.affinity_timeout)
+        port_affinity.append(e.affinity)
         port_selector.append(e.selector)
-        port_seed.append(pp.selector.seed)
+        port_seed.append(e.seed)
         starts = []
         lens = []
         tst = [0, 0]
         tln = [0, 0]
-        for w, pool in enumerate((pp.cluster, pp.local)):
+        for w, (ips, ports, weights) in enumerate(e.pools):
             starts.append(len(pool_ep))
-            lens.append(len(pool))
-            for ep in pool:
-                key = (ep.ip, ep.port)
+            lens.append(len(ips))
+            for key in zip(ips, ports, strict=True):
                 idx = ep_index.get(key)
                 if idx is None:
                     idx = ep_index[key] = len(ep_list)
                     ep_list.append(key)
                 pool_ep.append(idx)
-                pool_weight.append(ep.weight)
+            pool_weight.extend(weights if weights is not None else [1] * len(ips))
             table = e.tables[w]
             if table is not None:
                 tst[w], tln[w] = n_table, len(table)
@@ -589,7 +606,7 @@ def assemble(state: FamilyState, entries: Sequence[PortEntry]) -> FamilyTables:
     scidrs: list[tuple[str, int]] = []
     if cfg.nftables:
         for e in entries:
-            cips.setdefault(e.pp.cluster_ip, e.svc)
+            cips.setdefault(e.cluster_ip, e.svc)
         for text in state.service_cidrs:
             net, _ = parse_cidr(text.strip())
             if net is not None and (net.version == 6) == v6:

@@ -135,8 +135,8 @@ def _match(
     if entry is None:  # pragma: no cover - the core and the engine hold the same ports
         return None, None, False
     if how == 2:
-        return entry.pp, "NodePort", engine.configs[fam].nodeport_accepts(dst)
-    return entry.pp, FRONTENDS[kind], True
+        return engine.plan_of(fam, entry), "NodePort", engine.configs[fam].nodeport_accepts(dst)
+    return engine.plan_of(fam, entry), FRONTENDS[kind], True
 
 
 def trace_packet(
@@ -291,7 +291,7 @@ def _cluster_ips_check(
     (from filter-forward / filter-output, after DNAT)."""
     svc, _, how = engine._core.frontend(dst, dport, proto)
     entry = engine._states[fam].entries.get(svc) if how == 3 else None
-    owner = entry.pp if entry is not None else None
+    owner = engine.plan_of(fam, entry) if entry is not None else None
     what = f"{join_host_port(dst, dport)}/{proto}"
     filt = nft_filter_chain(from_local, False)
     t.chains = list(pass_chains)

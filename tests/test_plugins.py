@@ -360,7 +360,9 @@ def test_selector_and_weights_hooks_reach_the_plan() -> None:
     assert pp.selector == kp.Selector("round-robin", origin="plugin Chooser")
     assert [(x.ip, x.weight) for x in pp.endpoints] == [("10.0.0.5", 3), ("10.0.1.5", 0), ("10.0.2.5", 1)]
     assert [x.ip for x in pp.cluster] == ["10.0.0.5", "10.0.2.5"]  # weight 0 is out of every pool
-    assert chooser.seen == [("ns/web", "IPv4")]  # no IPv6 ClusterIP: the IPv6 proxier skips the port
+    # no IPv6 ClusterIP: the IPv6 proxier skips the port (the engine may ask again when it
+    # plans a port anew, for a trace or the whole plan, and gets the same answer)
+    assert chooser.seen and set(chooser.seen) == {("ns/web", "IPv4")}
     t = e.trace("10.0.0.7", "10.96.0.10", 80)
     assert {"endpoint": "10.0.1.5:8080", "reason": "weight 0 (plugin Chooser)"} in t.filtered
 
