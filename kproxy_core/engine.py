@@ -267,9 +267,16 @@ class Engine:
 
     def plan_of(self, family: Family, entry: PortEntry) -> PlanPort:
         """The plan of the service port behind one of this engine's table entries (planned
-        again: one Service's ports, whatever the size of the cluster)."""
+        again: one Service's ports, whatever the size of the cluster; kept until the next
+        change, so tracing many packets to one Service plans it once)."""
         ns, name, i = entry.order
-        return self._plan_service(family, (ns, name))[i]
+        cache: dict[tuple[Family, str, str], list[PlanPort]] = self._derived.setdefault("plan_of", {})
+        got = cache.get((family, ns, name))
+        if got is None:
+            if len(cache) >= 4096:  # a bound on what traces to many Services keep
+                cache.clear()
+            got = cache[(family, ns, name)] = self._plan_service(family, (ns, name))
+        return got[i]
 
     @property
     def tables(self) -> dict[Family, FamilyTables]:

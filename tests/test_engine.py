@@ -363,3 +363,18 @@ def test_a_shared_frontend_goes_where_the_kernel_sends_it(make_engine: Callable[
     engine.apply([slice_("ns", "s3", [], [eport(8000, "p0")])])
     d = engine.lookup("203.0.113.9", "203.0.113.77", 80, "TCP", sport=1, now=0.0, track=0)
     assert (d.verdict, d.service) == ("REJECT", "ns/s1:p0" if mode == "iptables" else "ns/s3:p0")
+
+
+def test_trace_plans_a_port_again_after_apply(make_engine: Callable[..., kp.Engine]) -> None:
+    # trace plans the traced port on demand and keeps that plan until the next change:
+    # after apply it must see the new endpoints, not the plan it made before
+    engine = make_engine(web(2), node=NODE)
+    first = engine.trace("10.0.0.7", "10.96.0.10", 80, "TCP", sport=4)
+    assert {c["endpoint"] for c in first.candidates} == {"10.0.1.1:8080", "10.0.1.2:8080"}
+    again = engine.trace("10.0.0.7", "10.96.0.10", 80, "TCP", sport=4)
+    assert again.candidates == first.candidates
+    engine.apply(web(3)[3:4])
+    after = engine.trace("10.0.0.7", "10.96.0.10", 80, "TCP", sport=4)
+    assert {c["endpoint"] for c in after.candidates} == {"10.0.1.1:8080", "10.0.1.2:8080", "10.0.1.3:8080"}
+    assert [p.spn for p in engine.plans["IPv4"].ports] == ["default/web:http"]
+    assert len(engine.plans["IPv4"].ports[0].endpoints) == 3
