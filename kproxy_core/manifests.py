@@ -47,6 +47,7 @@ from .model import (
     ServicePort,
     build_slice_index,
     frozen,
+    overlay_keys,
 )
 
 if TYPE_CHECKING:
@@ -1365,13 +1366,7 @@ class _Edit(MutableMapping[_K, _V]):
         self.changes[key] = GONE
 
     def __iter__(self) -> Iterator[_K]:
-        ch = self.changes
-        for k in self.base:
-            if k not in ch:
-                yield k
-        for k, v in ch.items():
-            if v is not GONE:
-                yield k
+        return overlay_keys(self.base, self.changes)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

@@ -75,16 +75,7 @@ class FrozenMap(Mapping[K, V], Generic[K, V]):
         return key in self._base
 
     def __iter__(self) -> Iterator[K]:
-        top = self._top
-        if not top:
-            yield from self._base
-            return
-        for k in self._base:
-            if k not in top:
-                yield k
-        for k, v in top.items():
-            if v is not GONE:
-                yield k
+        return overlay_keys(self._base, self._top)
 
     def __len__(self) -> int:
         return self._len
@@ -112,6 +103,20 @@ class FrozenMap(Mapping[K, V], Generic[K, V]):
         else:
             out._base, out._top = base, top
         return out
+
+
+def overlay_keys(base: Mapping[K, Any], top: Mapping[K, Any]) -> Iterator[K]:
+    """The keys of ``base`` with the changes ``top`` laid over it (a value of :data:`GONE`
+    removes its key): base's order, then the keys top adds."""
+    if not top:
+        yield from base
+        return
+    for k in base:
+        if k not in top:
+            yield k
+    for k, v in top.items():
+        if v is not GONE:
+            yield k
 
 
 def frozen(m: Mapping[K, V]) -> FrozenMap[K, V]:

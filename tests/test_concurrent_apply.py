@@ -243,13 +243,17 @@ def check_rows(engine: kp.Engine, scenario: Scenario, out: np.ndarray, window: r
     return {window.start + int(k) for k in np.unique(np.argmax(matches[:, only], axis=0))} if only.any() else set()
 
 
-@pytest.mark.parametrize("impl", ["compiled", "python"])
-def test_batches_see_one_state_per_packet(impl: str, scenario: Scenario) -> None:
+def _start(impl: str, scenario: Scenario) -> tuple[kp.Engine, Columns]:
+    """The engine on the scenario's first state, and the packets its readers send."""
     if impl == "compiled" and not kp.COMPILED_AVAILABLE:
         pytest.skip("the compiled core is not built")
     engine = kp.Engine(kp.Cluster.from_objects(scenario.initial), impl=impl, **OPTIONS)
-    n = N_PACKETS[impl]
-    cols = first(scenario.cols, n)
+    return engine, first(scenario.cols, N_PACKETS[impl])
+
+
+@pytest.mark.parametrize("impl", ["compiled", "python"])
+def test_batches_see_one_state_per_packet(impl: str, scenario: Scenario) -> None:
+    engine, cols = _start(impl, scenario)
     batches: list[tuple[range, set[int]]] = []
 
     def reader(published: Published, stop: threading.Event) -> None:
@@ -326,11 +330,7 @@ def check_tracked(engine: kp.Engine, scenario: Scenario, out: np.ndarray, window
 @pytest.mark.parametrize("impl", ["compiled", "python"])
 def test_tracked_batches_stay_consistent(impl: str, scenario: Scenario) -> None:
     """As above with track=True: flows may keep endpoints of older states (check_tracked)."""
-    if impl == "compiled" and not kp.COMPILED_AVAILABLE:
-        pytest.skip("the compiled core is not built")
-    engine = kp.Engine(kp.Cluster.from_objects(scenario.initial), impl=impl, **OPTIONS)
-    n = N_PACKETS[impl]
-    cols = first(scenario.cols, n)
+    engine, cols = _start(impl, scenario)
     rounds: list[int] = []
 
     def reader(published: Published, stop: threading.Event) -> None:
