@@ -32,14 +32,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .dnstypes import DEFAULT_TTL as DEFAULT_TTL  # the records' module; importable from here as before
+from .dnstypes import RTYPES as RTYPES
+from .dnstypes import DnsRecord as DnsRecord
+
 if TYPE_CHECKING:
     from .model import Cluster, Service
     from .servicetypes import ServiceTypeRegistry
 
 DEFAULT_ZONE = "cluster.local"
-DEFAULT_TTL = 5
 MAX_TTL = 3600
-RTYPES = ("A", "AAAA", "CNAME", "SRV", "PTR", "TXT", "SOA", "NS")
 REVERSE_ZONES = ("in-addr.arpa", "ip6.arpa")
 SCHEMA_VERSION = "1.1.0"  # the Kubernetes DNS specification CoreDNS implements
 VERSION_TTL = 28800  # dns-version's TTL is fixed
@@ -66,27 +68,6 @@ def dashed(ip: str) -> str:
 def reverse_name(ip: str) -> str:
     """``10.0.0.1`` → ``1.0.0.10.in-addr.arpa`` (full nibble form under ip6.arpa)."""
     return ipaddress.ip_address(ip).reverse_pointer
-
-
-@dataclass(frozen=True)
-class DnsRecord:
-    """One resource record. ``name`` without the root dot; ``data`` in presentation
-    form (an address, a target name with its dot, ``"prio weight port target."``);
-    ``ttl`` None = the zone's."""
-
-    name: str
-    rtype: str
-    data: str
-    ttl: int | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "name", self.name.strip().rstrip("."))
-        if self.rtype not in RTYPES:
-            raise ValueError(f"DNS record {self.name}: type {self.rtype!r} is not one of {', '.join(RTYPES)}")
-
-    def text(self, ttl: int = DEFAULT_TTL) -> str:
-        """One line as ``dig`` prints it."""
-        return f"{self.name}.\t{self.ttl if self.ttl is not None else ttl}\tIN\t{self.rtype}\t{self.data}"
 
 
 @dataclass(frozen=True)

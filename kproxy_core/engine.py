@@ -59,6 +59,13 @@ def core_module(impl: str | None = None) -> ModuleType:
     raise ValueError(f"impl must be 'compiled' or 'python', not {impl!r}")
 
 
+def maglev_builder(impl: str | None = None) -> Callable[..., np.ndarray]:
+    """``maglev_table(offsets, skips, weights, M)`` of the core :func:`core_module` picks
+    (both build the same tables)."""
+    build: Callable[..., np.ndarray] = core_module(impl).maglev_table
+    return build
+
+
 OUT_DTYPE: Final = np.dtype(
     [("verdict", "u1"), ("service", "<i4"), ("frontend", "u1"), ("ep_ip", "<u4"),
      ("ep_port", "<u2"), ("masq", "?")]
@@ -209,7 +216,8 @@ class Engine:
         out: dict[int, PortEntry] = {}
         for i, pp in enumerate(self._plan_service(fam, key)):
             svc = self._index(pp)
-            out[svc] = port_entry(pp, cfg, svc, (key[0], key[1], i), memo=self._states[fam].memo)
+            out[svc] = port_entry(pp, cfg, svc, (key[0], key[1], i), self._impl.maglev_table,
+                                  memo=self._states[fam].memo)
         return out
 
     def _build_all(self) -> int:

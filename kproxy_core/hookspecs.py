@@ -24,7 +24,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .model import Service, ServicePort
-    from .plan import EndpointInfo
+    from .plantypes import EndpointInfo
     from .selectors import Selector
     from .servicetypes import Report, ServiceTypeRegistry
 
@@ -90,7 +90,7 @@ def kproxy_endpoint_weights(
     """Weigh the endpoints of one service port.
 
     Called while the plan is built, once per service port and IP family, with every
-    endpoint of the port in kube-proxy's order (:class:`kproxy_core.plan.EndpointInfo`:
+    endpoint of the port in kube-proxy's order (:class:`kproxy_core.plantypes.EndpointInfo`:
     ``ip``, ``port``, ``node``, ``zone``, ``target`` (the pod name), readiness). Return one
     integer weight (0 ... 1,000,000) per endpoint, in the same order, or None to leave
     it to the next plugin. Weight 0 takes an endpoint out of every pool. firstresult;

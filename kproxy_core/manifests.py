@@ -47,6 +47,7 @@ from .model import (
     ServicePort,
     build_slice_index,
     frozen,
+    install_loader,
     overlay_keys,
 )
 
@@ -291,6 +292,9 @@ def cluster_from_objects(objects: Any, plugins: KproxyPluginManager | None = Non
     """
     with _gc_paused():
         return _apply_objects(Cluster(), objects, False, plugins)[0]
+
+
+install_loader(cluster_from_objects)
 
 
 def apply_objects(

@@ -7,7 +7,7 @@ fields kube-proxy reads, already normalised (canonical addresses, defaults appli
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Generic, TypeVar
@@ -280,10 +280,13 @@ class Cluster:
         """Build a cluster from manifest dicts (as ``yaml.safe_load`` returns them).
 
         ``plugins``: the plugin manager whose Service types and validation hooks apply
-        (default: :func:`kproxy_core.plugins.get_plugin_manager`)."""
-        from .manifests import cluster_from_objects
-
-        return cluster_from_objects(objects, plugins)
+        (default: :func:`kproxy_core.plugins.get_plugin_manager`). The loader,
+        :func:`kproxy_core.manifests.cluster_from_objects`, does the work: the model
+        describes a cluster and does not import the loader, which installs itself here
+        (:func:`install_loader`) when it is imported, as importing ``kproxy_core`` does."""
+        if _loader is None:  # pragma: no cover - kproxy_core/__init__ imports the loader
+            raise RuntimeError("Cluster.from_objects: kproxy_core.manifests has not been imported")
+        return _loader(objects, plugins)
 
     @cached_property
     def _slice_names(self) -> Mapping[tuple[str, str], tuple[str, ...]]:
@@ -319,3 +322,12 @@ def build_slice_index(slices: Mapping[tuple[str, str], EndpointSlice]) -> Frozen
         if s.service_name:
             index.setdefault((s.namespace, s.service_name), []).append(s.name)
     return FrozenMap({k: tuple(v) for k, v in index.items()})
+
+
+_loader: Callable[[Iterable[Mapping[str, Any]], Any], Cluster] | None = None
+
+
+def install_loader(loader: Callable[[Iterable[Mapping[str, Any]], Any], Cluster]) -> None:
+    """Make ``loader(objects, plugins)`` what :meth:`Cluster.from_objects` calls."""
+    global _loader
+    _loader = loader

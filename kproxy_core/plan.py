@@ -12,46 +12,47 @@ References are to kubernetes/kubernetes pkg/proxy (see KUBE-PROXY.md §3-§8).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
-from .addresses import Family, IPNetwork, join_host_port, parse_cidr
+from .addresses import Family, IPNetwork, parse_cidr
+from .chains import (
+    KUBE_MARK_MASQ,
+    KUBE_NODEPORTS,
+    KUBE_SERVICES,
+    NFT_FIREWALL_CHECK,
+    NFT_MARK_MASQ,
+    NFT_NODEPORT_ENDPOINTS_CHECK,
+    NFT_REJECT_CHAIN,
+    NFT_SERVICE_ENDPOINTS_CHECK,
+    NFT_SERVICES,
+    chain_name_base,
+    nft_filter_chain,
+    nft_nat_chain,
+    service_port_name,
+)
 from .errors import ManifestError, NodeNotFoundError
 from .model import Cluster, Node, Service, ServicePort
+from .plantypes import BUILTIN_FRONTEND_KINDS, FrontendKind, Pool
+from .plantypes import EndpointInfo as EndpointInfo  # the plan's data, importable from here as before
+from .plantypes import Frontend as Frontend
+from .plantypes import PlanPort as PlanPort
 from .selectors import DEFAULT_SELECTOR, MAX_WEIGHT, Selector, uniform_weights
-from .servicetypes import BUILTIN_FRONTEND_KINDS, FrontendPolicy, FrontendSpec
+from .servicetypes import FrontendSpec
 
 if TYPE_CHECKING:
     from .plugins import KproxyPluginManager
 
 Verdict = Literal["DNAT", "REJECT", "DROP", "PASS"]
-FrontendKind = Literal["ClusterIP", "NodePort", "ExternalIP", "LoadBalancer"]
-Pool = Literal["cluster", "local"]
 Mode = Literal["iptables", "nftables"]
 MODES: tuple[Mode, ...] = ("iptables", "nftables")
 
-KUBE_SERVICES = "KUBE-SERVICES"
-KUBE_NODEPORTS = "KUBE-NODEPORTS"
-KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
 FILTER_PREFIX = "filter:"
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
-
-
-def hash16(text: str) -> str:
-    """kube-proxy's chain hash: base32(sha256(text))[:16] (``portProtoHash``)."""
-    # 10 bytes are 16 base32 characters: encoding only those costs a sixth of the whole digest
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()[:10]).decode()
-
-
-def service_port_name(namespace: str, name: str, port_name: str) -> str:
-    """``ServicePortName.String()``: ``ns/name`` plus ``:port`` when the port is named."""
-    return f"{namespace}/{name}:{port_name}" if port_name else f"{namespace}/{name}"
 
 
 # --------------------------------------------------------------------------- config
@@ -210,198 +211,6 @@ class ProxyConfig:
                 return dst != "::1"
             return self.localhost_nodeports_active or not ipaddress.ip_address(dst).is_loopback
         return dst in self.nodeport_ips
-
-
-# --------------------------------------------------------------------------- plan data
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointInfo:
-    ip: str
-    port: int
-    ready: bool
-    serving: bool
-    terminating: bool
-    node: str | None
-    zone: str | None
-    local: bool
-    zone_hints: tuple[str, ...] = ()
-    node_hints: tuple[str, ...] = ()
-    target: str | None = None
-    weight: int = 1  # the selector's weight (kproxy_core.selectors); 0 = never chosen
-
-    @property
-    def endpoint(self) -> str:
-        return join_host_port(self.ip, self.port)
-
-
-@dataclass(frozen=True, slots=True)
-class Frontend:
-    """An address (or, for NodePort, a port on the node) a service port answers on.
-
-    ``kind`` is one of :data:`BUILTIN_FRONTEND_KINDS` or a plugin's kind; a plugin kind
-    follows ``policy``: ``internal`` is written and walked like the ClusterIP,
-    ``external`` like an externalIP. ``comment`` is the rule comment's suffix."""
-
-    kind: str
-    ip: str | None  # None for NodePort (any accepted node address)
-    port: int
-    protocol: str
-    policy: FrontendPolicy = "external"
-    comment: str = ""
-
-    @property
-    def shape(self) -> FrontendKind:
-        """The built-in kind whose rules this frontend gets."""
-        if self.kind in BUILTIN_FRONTEND_KINDS:
-            return self.kind  # type: ignore[return-value]
-        return "ClusterIP" if self.policy == "internal" else "ExternalIP"
-
-
-@dataclass(frozen=True)
-class PlanPort:
-    """One service port as one proxier sees it, after CategorizeEndpoints."""
-
-    spn: str
-    namespace: str
-    service: str
-    port_name: str
-    protocol: str
-    port: int
-    node_port: int
-    cluster_ip: str
-    external_ips: tuple[str, ...]
-    lb_ips: tuple[str, ...]
-    source_ranges: tuple[str, ...]
-    health_check_node_port: int
-    internal_local: bool
-    external_local: bool
-    affinity_timeout: int  # 0 = no ClientIP affinity
-    endpoints: tuple[EndpointInfo, ...]  # every endpoint, sorted by "IP:port" string
-    cluster: tuple[EndpointInfo, ...]
-    local: tuple[EndpointInfo, ...]
-    all_reachable: tuple[EndpointInfo, ...]
-    has_endpoints: bool
-    topology_mode: str
-    cluster_fallback: bool  # cluster list fell back to serving+terminating endpoints
-    local_fallback: bool
-    selector: Selector = DEFAULT_SELECTOR  # how a new connection picks from a pool
-    service_type: str = "ClusterIP"
-    extra_frontends: tuple[Frontend, ...] = ()  # plugin frontends other than LoadBalancer IPs
-
-    @property
-    def internal_frontends(self) -> tuple[Frontend, ...]:
-        return tuple(f for f in self.extra_frontends if f.policy == "internal")
-
-    @property
-    def external_frontends(self) -> tuple[Frontend, ...]:
-        return tuple(f for f in self.extra_frontends if f.policy == "external")
-
-    # ---- port-level predicates (serviceport.go)
-    @property
-    def proto(self) -> str:
-        return self.protocol.lower()
-
-    @property
-    def externally_accessible(self) -> bool:
-        return (
-            self.node_port != 0 or bool(self.lb_ips) or bool(self.external_ips) or bool(self.external_frontends)
-        )
-
-    @property
-    def uses_cluster_endpoints(self) -> bool:
-        return not self.internal_local or self.externally_accessible
-
-    @property
-    def uses_local_endpoints(self) -> bool:
-        return self.internal_local or (self.external_local and self.externally_accessible)
-
-    # ---- syncProxyRules decision variables (KUBE-PROXY.md §5)
-    @property
-    def uses_cluster_chain(self) -> bool:
-        return bool(self.cluster) and self.uses_cluster_endpoints
-
-    @property
-    def uses_local_chain(self) -> bool:
-        return bool(self.local) and self.uses_local_endpoints
-
-    @property
-    def has_internal_endpoints(self) -> bool:
-        return self.has_endpoints and not (self.internal_local and not self.local)
-
-    @property
-    def has_external_endpoints(self) -> bool:
-        return self.has_endpoints and not (self.external_local and not self.local)
-
-    @property
-    def uses_external_chain(self) -> bool:
-        return self.has_endpoints and self.externally_accessible
-
-    @property
-    def uses_fw_chain(self) -> bool:
-        return self.has_endpoints and bool(self.lb_ips) and bool(self.source_ranges)
-
-    # ---- chain names (KUBE-PROXY.md §1)
-    @cached_property
-    def chain_base(self) -> str:
-        return hash16(self.spn + self.proto)
-
-    @property
-    def svc_chain(self) -> str:
-        return "KUBE-SVC-" + self.chain_base
-
-    @property
-    def svl_chain(self) -> str:
-        return "KUBE-SVL-" + self.chain_base
-
-    @property
-    def ext_chain(self) -> str:
-        return "KUBE-EXT-" + self.chain_base
-
-    @property
-    def fw_chain(self) -> str:
-        return "KUBE-FW-" + self.chain_base
-
-    def sep_chain(self, ep: EndpointInfo) -> str:
-        return "KUBE-SEP-" + hash16(self.spn + self.proto + ep.endpoint)
-
-    def pool(self, which: Pool) -> tuple[EndpointInfo, ...]:
-        return self.cluster if which == "cluster" else self.local
-
-    def frontends(self) -> list[Frontend]:
-        out = [Frontend("ClusterIP", self.cluster_ip, self.port, self.protocol, "internal", "cluster IP")]
-        out += self.internal_frontends
-        ext, lb = "external IP", "loadbalancer IP"
-        out += [Frontend("ExternalIP", ip, self.port, self.protocol, "external", ext) for ip in self.external_ips]
-        out += self.external_frontends
-        out += [Frontend("LoadBalancer", ip, self.port, self.protocol, "external", lb) for ip in self.lb_ips]
-        if self.node_port:
-            out.append(Frontend("NodePort", None, self.node_port, self.protocol))
-        return out
-
-    def filter_reasons(self) -> list[tuple[EndpointInfo, str]]:
-        """Endpoints that are in no pool a packet can use, each with the reason."""
-        used = {e.endpoint for e in self.cluster} | {e.endpoint for e in self.local}
-        out = []
-        for ep in self.endpoints:
-            if ep.endpoint in used:
-                continue
-            if ep.weight == 0:
-                why = f"weight 0 ({self.selector.origin})"
-            elif not ep.ready and not (ep.serving and ep.terminating):
-                why = "not ready" if not ep.terminating else "terminating and not serving"
-            elif ep.terminating:
-                why = "terminating (ready endpoints exist, so kube-proxy does not fall back to it)"
-            elif self.topology_mode == "PreferSameNode":
-                why = "topology: hinted for other nodes (PreferSameNode)"
-            elif self.topology_mode == "PreferSameZone":
-                why = "topology: hinted for other zones (PreferSameZone)"
-            elif not ep.local and not self.uses_cluster_endpoints:
-                why = "not local (internalTrafficPolicy=Local)"
-            else:
-                why = "not used"
-            out.append((ep, why))
-        return out
 
 
 def fw_active(pp: PlanPort, cfg: ProxyConfig) -> bool:
@@ -1071,28 +880,6 @@ def walk(
 
 # --------------------------------------------------------------------------- nftables walk
 
-NFT_SERVICES = "services"
-NFT_MARK_MASQ = "mark-for-masquerade"
-NFT_SERVICE_ENDPOINTS_CHECK = "service-endpoints-check"
-NFT_NODEPORT_ENDPOINTS_CHECK = "nodeport-endpoints-check"
-NFT_REJECT_CHAIN = "reject-chain"
-NFT_CLUSTER_IPS_CHECK = "cluster-ips-check"
-NFT_FIREWALL_CHECK = "firewall-check"
-
-
-def nft_nat_chain(from_local: bool) -> str:
-    """The nat base chain a NEW packet enters: the node's own packets take nat-output."""
-    return "nat-output" if from_local else "nat-prerouting"
-
-
-def nft_filter_chain(from_local: bool, dst_local: bool) -> str:
-    """The first filter base chain (priority 0, after DNAT) that jumps to
-    service-endpoints-check / cluster-ips-check for a packet that was not DNATed."""
-    if from_local:
-        return "filter-output"
-    return "filter-input" if dst_local else "filter-forward"
-
-
 def _walk_nft(
     pp: PlanPort,
     cfg: ProxyConfig,
@@ -1114,8 +901,6 @@ def _walk_nft(
     is not a NodePort address is left alone (``nodeport-endpoints-check`` matches only
     NodePort addresses).
     """
-    from .render.nftables import chain_name_base
-
     spn = pp.spn
     base = chain_name_base(pp.namespace, pp.service, pp.proto, pp.port_name)
     svc_chain, local_chain = f"service-{base}", f"local-{base}"

@@ -553,6 +553,38 @@ def maglev_disruption(
 # --------------------------------------------------------------------------- shares
 
 
+# A round-robin cycle is written out position by position; past this many positions
+# (weights summing higher) the rules fall back to weighted random choice.
+MAX_RENDERED_CYCLE = 4096
+
+
+def selection_form(selector: Selector, weights: Sequence[int]) -> tuple[str, list[int], list[int]]:
+    """How kube-proxy-style rules pick among the endpoints of one pool, given their weights
+    in pool order (both renderers write this form, and the trace quotes it).
+
+    Returns ``(mode, order, weights)``: ``("random", [], [])`` for kube-proxy's uniform
+    cascade; ``("weighted", [], weights)`` for weighted random choice (iptables:
+    ``statistic --probability w_i / (w_i + ... + w_n)``, nftables: ``numgen random mod W``
+    with a range per endpoint); ``("cycle", order, [])`` for round-robin, where ``order``
+    is one cycle of endpoint indexes (iptables: ``statistic --mode nth`` rules, nftables:
+    ``numgen inc mod len(order)``): the kernel then takes the same turns as the engine's
+    cursor, one per new connection. Maglev and source-hash have no equivalent in either
+    and are written as kube-proxy's uniform choice (``render.selector_note`` says so).
+    """
+    weights = list(weights)
+    n = len(weights)
+    if n > 1 and selector.kind == "round-robin":
+        if len(set(weights)) <= 1:
+            return "cycle", list(range(n)), []
+        if sum(weights) <= MAX_RENDERED_CYCLE:
+            rr = RoundRobin(weights)
+            return "cycle", [int(rr.pick()) for _ in range(sum(weights))], []  # type: ignore[arg-type]
+        return "weighted", [], weights
+    if n > 1 and selector.kind in ("weighted", "round-robin") and len(set(weights)) > 1:
+        return "weighted", [], weights
+    return "random", [], []
+
+
 def selection_shares(selector: Selector, weights: Sequence[int], table: Sequence[int] | None = None) -> list[float]:
     """Each endpoint's share of new connections under ``selector``: random 1/n; weighted
     w_i/W (probability); round-robin w_i/W (of every cycle of W connections);

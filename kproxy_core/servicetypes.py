@@ -23,17 +23,17 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from .errors import ManifestError, PluginError
+from .plantypes import BUILTIN_FRONTEND_KINDS as BUILTIN_FRONTEND_KINDS  # importable from here as before
+from .plantypes import FrontendPolicy
 
 if TYPE_CHECKING:
-    from .dns import DnsRecord
+    from .dnstypes import DnsRecord
     from .model import Cluster, Service, ServicePort
-    from .plan import PlanPort
+    from .plantypes import PlanPort
 
-FrontendPolicy = Literal["internal", "external"]
-BUILTIN_FRONTEND_KINDS = ("ClusterIP", "NodePort", "ExternalIP", "LoadBalancer")
 CORE = "core"
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ import numpy.typing as npt
 from .addresses import parse_cidr
 from .model import PROTO_NUMBERS
 from .plan import EndpointInfo, PlanPort, ProxyPlan, Walk, fw_active, fw_sources, walk
-from .selectors import SELECTOR_CODES, default_table_size, maglev_permutation
+from .selectors import SELECTOR_CODES, default_table_size, maglev_fill, maglev_permutation
 
 VERDICTS = ("PASS", "DNAT", "REJECT", "DROP")
 VERDICT_CODE = {v: i for i, v in enumerate(VERDICTS)}
@@ -170,19 +169,11 @@ class FamilyTables:
     sel_table: np.ndarray | None = None  # (T,) int32: Maglev lookup tables, entries index the pool
 
 
-def maglev_builder() -> Callable[..., np.ndarray]:
-    """``maglev_table(offsets, skips, weights, M)`` of the compiled core when it is built
-    (and ``KPROXY_NO_EXTENSIONS`` is unset), else the pure-Python twin's (the same tables)."""
-    if os.environ.get("KPROXY_NO_EXTENSIONS", "") in ("", "0"):
-        try:
-            from ._engine import maglev_table
-
-            return maglev_table
-        except ImportError:  # pragma: no cover - only without a build
-            pass
-    from ._engine_py import maglev_table as py_table
-
-    return py_table
+def maglev_array(offsets: Sequence[int], skips: Sequence[int], weights: Sequence[int], size: int) -> np.ndarray:
+    """The Maglev lookup table of endpoints given by their permutations, in Python
+    (:func:`kproxy_core.selectors.maglev_fill`); an engine passes its core's
+    ``maglev_table`` instead, which builds the same table."""
+    return np.array(maglev_fill(list(offsets), list(skips), list(weights), size), dtype=np.int32)
 
 
 def _maglev(pp: PlanPort, pool: tuple[EndpointInfo, ...], which: str,
@@ -329,7 +320,7 @@ def port_entry(pp: PlanPort, cfg: Any, svc: int, order: Order,
     if kind in ("maglev", "source-hash"):
         for w, pool in enumerate(pools):
             if pool:
-                build = build or maglev_builder()
+                build = build or maglev_array
                 tables[w], warns = _maglev(pp, pool, "cluster" if w == 0 else "local", build)
                 notes.extend(warns)
     proto = PROTO_NUMBERS[pp.protocol]

@@ -8,20 +8,27 @@ affinity); it never changes the engine's flow or affinity tables.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .addresses import Family, join_host_port
-from .errors import PacketError
-from .model import PROTO_NAMES
-from .plan import (
+from .chains import (
     KUBE_MARK_MASQ,
     KUBE_NODEPORTS,
     KUBE_SERVICES,
     NFT_CLUSTER_IPS_CHECK,
     NFT_MARK_MASQ,
     NFT_SERVICES,
+    compute_probability,
+    endpoint_chain_name_base,
+    nft_filter_chain,
+    nft_nat_chain,
+    weighted_probability,
+)
+from .errors import PacketError
+from .model import PROTO_NAMES, Cluster
+from .plan import (
     EndpointInfo,
     PlanPort,
     ProxyConfig,
@@ -29,20 +36,47 @@ from .plan import (
     fw_active,
     fw_allows,
     fw_sources,
-    nft_filter_chain,
-    nft_nat_chain,
     walk,
 )
+from .selectors import selection_form
 from .servicetypes import CORE
-from .tables import FRONTENDS
+from .tables import FRONTENDS, PortEntry
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .dns import Zone
+    from .plugins import KproxyPluginManager
 
 
-def probability_text(k: int) -> str:
-    """kube-proxy's ``computeProbability``: ``%0.10f`` of 1/k."""
-    return f"{1.0 / k:0.10f}"
+class TracedEngine(Protocol):
+    """What a trace reads of an engine (:class:`kproxy_core.Engine` is one): its core's
+    frontend tables and decision, its per-family entries and configs, and its cluster."""
+
+    @property
+    def _core(self) -> Any: ...  # the Core: frontend(dst, dport, proto), lookup(..., 2)
+
+    @property
+    def _states(self) -> Any: ...  # family -> tables.FamilyState
+
+    @property
+    def cluster(self) -> Cluster: ...
+
+    @property
+    def configs(self) -> Mapping[Family, ProxyConfig]: ...
+
+    @property
+    def node(self) -> str | None: ...
+
+    @property
+    def plugins(self) -> KproxyPluginManager: ...
+
+    @property
+    def service_cidrs(self) -> tuple[str, ...]: ...
+
+    def plan_of(self, family: Family, entry: PortEntry) -> PlanPort: ...
+
+    def port_entry(self, family: Family, spn: str) -> PortEntry | None: ...
+
+    def dns_zone(self) -> Zone: ...
 
 
 @dataclass
@@ -124,7 +158,7 @@ def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
 
 
 def _match(
-    engine: Engine, fam: Family, dst: str, dport: int, proto: str
+    engine: TracedEngine, fam: Family, dst: str, dport: int, proto: str
 ) -> tuple[PlanPort | None, str | None, bool]:
     """The frontend a NEW packet hits: the core's own frontend and NodePort tables answer
     (one hash lookup each, whatever the number of services), then the port's plan."""
@@ -140,7 +174,7 @@ def _match(
 
 
 def trace_packet(
-    engine: Engine, src: str, dst: str, dport: int, proto: str | int, sport: int, now: float | None
+    engine: TracedEngine, src: str, dst: str, dport: int, proto: str | int, sport: int, now: float | None
 ) -> Trace:
     decision = engine._core.lookup(src, dst, dport, proto, sport, now, 2)
     s_ip = ipaddress.ip_address(str(src))
@@ -200,7 +234,7 @@ def trace_packet(
     return t
 
 
-def plugin_steps(engine: Engine, pp: PlanPort, kind: str | None) -> list[str]:
+def plugin_steps(engine: TracedEngine, pp: PlanPort, kind: str | None) -> list[str]:
     """What the plugin behind ``pp``'s Service type adds to the explanation."""
     registry = engine.plugins.registry
     svc = engine.cluster.services.get((pp.namespace, pp.service))
@@ -210,7 +244,7 @@ def plugin_steps(engine: Engine, pp: PlanPort, kind: str | None) -> list[str]:
 
 
 def trace_name(
-    engine: Engine,
+    engine: TracedEngine,
     src: str,
     name: str,
     dport: int,
@@ -265,7 +299,7 @@ def trace_name(
     return t
 
 
-def _namespace_of(engine: Engine, ip: str) -> str | None:
+def _namespace_of(engine: TracedEngine, ip: str) -> str | None:
     """The namespace of the pod (an endpoint's targetRef, else its slice) whose address ``ip`` is."""
     for sl in engine.cluster.slices.values():
         for ep in sl.endpoints:
@@ -276,7 +310,7 @@ def _namespace_of(engine: Engine, ip: str) -> str | None:
     return None
 
 
-def _service_of_name(engine: Engine, name: str) -> Any:
+def _service_of_name(engine: TracedEngine, name: str) -> Any:
     labels = name.lower().split(".")
     if len(labels) >= 4 and labels[2] == "svc":
         return engine.cluster.services.get((labels[1], labels[0]))
@@ -284,7 +318,7 @@ def _service_of_name(engine: Engine, name: str) -> Any:
 
 
 def _cluster_ips_check(
-    t: Trace, engine: Engine, fam: Family, dst: str, dport: int, proto: str, from_local: bool,
+    t: Trace, engine: TracedEngine, fam: Family, dst: str, dport: int, proto: str, from_local: bool,
     pass_chains: list[str],
 ) -> None:
     """nftables mode, no frontend matched, destination not on the node: cluster-ips-check
@@ -341,7 +375,7 @@ def _source_steps(cfg: ProxyConfig, src: str, from_pod: bool, from_local: bool) 
 
 
 def _explain_pool(
-    t: Trace, pp: PlanPort, w: Walk, decision: Any, engine: Engine, src: str, now: float | None
+    t: Trace, pp: PlanPort, w: Walk, decision: Any, engine: TracedEngine, src: str, now: float | None
 ) -> None:
     if w.pool is None:
         return
@@ -419,7 +453,7 @@ def _explain_pool(
     elif n > 1:
         t.steps.append(
             f"{n} candidates, each with probability 1/{n} (kube-proxy's statistic rules "
-            f"{', '.join(probability_text(n - i) for i in range(n - 1))}, then an unconditional jump)"
+            f"{', '.join(compute_probability(n - i) for i in range(n - 1))}, then an unconditional jump)"
         )
     if pp.affinity_timeout:
         how = (
@@ -449,12 +483,9 @@ def _explain_pool(
 def _rule_texts(pp: PlanPort, pool: Sequence[EndpointInfo], nft: bool) -> list[str | None]:
     """What the rendered rules say of each endpoint of the pool (None: the last, unconditional
     rule): kube-proxy's ``statistic`` probability or ``numgen`` value, the weighted ones, or
-    the round-robin cycle positions (render.selection_rules decides the form)."""
-    from .render import selection_rules
-    from .render.iptables import weighted_probability
-
+    the round-robin cycle positions (selectors.selection_form decides the form)."""
     n = len(pool)
-    mode, order, weights = selection_rules(pp, pool)
+    mode, order, weights = selection_form(pp.selector, [ep.weight for ep in pool])
     if mode == "cycle":
         where = [[k for k, j in enumerate(order) if j == i] for i in range(n)]
         word = f"numgen inc mod {len(order)}:" if nft else f"nth of a {len(order)}-turn cycle:"
@@ -471,7 +502,7 @@ def _rule_texts(pp: PlanPort, pool: Sequence[EndpointInfo], nft: bool) -> list[s
             rest -= wt
         return out
     # kube-proxy: one numgen random mod n vmap, or the 1/k, 1/(k-1), ... statistic cascade
-    return [f"numgen {i}" if nft else (None if i == n - 1 else probability_text(n - i)) for i in range(n)]
+    return [f"numgen {i}" if nft else (None if i == n - 1 else compute_probability(n - i)) for i in range(n)]
 
 
 def _ipt_ep_chain(pp: PlanPort, ep: EndpointInfo) -> str:
@@ -479,6 +510,4 @@ def _ipt_ep_chain(pp: PlanPort, ep: EndpointInfo) -> str:
 
 
 def _nft_ep_chain(pp: PlanPort, ep: EndpointInfo) -> str:
-    from .render.nftables import endpoint_chain_name_base
-
     return "endpoint-" + endpoint_chain_name_base(pp.namespace, pp.service, pp.proto, pp.port_name, ep.endpoint)

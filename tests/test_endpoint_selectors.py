@@ -20,7 +20,7 @@ from k8s import ep, eport, node, port, service, slice_
 
 import kproxy_core as kp
 from kproxy_core import selectors as sel
-from kproxy_core.tables import maglev_builder
+from kproxy_core.engine import maglev_builder
 
 # chi-square critical values at alpha = 1e-6 by degrees of freedom (SELECTORS.md §1)
 CHI2 = {1: 23.928, 2: 27.631, 4: 33.377, 9: 44.811, 19: 63.677}

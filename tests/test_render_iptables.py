@@ -25,7 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kproxy_core as kp
-from kproxy_core.plan import ProxyPlan, build_plan, hash16, make_config
+from kproxy_core.chains import hash16
+from kproxy_core.plan import ProxyPlan, build_plan, make_config
 from kproxy_core.render.iptables import (
     LARGE_CLUSTER_ENDPOINTS_THRESHOLD,
     IptablesOptions,

@@ -459,13 +459,14 @@ def test_tables_without_selector_columns_are_random(impl: str) -> None:
 
 
 def test_maglev_builder_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kproxy_core import tables
+    from kproxy_core.engine import maglev_builder
 
     monkeypatch.setenv("KPROXY_NO_EXTENSIONS", "1")
-    assert tables.maglev_builder() is _engine_py.maglev_table
+    assert maglev_builder() is _engine_py.maglev_table
     monkeypatch.delenv("KPROXY_NO_EXTENSIONS")
     if _compiled is not None:
-        assert tables.maglev_builder() is _compiled.maglev_table
+        assert maglev_builder() is _compiled.maglev_table
+    assert maglev_builder("python") is _engine_py.maglev_table
 
 
 def test_selector_kinds_round_trip() -> None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from ..errors import PluginError
 from ..plan import EndpointInfo, PlanPort, ProxyPlan
-from ..selectors import RoundRobin
+from ..selectors import MAX_RENDERED_CYCLE, selection_form
 from ..servicetypes import CORE, RuleText
 
 
@@ -28,36 +28,11 @@ def plugin_rules(plan: ProxyPlan, renderer: str) -> list[RuleText]:
     return out
 
 
-# A round-robin cycle is written out position by position; past this many positions
-# (weights summing higher) the rules fall back to weighted random choice.
-MAX_RENDERED_CYCLE = 4096
-
-
 def selection_rules(pp: PlanPort, endpoints: Sequence[EndpointInfo]) -> tuple[str, list[int], list[int]]:
-    """How the rules pick among ``endpoints`` (one pool of ``pp``), for both renderers.
-
-    Returns ``(mode, order, weights)``: ``("random", [], [])`` for kube-proxy's uniform
-    cascade; ``("weighted", [], weights)`` for weighted random choice (iptables:
-    ``statistic --probability w_i / (w_i + ... + w_n)``, nftables: ``numgen random mod W``
-    with a range per endpoint); ``("cycle", order, [])`` for round-robin, where ``order``
-    is one cycle of endpoint indexes (iptables: ``statistic --mode nth`` rules, nftables:
-    ``numgen inc mod len(order)``): the kernel then takes the same turns as the engine's
-    cursor, one per new connection. Maglev and source-hash have no equivalent in either
-    and are written as kube-proxy's uniform choice (:func:`selector_note` says so).
-    """
-    sel = pp.selector
-    weights = [ep.weight for ep in endpoints]
-    n = len(endpoints)
-    if n > 1 and sel.kind == "round-robin":
-        if len(set(weights)) <= 1:
-            return "cycle", list(range(n)), []
-        if sum(weights) <= MAX_RENDERED_CYCLE:
-            rr = RoundRobin(weights)
-            return "cycle", [int(rr.pick()) for _ in range(sum(weights))], []  # type: ignore[arg-type]
-        return "weighted", [], weights
-    if n > 1 and sel.kind in ("weighted", "round-robin") and len(set(weights)) > 1:
-        return "weighted", [], weights
-    return "random", [], []
+    """How the rules pick among ``endpoints`` (one pool of ``pp``), for both renderers:
+    :func:`kproxy_core.selectors.selection_form` of the port's selector and the endpoints'
+    weights."""
+    return selection_form(pp.selector, [ep.weight for ep in endpoints])
 
 
 def selector_note(pp: PlanPort) -> str | None:

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from functools import cmp_to_key
 
 from ..addresses import Family
-from ..plan import KUBE_MARK_MASQ, KUBE_NODEPORTS, KUBE_SERVICES, EndpointInfo, PlanPort, ProxyPlan
+from ..chains import KUBE_MARK_MASQ, KUBE_NODEPORTS, KUBE_SERVICES, compute_probability, weighted_probability
+from ..plan import EndpointInfo, PlanPort, ProxyPlan
 from . import plugin_rules, selection_rules
 
 __all__ = [
@@ -93,17 +94,6 @@ class IptablesOptions:
 
 
 _DEFAULT_OPTIONS = IptablesOptions()
-
-
-def compute_probability(n: int) -> str:
-    """``computeProbability``: ``fmt.Sprintf("%0.10f", 1.0/float64(n))``."""
-    return f"{1.0 / n:0.10f}"
-
-
-def weighted_probability(weight: int, rest: int) -> str:
-    """The probability of a weighted endpoint's rule: its weight over the weights of the
-    endpoints from it to the last, formatted as kube-proxy formats its own."""
-    return f"{weight / rest:0.10f}"
 
 
 # --------------------------------------------------------------------------- rendering

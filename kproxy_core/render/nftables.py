@@ -36,13 +36,12 @@ pkg/proxy/nftables/proxier_test.go compares: the resulting state as
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..addresses import parse_cidr, parse_ip, split_host_port
+from ..addresses import parse_cidr, parse_ip
+from ..chains import chain_name_base, endpoint_chain_name_base, hash_and_truncate
 from ..plan import EndpointInfo, PlanPort, ProxyPlan, valid_source_ranges
 from . import plugin_rules, selection_rules
 
@@ -64,8 +63,6 @@ __all__ = [
 ]
 
 TABLE = "kube-proxy"
-NAME_LENGTH_MAX = 256  # knftables.NameLengthMax
-CHAIN_NAME_BASE_LENGTH_MAX = NAME_LENGTH_MAX - 16  # minus chainNamePrefixLengthMax
 
 # chain, set and map names (proxier.go constants)
 FILTER_PREROUTING_PRE_DNAT = "filter-prerouting-pre-dnat"
@@ -177,27 +174,6 @@ _DEFAULT_OPTIONS = NftablesOptions()
 
 
 # --------------------------------------------------------------------------- names
-
-
-def hash_and_truncate(name: str) -> str:
-    """``hashAndTruncate``: 8 base32 characters of sha256(name), ``-``, name; cut to 240."""
-    digest = base64.b32encode(hashlib.sha256(name.encode()).digest()).decode()
-    name = digest[:8] + "-" + name
-    if len(name) > CHAIN_NAME_BASE_LENGTH_MAX:
-        name = name[: CHAIN_NAME_BASE_LENGTH_MAX - 3] + "..."
-    return name
-
-
-def chain_name_base(namespace: str, service: str, protocol: str, port_name: str) -> str:
-    """``servicePortChainNameBase``: ``HASH-ns/svc/proto/port`` (protocol lower case)."""
-    return hash_and_truncate(f"{namespace}/{service}/{protocol.lower()}/{port_name}")
-
-
-def endpoint_chain_name_base(namespace: str, service: str, protocol: str, port_name: str, endpoint: str) -> str:
-    """``servicePortEndpointChainNameBase``; ``endpoint`` is ``IP:port`` or ``[IPv6]:port``."""
-    ip, port = split_host_port(endpoint)
-    ip = ip.replace(":", ".")
-    return hash_and_truncate(f"{namespace}/{service}/{protocol.lower()}/{port_name}__{ip}/{port}")
 
 
 def _base(pp: PlanPort) -> str:
