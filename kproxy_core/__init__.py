@@ -38,7 +38,7 @@ from .selectors import Selector
 from .servicetypes import FrontendSpec, RuleText, ServiceType, ServiceTypeRegistry
 from .trace import Trace
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # the one place; pyproject.toml and `kproxy --version` read it
 
 __all__ = [
     # engine

@@ -10,12 +10,27 @@ import pytest
 
 import kproxy_core as kp
 
+pytest_plugins = ["strict_skips", "pytester"]
+
 IMPLS = ["compiled", "python"]
 
 # Whatever kproxy plugins happen to be installed must not change results; tests that
 # want entry points ask for them (make_plugin_manager(entry_points=True), or a
 # subprocess environment without this variable).
 os.environ.setdefault("KPROXY_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test module may define ``deselect(params) -> bool``: parameter combinations it
+    names are not collected (rather than collected and skipped)."""
+    keep, drop = [], []
+    for item in items:
+        rule = getattr(getattr(item, "module", None), "deselect", None)
+        callspec = getattr(item, "callspec", None)
+        (drop if rule is not None and callspec is not None and rule(callspec.params) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(params=IMPLS)

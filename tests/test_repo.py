@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -90,3 +92,47 @@ def test_sdist_builds_a_wheel(tmp_path: Path) -> None:
     assert "kproxy_core/_engine.pyi" in wnames and "kproxy_core/py.typed" in wnames
     assert "kproxy_core/roofline.c" in wnames  # `kproxy bench --sweep` compiles it
     assert "kproxy_core/examples/mynginx.yaml" in wnames
+
+
+# --------------------------------------------------------------------------- what CI tests
+
+
+@pytest.mark.parametrize("strict", ["1", ""])
+def test_strict_mode_fails_a_run_that_skipped(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+                                             strict: str) -> None:
+    monkeypatch.setenv("KPROXY_TESTS_STRICT", strict)
+    pytester.makepyfile("import pytest\ndef test_a():\n    pytest.skip('dig is not installed')\n"
+                        "def test_b():\n    pass\n")
+    r = pytester.runpytest("-p", "strict_skips", "-p", "no:cacheprovider")
+    r.assert_outcomes(passed=1, skipped=1)
+    assert r.ret == (pytest.ExitCode.TESTS_FAILED if strict else pytest.ExitCode.OK)
+    if strict:
+        r.stdout.fnmatch_lines(["*KPROXY_TESTS_STRICT is set: 1 skipped test(s) fail this run*",
+                                "*test_a*dig is not installed*"])
+
+
+def test_ci_forbids_skips() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "export KPROXY_TESTS_STRICT=1" in ci
+    assert ci.index("export KPROXY_TESTS_STRICT=1") < ci.index(_readme_commands()[1])
+
+
+def test_the_suite_tests_the_installed_package() -> None:
+    """Under CI the suite imports the package pip installed from a wheel it built, never
+    the source tree (tests run with --import-mode=importlib, which adds no rootdir to
+    sys.path, from the pytest console script, which adds no working directory)."""
+    import importlib.metadata
+
+    import kproxy_core
+
+    here = Path(kproxy_core.__file__).resolve().parent
+    dist = importlib.metadata.distribution("kproxy-core")
+    editable = bool(json.loads(dist.read_text("direct_url.json") or "{}").get("dir_info", {}).get("editable"))
+    if not os.environ.get("KPROXY_TESTS_STRICT") and (editable or here == ROOT / "kproxy_core"):
+        pytest.skip("a development install: the package under test is the source tree")
+    assert here != ROOT / "kproxy_core", f"kproxy_core was imported from the source tree {here}"
+    assert not editable, "kproxy-core is installed in editable mode"
+    files = {str(f) for f in dist.files or ()}
+    assert any(f.startswith("kproxy_core/_engine") and f.endswith((".so", ".pyd")) for f in files)
+    assert (here / "__init__.py").exists() and kproxy_core.COMPILED_AVAILABLE
+    assert dist.version == kproxy_core.__version__
