@@ -1,4 +1,4 @@
-"""The example plugin distribution tests/plugins/kproxy-extravip, installed for real.
+"""The example plugin distribution plugins/kproxy-extravip, installed for real.
 
 A module fixture pip-installs the distribution into this environment (from a copy of its
 sources, so that the build leaves nothing in the repository) and uninstalls it afterwards;
@@ -53,7 +53,7 @@ import kproxy_core as kp
 from kproxy_core.errors import ManifestError
 from kproxy_core.plugins import KproxyPluginManager, get_plugin_manager, make_plugin_manager, set_plugin_manager
 
-PLUGIN_SRC = Path(__file__).resolve().parent / "plugins" / "kproxy-extravip"
+PLUGIN_SRC = Path(__file__).resolve().parent.parent / "plugins" / "kproxy-extravip"
 DIST = "kproxy-extravip"
 MODULE = "kproxy_extravip"
 VIP_RANGE = "198.51.100.0/24"
@@ -183,7 +183,7 @@ def test_installed_distribution_is_what_kproxy_loads(
     assert "extravip" in pm.plugin_names()
     assert pm.registry.owner("ExtraVIP") == "extravip"
     assert "ExtraVIP" in pm.registry.names()
-    # the installed copy, not the sources under tests/plugins
+    # the installed copy, not the sources under plugins/
     assert plugin.__file__ is not None and PLUGIN_SRC not in Path(plugin.__file__).resolve().parents
     assert Path(plugin.__file__).resolve() == Path(str(installed.locate_file(f"{MODULE}.py"))).resolve()
 
