@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from .dnstypes import DEFAULT_TTL as DEFAULT_TTL  # the records' module; importable from here as before
 from .dnstypes import RTYPES as RTYPES
 from .dnstypes import DnsRecord as DnsRecord
+from .errors import PluginError
 
 if TYPE_CHECKING:
     from .model import Cluster, Service
@@ -178,6 +179,10 @@ class Zone:
     _ptr: dict[str, list[str]] = field(default_factory=dict, repr=False)  # IP -> PTR targets (ClusterIP first)
     _ptr_cluster_ip: set[str] = field(default_factory=set, repr=False)
     _dns_ips: tuple[str, ...] = ()
+    # zones Service-type plugins write into besides the cluster zone (``clusterset.local``),
+    # answered from ``records`` alone; ``_names`` holds every owner name there and its parents
+    extra_zones: tuple[str, ...] = ()
+    _names: set[str] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         self.zone = normalize(self.zone)
@@ -187,18 +192,32 @@ class Zone:
     # ------------------------------------------------------------------ building
 
     def add(self, record: DnsRecord) -> None:
-        bucket = self.records.setdefault(normalize(record.name), [])
+        name = normalize(record.name)
+        bucket = self.records.setdefault(name, [])
         if record not in bucket:
             bucket.append(record)
+        zone = self._extra_zone_of(name)
+        while zone is not None and name not in self._names:  # the name and its parents exist
+            self._names.add(name)
+            if name == zone:
+                break
+            name = name.partition(".")[2]
 
     def in_zone(self, name: str) -> bool:
+        """Is ``name`` inside a forward zone served here (the cluster zone or an extra one)?"""
         name = normalize(name)
-        return name == self.zone or name.endswith("." + self.zone)
+        return any(name == z or name.endswith("." + z) for z in (self.zone, *self.extra_zones))
 
     def zone_of(self, name: str) -> str | None:
         """The zone this server is authoritative for that holds ``name``, if any."""
         name = normalize(name)
-        for z in (self.zone, *REVERSE_ZONES):
+        for z in (self.zone, *REVERSE_ZONES, *self.extra_zones):
+            if name == z or name.endswith("." + z):
+                return z
+        return None
+
+    def _extra_zone_of(self, name: str) -> str | None:
+        for z in self.extra_zones:
             if name == z or name.endswith("." + z):
                 return z
         return None
@@ -223,11 +242,17 @@ class Zone:
         qname = spelled.lower()
         zone = self.zone_of(qname)
         if zone is None:
+            served = ", ".join((self.zone, *REVERSE_ZONES, *self.extra_zones))
             return Answer(
                 spelled, rtype, "REFUSED", authoritative=False, ttl=self.ttl,
-                notes=(f"{qname} is outside the zones served ({self.zone}, {', '.join(REVERSE_ZONES)}); no recursion",),
+                notes=(f"{qname} is outside the zones served ({served}); no recursion",),
             )
-        look = self._forward(qname, rtype, set()) if zone == self.zone else self._reverse(qname, rtype)
+        if zone == self.zone:
+            look = self._forward(qname, rtype, set())
+        elif zone in self.extra_zones:
+            look = self._extra(qname, rtype, zone)
+        else:
+            look = self._reverse(qname, rtype)
         records = [_respell(r, qname, spelled) for r in look.records]
         additional = _dedupe(look.additional)
         notes = tuple(dict.fromkeys(look.notes))
@@ -251,6 +276,20 @@ class Zone:
                 return out
         with contextlib.suppress(_Missing):
             self._structured(qname, rtype, out)
+        return out
+
+    def _extra(self, qname: str, rtype: str, zone: str) -> _Lookup:
+        """A name in a plugin's zone: its records; NODATA for a name that exists (it, or a
+        name below it, has records) without the type; the SOA and NS at the apex."""
+        out = _Lookup(notes=list(self.notes.get(qname, ())))
+        out.exists = qname == zone or qname in self._names
+        if qname == zone:
+            if rtype == "SOA":
+                out.records.append(self.soa(zone))
+            elif rtype == "NS":
+                out.records.append(DnsRecord(zone, "NS", f"ns.dns.{zone}."))
+                out.additional += [DnsRecord(f"ns.dns.{zone}", _addr_type(ip), ip) for ip in self._dns_ips]
+        out.records += [r for r in self.records.get(qname, ()) if r.rtype == rtype]
         return out
 
     def _follow(self, cname: DnsRecord, rtype: str, seen: set[str], out: _Lookup) -> None:
@@ -491,6 +530,18 @@ def build_zone(
         raise ValueError(f"pods mode {pods!r}: must be one of {', '.join(POD_MODES)}")
     z = Zone(normalize(zone), ttl, pods=pods, serial=serial or 0, endpoint_pod_names=endpoint_pod_names)
     z._dns_ips = _dns_service_ips(cluster)
+    extra: dict[str, str] = {}  # zone -> the Service type that serves it
+    for type_name in registry.names():
+        for name in registry.call(type_name, "dns_zones", z.zone):
+            name = normalize(name)
+            if not name or name == z.zone or name in REVERSE_ZONES or name.endswith("." + z.zone):
+                raise PluginError(f"plugin {registry.owner(type_name)}: Service type {type_name}: dns_zones() "
+                                  f"named {name!r}, which is not a zone of its own")
+            extra.setdefault(name, type_name)
+    z.extra_zones = tuple(extra)
+    for name, type_name in extra.items():
+        for rec in registry.call(type_name, "zone_records", name, cluster):
+            z.add(rec)
     z._namespaces = set(cluster.namespaces)
     keys = set(cluster.services)
     keys.update((s.namespace, s.service_name) for s in cluster.slices.values() if s.service_name)
@@ -517,6 +568,9 @@ def build_zone(
                 z._ptr[ip] = [fqdn]
         if svc.type in registry:
             for rec in registry.call(svc.type, "dns_records", svc, z.zone, cluster):
+                if not z.in_zone(rec.name):
+                    raise PluginError(f"plugin {registry.owner(svc.type)}: Service type {svc.type}: dns_records() "
+                                      f"for {svc.ref}: {rec.name} is outside the zones served")
                 z.add(rec)
             if fqdn not in z.records and not proxied:
                 # say why a name of an unproxied Service has no record (an IP-valued externalName)

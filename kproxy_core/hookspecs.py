@@ -17,8 +17,8 @@ docs/plugins.md has one section per hook with a runnable example.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -50,6 +50,27 @@ def kproxy_register_service_types(registry: ServiceTypeRegistry) -> None:
 
 
 # --------------------------------------------------------------------------- loading
+
+
+@hookspec(firstresult=True)
+def kproxy_read_object(obj: Mapping[str, Any], report: Report) -> Sequence[Mapping[str, Any]] | None:
+    """Read an object as other objects: a kind kproxy-core does not know, or one it knows
+    but should see differently.
+
+    Called for every object :func:`kproxy_core.load`, :meth:`kproxy_core.Cluster.from_objects`
+    and :meth:`kproxy_core.Engine.apply` read (the object of a watch event), before the core
+    looks at it, when some plugin implements this hook. ``obj`` is the manifest as given
+    (``apiVersion``, ``kind``, ``metadata``, ...). Return None to leave it alone (the core
+    reads it, or skips a kind it does not know), or a list of manifests (possibly empty)
+    to read in its place: each is read like an input object, in the same way (added,
+    replaced or deleted: a deletion deletes what the replacements name, so the answer must
+    depend only on the object, and the same object must always give the same names) and
+    is not passed to this hook again. ``report.error(field, message)`` rejects the object
+    with one line naming it (``<Kind> <namespace>/<name>: <field>: <message>``);
+    ``report.warn`` accepts it with a warning. firstresult: the first plugin that returns
+    a list reads the object. Multi-Cluster Services reads ``ServiceImport`` objects this
+    way, as the Service kube-proxy is given for each.
+    """
 
 
 @hookspec

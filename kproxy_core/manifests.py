@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 
 from .addresses import family_of, parse_cidr, parse_ip
-from .errors import ManifestError
+from .errors import ManifestError, PluginError
 from .model import (
     DEFAULT_AFFINITY_TIMEOUT,
     GONE,
@@ -345,7 +345,7 @@ def _apply_objects(
     if base.warnings:
         touched_prefixes = {_who(*key) for key in b.touched}
         stale = set(_orphans(base.services, base.slices, affected))
-        warnings = [w for w in base.warnings if w not in stale and w.partition(": ")[0] not in touched_prefixes]
+        warnings = [w for w in base.warnings if w not in stale and _who_of(w) not in touched_prefixes]
     for ws in b.object_warnings.values():
         warnings.extend(ws)
     warnings.extend(cross_warnings)
@@ -378,6 +378,11 @@ def _pairs(objects: Any) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
         else:
             _flatten(f"<dict {i}>", item, out, problems)
     return out, problems
+
+
+def _who_of(warning: str) -> str:
+    """The object a warning names (an object a plugin read as others names the original)."""
+    return warning.partition(": ")[0].partition(" (read as ")[0]
 
 
 def _who(kind: str, namespace: str, name: str) -> str:
@@ -421,6 +426,8 @@ class _Builder:
         self.touched: set[ObjectKey] = set()
         self.object_warnings: dict[Any, list[str]] = {}
         self._plain_seen: set[ObjectKey] = set()
+        # plugins that read objects as other objects (kproxy_read_object): asked only if any
+        self._readers = bool(plugins.hook.kproxy_read_object.get_hookimpls())
 
     def feed(self, origin: str, obj: Mapping[str, Any], problems: list[str]) -> None:
         deleting = False
@@ -444,10 +451,18 @@ class _Builder:
             obj = inner
             deleting = etype == "DELETED"
 
-        ident = _identify(origin, obj, problems)
+        self._read(origin, obj, deleting, is_event, problems, None)
+
+    def _read(self, origin: str, obj: Mapping[str, Any], deleting: bool, is_event: bool, problems: list[str],
+              via: str | None) -> None:
+        """One object (a watch event's, or a plugin's replacement of one: ``via`` names the
+        object it replaces)."""
+        ident = _identify(origin, obj, problems, any_kind=self._readers and via is None)
         if ident is None:
             return
         api, kind, namespace, name, meta = ident
+        if self._readers and via is None and self._read_by_plugin(origin, obj, deleting, is_event, problems, ident):
+            return
         if (api, kind) not in _READ_KINDS:
             if kind == "EndpointSlice" and api == _SLICE_API_BETA and not deleting:
                 self.object_warnings[("skipped", namespace, name)] = [
@@ -462,8 +477,8 @@ class _Builder:
             self._delete(key)
             return
 
-        ctx = _Ctx(_who(*key))
-        if not is_event:
+        ctx = _Ctx(_who(*key) if via is None else f"{via} (read as {_who(*key)})")
+        if not is_event and via is None:
             if key in self._plain_seen:
                 ctx.warnings.append(f"{ctx.who}: appears more than once in the input; the last one wins")
             self._plain_seen.add(key)
@@ -499,6 +514,30 @@ class _Builder:
                 self.nodes[name] = node
         problems.extend(ctx.errors)
         self.object_warnings[key] = ctx.warnings
+
+    def _read_by_plugin(self, origin: str, obj: Mapping[str, Any], deleting: bool, is_event: bool,
+                        problems: list[str], ident: tuple[str, str, str, str, Mapping[str, Any]]) -> bool:
+        """Offer the object to ``kproxy_read_object``; True when a plugin read it (its
+        replacements are read instead)."""
+        _, kind, namespace, name, _ = ident
+        key: ObjectKey = (kind, namespace, name)
+        ctx = _Ctx(_who(*key))
+        got = self.plugins.call_hook("kproxy_read_object", obj=obj, report=ctx)
+        if got is None and not ctx.errors and not ctx.warnings:
+            return False
+        self.touched.add(key)
+        self.object_warnings[key] = [] if deleting else ctx.warnings
+        if ctx.errors and not deleting:
+            problems.extend(ctx.errors)
+            return True
+        if got is None:
+            return False
+        if isinstance(got, Mapping) or not isinstance(got, Iterable) or not all(isinstance(o, Mapping) for o in got):
+            raise PluginError(f"plugin hook kproxy_read_object: {ctx.who}: returned {_what(got)}, "
+                              "not a list of objects (or None)")
+        for replacement in got:
+            self._read(origin, replacement, deleting, is_event, problems, ctx.who)
+        return True
 
     @property
     def namespaces(self) -> set[str]:
@@ -547,15 +586,18 @@ class _Builder:
                 cidrs = cidrs or base.service_cidrs.get(name) != self.service_cidrs.get(name)
             elif kind == "Namespace":
                 continue  # no lookup depends on it (DNS does)
-            elif base.nodes.get(name) != self.nodes.get(name):
+            elif kind == "Node" and base.nodes.get(name) != self.nodes.get(name):
                 nodes.add(name)
+            # any other kind was read by a plugin as the objects above (also touched)
         return ChangeSet(frozenset(services), frozenset(nodes), bool(nodes), cidrs)
 
 
 def _identify(
-    origin: str, obj: Mapping[str, Any], problems: list[str]
+    origin: str, obj: Mapping[str, Any], problems: list[str], any_kind: bool = False
 ) -> tuple[str, str, str, str, Mapping[str, Any]] | None:
-    """``(apiVersion, kind, namespace, name, metadata)``, or None (skip / error)."""
+    """``(apiVersion, kind, namespace, name, metadata)``, or None (skip / error). A kind the
+    core does not read is skipped, unless ``any_kind`` (a plugin may read it): then it is
+    identified too, and skipped quietly if it cannot be."""
     kind, api = obj.get("kind"), obj.get("apiVersion")
     bad = False
     for field, value in (("apiVersion", api), ("kind", kind)):
@@ -569,7 +611,9 @@ def _identify(
         return None
     assert isinstance(kind, str) and isinstance(api, str)
     if (api, kind) not in _READ_KINDS and not (kind == "EndpointSlice" and api == _SLICE_API_BETA):
-        return None
+        if not any_kind:
+            return None
+        problems = []  # not the core's kind: nothing to say about its metadata
     who = f"{kind} at {origin}"
     meta = obj.get("metadata")
     if type(meta) is not dict and not isinstance(meta, Mapping):

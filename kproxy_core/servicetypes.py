@@ -20,7 +20,7 @@ are validated and while the plan is built, never per packet:
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
@@ -128,7 +128,20 @@ class ServiceType:
         return 0
 
     def dns_records(self, service: Service, zone: str, cluster: Cluster) -> Iterable[DnsRecord]:
-        """Records this Service adds to the cluster zone (``zone`` like ``cluster.local``)."""
+        """Records this Service adds to the cluster zone (``zone`` like ``cluster.local``), or
+        to a zone :meth:`dns_zones` names."""
+        return ()
+
+    def zone_records(self, zone: str, cluster: Cluster) -> Iterable[DnsRecord]:
+        """Records of a zone :meth:`dns_zones` names that belong to no Service (its
+        ``dns-version``); asked once per zone and cluster state."""
+        return ()
+
+    def dns_zones(self, zone: str) -> Iterable[str]:
+        """Zones besides the cluster zone ``zone`` that this type's :meth:`dns_records` write
+        into (``clusterset.local``): the DNS server answers them with authority, from
+        those records alone (NXDOMAIN for other names, NODATA for a name that exists
+        without the type asked, the zone's SOA and NS at its apex)."""
         return ()
 
     def rules(self, port: PlanPort, renderer: str, family: str) -> Iterable[RuleText]:
@@ -138,6 +151,11 @@ class ServiceType:
     def trace_steps(self, service: Service, port: PlanPort | None, frontend: str | None) -> Iterable[str]:
         """Lines for a trace that reached this Service (``port`` None: not proxied)."""
         return ()
+
+    def endpoint_notes(self, service: Service, port: PlanPort, cluster: Cluster) -> Mapping[str, str]:
+        """A note per endpoint of a traced port (``"IP:port"`` -> text, like the cluster it
+        was imported from), shown beside each candidate; endpoints without one get none."""
+        return {}
 
 
 class ClusterIPType(ServiceType):
@@ -227,7 +245,7 @@ class ServiceTypeRegistry:
         return result
 
 
-_ITERABLE_METHODS = frozenset({"frontends", "dns_records", "rules", "trace_steps"})
+_ITERABLE_METHODS = frozenset({"frontends", "dns_records", "dns_zones", "zone_records", "rules", "trace_steps"})
 
 
 def _brief(args: tuple[Any, ...]) -> str:

@@ -26,7 +26,7 @@ from .chains import (
     nft_nat_chain,
     weighted_probability,
 )
-from .errors import PacketError
+from .errors import PacketError, PluginError
 from .model import PROTO_NAMES, Cluster
 from .plan import (
     EndpointInfo,
@@ -133,7 +133,8 @@ class Trace:
         lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
         if self.candidates:
             lines.append("candidates")
-            table = [("endpoint", "probability", "rule", "node", "local")]
+            noted = any("note" in c for c in self.candidates)
+            table = [("endpoint", "probability", "rule", "node", "local") + (("note",) if noted else ())]
             for c in self.candidates:
                 table.append((
                     c["endpoint"] + (" *" if c["endpoint"] == self.endpoint else ""),
@@ -141,7 +142,7 @@ class Trace:
                     c["rule_probability"] or "(last rule)",
                     c["node"] or "-",
                     "yes" if c["local"] else "no",
-                ))
+                ) + ((c.get("note", "-"),) if noted else ()))
             lines += _table(table)
         if self.filtered:
             lines.append("filtered out")
@@ -395,8 +396,10 @@ def _explain_pool(
         table = got.tolist() if got is not None else None
     shares = selection_shares(sel, weights, table)
     rules = _rule_texts(pp, pool, nft)
+    notes = _endpoint_notes(engine, pp)
     for i, ep in enumerate(pool):
         rule = rules[i]
+        extra = {"note": notes[ep.endpoint]} if ep.endpoint in notes else {}
         t.candidates.append({
             "endpoint": ep.endpoint,
             "probability": shares[i],
@@ -408,6 +411,7 @@ def _explain_pool(
             "serving": ep.serving,
             "terminating": ep.terminating,
             "chain": ep_chain(pp, ep),
+            **extra,
         })
     pool_keys = {ep.endpoint for ep in pool}
     for ep, why in pp.filter_reasons():
@@ -478,6 +482,19 @@ def _explain_pool(
     if decision.endpoint[0] == src:
         t.chains.append(NFT_MARK_MASQ if nft else KUBE_MARK_MASQ)
         t.steps.append("hairpin: the endpoint is the source itself, so it is masqueraded")
+
+
+def _endpoint_notes(engine: TracedEngine, pp: PlanPort) -> dict[str, str]:
+    """What the Service type's plugin says of each endpoint (``ServiceType.endpoint_notes``)."""
+    registry = engine.plugins.registry
+    svc = engine.cluster.services.get((pp.namespace, pp.service))
+    if svc is None or svc.type not in registry or registry.owner(svc.type) == CORE:
+        return {}
+    got = registry.call(svc.type, "endpoint_notes", svc, pp, engine.cluster)
+    if not isinstance(got, Mapping):
+        raise PluginError(f"plugin {registry.owner(svc.type)}: Service type {svc.type}: endpoint_notes() "
+                          f"returned {type(got).__name__}, not a mapping")
+    return {str(k): str(v) for k, v in got.items()}
 
 
 def _rule_texts(pp: PlanPort, pool: Sequence[EndpointInfo], nft: bool) -> list[str | None]:

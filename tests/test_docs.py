@@ -39,6 +39,7 @@ def test_there_are_hooks() -> None:
     assert hook_names() == [
         "kproxy_endpoint_selector",
         "kproxy_endpoint_weights",
+        "kproxy_read_object",
         "kproxy_register_service_types",
         "kproxy_validate_service",
     ]
