@@ -1014,6 +1014,7 @@ def _parse_slice(ctx: _Ctx, namespace: str, name: str, obj: Mapping[str, Any], l
         address_type=address_type,
         ports=tuple(ports),
         endpoints=tuple(endpoints),
+        labels=labels,
     )
 
 

@@ -214,6 +214,7 @@ class EndpointSlice:
     ports: tuple[EndpointPort, ...] = ()
     endpoints: tuple[Endpoint, ...] = ()
     mirrored_from: str | None = None  # "Endpoints ns/name" when converted from legacy Endpoints
+    labels: Mapping[str, str] = field(default_factory=dict, compare=False)  # metadata.labels, as read
 
     @property
     def key(self) -> tuple[str, str]:

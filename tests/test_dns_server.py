@@ -645,10 +645,10 @@ def test_serve_arguments() -> None:
 class Served:
     """A ``dns serve`` subprocess; stderr goes to a file so that it can be read while it runs."""
 
-    def __init__(self, cmd: list[str], log: Path) -> None:
+    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         self.fh = log.open("w")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.fh, env=env)
         self.port = 0
         deadline = time.monotonic() + 30

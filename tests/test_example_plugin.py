@@ -30,6 +30,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import plugin_install
 import pytest
 import yaml
 from k8s import ep, eport, node, port, service, slice_
@@ -69,32 +70,11 @@ POD6 = "fd00:10::2"
 # --------------------------------------------------------------------------- installation
 
 
-def _pip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
-        capture_output=True, text=True, timeout=300,
-    )
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[importlib.metadata.Distribution]:
-    """kproxy-extravip pip-installed into this interpreter's environment for the module."""
-    probe = _pip("--version")
-    if probe.returncode:
-        pytest.skip(f"pip is not available for {sys.executable}: {(probe.stderr or probe.stdout).strip()}")
-    # building in place would leave build/ and *.egg-info in the repository
-    src = tmp_path_factory.mktemp("extravip") / PLUGIN_SRC.name
-    shutil.copytree(PLUGIN_SRC, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    try:
-        r = _pip("install", "--no-deps", "--no-build-isolation", "--no-index", "--quiet", str(src))
-        assert r.returncode == 0, f"pip install failed:\n{r.stdout}\n{r.stderr}"
-        importlib.invalidate_caches()
-        yield importlib.metadata.distribution(DIST)
-    finally:  # even when the install or a test failed
-        r = _pip("uninstall", "-y", DIST)
-        sys.modules.pop(MODULE, None)
-        importlib.invalidate_caches()
-    assert r.returncode == 0, f"pip uninstall failed:\n{r.stdout}\n{r.stderr}"
+    """kproxy-extravip pip-installed from its wheel into this environment for the module."""
+    with plugin_install.installed(DIST, MODULE, tmp_path_factory.mktemp("extravip")) as (dist, _):
+        yield dist
 
 
 @pytest.fixture(scope="module")

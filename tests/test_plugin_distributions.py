@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import plugin_install
 import pytest
 
 if sys.version_info >= (3, 11):
@@ -24,11 +25,6 @@ else:  # pragma: no cover - 3.10
 
 ROOT = Path(__file__).resolve().parent.parent
 DISTRIBUTIONS = sorted(p.parent for p in (ROOT / "plugins").glob("*/pyproject.toml"))
-
-
-def _pip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
-                          capture_output=True, text=True, timeout=600)
 
 
 def _project(src: Path) -> dict[str, object]:
@@ -44,21 +40,9 @@ def test_the_plugin_distributions_are_here() -> None:
 @pytest.fixture(scope="module", params=DISTRIBUTIONS, ids=lambda p: p.name)
 def installed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     src: Path = request.param
-    out = tmp_path_factory.mktemp(src.name)
-    name = str(_project(src)["name"])
-    # the wheel is built from the source directory without writing into it (pip builds
-    # out of tree); the build backend is the environment's setuptools (no download)
-    r = _pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(src))
-    assert r.returncode == 0, r.stdout + r.stderr
-    wheel = next(out.glob("*.whl"))
-    try:
-        r = _pip("install", "--no-deps", "--no-index", "--force-reinstall", str(wheel))
-        assert r.returncode == 0, r.stdout + r.stderr
-        importlib.invalidate_caches()
+    module = str(_project(src)["name"]).replace("-", "_")
+    with plugin_install.installed(src.name, module, tmp_path_factory.mktemp(src.name)) as (_, wheel):
         yield src, wheel
-    finally:
-        _pip("uninstall", "-y", name)
-        importlib.invalidate_caches()
 
 
 def test_the_wheel_carries_the_entry_point_and_no_tests(installed: tuple[Path, Path]) -> None:

@@ -140,7 +140,7 @@ def summary(output: str) -> str:
     return lines[-1] if lines else "no summary"
 
 
-def run_suite(py: str, wheel: Path, work: Path, tag: str, timeout: float) -> tuple[bool, str]:
+def run_suite(py: str, wheel: Path, project: Path, work: Path, tag: str, timeout: float) -> tuple[bool, str]:
     venv = work / f"venv-{tag}"
     r = _run([py, "-m", "venv", str(venv)])
     if r.returncode:
@@ -152,7 +152,7 @@ def run_suite(py: str, wheel: Path, work: Path, tag: str, timeout: float) -> tup
     suite = work / f"suite-{tag}"
     suite.mkdir()
     for name in test_sources():
-        src = ROOT / name
+        src = project / name  # the snapshot the wheels were built from
         if src.is_dir():
             shutil.copytree(src, suite / name, ignore=IGNORE)
         else:
@@ -189,7 +189,7 @@ def build_one(minor: int, py: str, version: tuple[int, int, int], project: Path,
         check_contents(wheel)
         res.wheel, res.tag, res.size = wheel.name, tag, wheel.stat().st_size
         if tests:
-            res.ok, res.tests = run_suite(py, wheel, work, f"3.{minor}", timeout)
+            res.ok, res.tests = run_suite(py, wheel, project, work, f"3.{minor}", timeout)
         else:
             res.ok, res.tests = True, "not run (--no-tests)"
     except (RuntimeError, StopIteration, subprocess.TimeoutExpired) as e:
