@@ -60,6 +60,11 @@ def test_the_configuration_tests_the_wheel_outside_the_tree() -> None:
     for s in sources:
         assert (ROOT / s).exists(), s
     assert cfg["manylinux-x86_64-image"] == cfg["manylinux-aarch64-image"] == "manylinux_2_28"
+    # emulated aarch64 runs the twin and engine tests (see the comment there); they exist
+    (over,) = cfg["overrides"]
+    assert over["select"] == "*-*linux_aarch64"
+    files = over["test-command"].split()[2:]
+    assert files and all((ROOT / f).is_file() for f in files), files
     assert cfg["musllinux-x86_64-image"] == cfg["musllinux-aarch64-image"] == "musllinux_1_2"
 
 
