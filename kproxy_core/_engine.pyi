@@ -213,6 +213,12 @@ def affinity_hash(seed: int, v6: bool, service: int, src: int) -> int:
 def pick(h: int, n: int) -> int:
     """``((h >> 32) * n) >> 32``: an index in [0, n) from a hash, without modulo bias."""
 
+def parse_ips(offsets: Any, data: Any, validity: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Addresses of a column of strings (Arrow's layout: ``n + 1`` offsets into ``data``),
+    parsed as inet_pton does, in C without the GIL. Returns ``(family, v4, v6)``: uint8
+    ``4``/``6``/``0`` (not an address, or missing where ``validity`` is False), uint32
+    addresses, and (n, 16) uint8 addresses. ValueError for offsets that do not fit the data."""
+
 def maglev_table(offsets: Sequence[int], skips: Sequence[int], weights: Sequence[int], size: int) -> np.ndarray:
     """The Maglev lookup table (``size`` int32 entries, each an endpoint index) of endpoints
     given by their permutations (offset, skip) and integer weights, built in C without the

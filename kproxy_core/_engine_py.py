@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import operator
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -84,6 +85,45 @@ def maglev_table(offsets: Sequence[int], skips: Sequence[int], weights: Sequence
     size = operator.index(size)
     check_maglev(offs, sks, ws, size)
     return np.array(maglev_fill(offs, sks, ws, size), dtype=np.int32)
+
+
+def parse_ips(offsets: Any, data: Any, validity: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Addresses of a column of strings (Arrow's layout: ``n + 1`` offsets into ``data``),
+    parsed by the C library's inet_pton (``socket.inet_pton``). Returns ``(family, v4, v6)``:
+    uint8 ``4``/``6``/``0`` (not an address, or missing where ``validity`` is False), uint32
+    addresses, and (n, 16) uint8 addresses. ValueError for offsets that do not fit the data."""
+    off = np.ascontiguousarray(offsets, dtype=np.int64)
+    raw = bytes(data)
+    n = len(off) - 1
+    if n < 0:
+        raise ValueError("parse_ips: offsets must hold n + 1 entries")
+    ok = None if validity is None else np.ascontiguousarray(validity, dtype=np.uint8)
+    if ok is not None and len(ok) != n:
+        raise ValueError("parse_ips: validity must hold one entry per string")
+    for i in range(n):
+        if off[i] < 0 or off[i + 1] < off[i] or off[i + 1] > len(raw):
+            raise ValueError(f"parse_ips: offsets[{i}:{i + 2}] = {off[i]}, {off[i + 1]} do not fit {len(raw)} bytes")
+    family = np.zeros(n, dtype=np.uint8)
+    v4 = np.zeros(n, dtype=np.uint32)
+    v6 = np.zeros((n, 16), dtype=np.uint8)
+    for i in range(n):
+        if ok is not None and not ok[i]:
+            continue
+        text = raw[off[i]:off[i + 1]]
+        if not 0 < len(text) <= 63 or b"\0" in text:
+            continue
+        af = socket.AF_INET6 if b":" in text else socket.AF_INET
+        try:
+            packed = socket.inet_pton(af, text.decode("latin-1"))
+        except (OSError, ValueError):
+            continue
+        if af == socket.AF_INET6:
+            v6[i] = np.frombuffer(packed, dtype=np.uint8)
+            family[i] = 6
+        else:
+            v4[i] = int.from_bytes(packed, "big")
+            family[i] = 4
+    return family, v4, v6
 
 
 def _int_list(x: Any, name: str) -> list[int]:

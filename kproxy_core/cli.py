@@ -11,6 +11,7 @@ import csv
 import gzip
 import io
 import json
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -269,10 +270,93 @@ def _parse_packet(path: str, lineno: int, row: dict[str, Any]) -> tuple[bool, by
     return (v6, src.packed if v6 else int(src), dst.packed if v6 else int(dst), ports[0], ports[1], proto)
 
 
+def _is_parquet(path: str) -> bool:
+    if path == "-" or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"PAR1"
+
+
+def _classify_table(args: argparse.Namespace, engine: Engine) -> int:
+    """Parquet in, streamed by batches through kproxy_core.flows; Parquet, JSON lines or CSV
+    out by the extension of --out; counts on stdout."""
+    from . import flows
+
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UsageError("--packets: reading Parquet needs pyarrow (pip install 'kproxy-core[flows]')") from None
+    import pyarrow as pa
+
+    try:
+        source = pq.ParquetFile(args.packets)
+    except (OSError, pa.ArrowException) as e:
+        raise UsageError(f"--packets: {args.packets}: {e}") from None
+    out_path = args.out
+    ext = os.path.splitext(out_path)[1].lower() if out_path else ""
+    if out_path and ext not in (".parquet", ".jsonl", ".json", ".csv"):
+        raise UsageError(f"--out: {out_path}: the extension says the format: .parquet, .jsonl or .csv")
+    writer: Any = None
+    text_out: IO[str] | None = None
+    stats = flows.Stats()
+    per_service: Counter[str] = Counter()
+    progress = sys.stderr.isatty() and not args.no_progress
+    try:
+        for batch in source.iter_batches(batch_size=1 << 18):
+            try:
+                got = flows.classify(pa.Table.from_batches([batch]), engine, now=args.now, stats=stats)
+            except flows.FlowError as e:
+                raise UsageError(f"--packets: {args.packets}: {e}") from None
+            names = got.column("service").to_pylist()
+            per_service.update(n or "(none)" for n in names)
+            if ext == ".parquet":
+                if writer is None:
+                    writer = pq.ParquetWriter(out_path, got.schema)
+                writer.write_table(got)
+            elif ext in (".jsonl", ".json"):
+                if text_out is None:
+                    text_out = open(out_path, "w")  # noqa: SIM115 - closed below
+                for row in got.to_pylist():
+                    text_out.write(json.dumps(row) + "\n")
+            elif ext == ".csv":
+                import pyarrow.csv as pcsv
+
+                plain = got.cast(pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
+                                            for f in got.schema]))
+                if text_out is None:
+                    text_out = open(out_path, "w")  # noqa: SIM115 - closed below
+                    first = True
+                buf = pa.BufferOutputStream()
+                pcsv.write_csv(plain, buf, pcsv.WriteOptions(include_header=first))
+                first = False
+                text_out.write(buf.getvalue().to_pybytes().decode())
+            if progress:
+                print(f"\r{PROG}: classified {stats.records:,} records", end="", file=sys.stderr, flush=True)
+    finally:
+        if writer is not None:
+            writer.close()
+        if text_out is not None:
+            text_out.close()
+        if progress:
+            print(file=sys.stderr)
+    bad = sum(stats.bad.values())
+    print(f"{stats.records} records, {bad} bad")
+    for reason, n in sorted(stats.bad.items(), key=lambda kv: -kv[1]):
+        print(f"  bad: {reason}: {n}")
+    for title, counter in (("verdict", Counter(stats.verdicts)), ("service", per_service)):
+        print(f"\nby {title}")
+        width = max((len(k) for k in counter), default=0)
+        for k, v in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"  {k.ljust(width)}  {v:>10}  {100.0 * v / max(stats.records, 1):6.2f}%")
+    return 0
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     cluster = _load(args.files)
     engine = _engine(args, cluster)
     _warn(cluster, engine)
+    if _is_parquet(args.packets):
+        return _classify_table(args, engine)
     names = [s.name for s in engine.service_ports]
     per_service: Counter[str] = Counter()
     per_frontend: Counter[str] = Counter()
@@ -725,9 +809,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("classify", help="count packets of a CSV/JSONL file by service, frontend, verdict")
     _add_cluster(c)
     c.add_argument("--packets", required=True, metavar="FILE",
-                   help="CSV with header src,sport,dst,dport,proto or JSONL; .gz is fine; - for stdin")
+                   help="CSV with header src,sport,dst,dport,proto or JSONL (.gz is fine; - for stdin), or Parquet "
+                   "with those columns (needs pyarrow: the flows extra)")
     c.add_argument("--json", action="store_true", help="print one JSON line per packet instead of counts")
-    c.add_argument("--out", metavar="FILE.jsonl", help="also write one JSON line per packet to FILE")
+    c.add_argument("--out", metavar="FILE", help="also write one record per packet to FILE (JSON lines; for "
+                   "Parquet input .parquet, .jsonl or .csv by the extension)")
     c.add_argument("--now", type=float, default=0.0, help="clock for flow timeouts (seconds; default 0)")
     c.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     _add_engine(c)

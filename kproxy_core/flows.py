@@ -1,0 +1,339 @@
+"""Classify tables of flows: pyarrow Tables (and pandas DataFrames) in, the same with
+kube-proxy's answer per record out.
+
+Input columns: ``src``, ``dst``, ``dport``, ``proto`` and optionally ``sport`` (0 when
+absent). Addresses are strings (IPv4 and IPv6 mixed, as inet_pton reads them, parsed in C)
+or unsigned integers (IPv4); ports integers or decimal strings; ``proto`` a name (``TCP``,
+``udp``, ...) or a number (6, 17, 132). Records are looked up in table order through the
+engine's batch path (flows are tracked unless ``track=False``), one family at a time.
+
+Added columns: ``verdict`` (DNAT, REJECT, DROP, PASS; null for a bad record), ``namespace``,
+``service``, ``port_name``, ``frontend``, ``endpoint_ip``, ``endpoint_port``,
+``endpoint_node`` and ``endpoint_pod`` (from the cluster's EndpointSlices, when known),
+``masquerade``, and ``error`` (why a record could not be classified; null otherwise). Bad
+records are kept, never dropped: their ``error`` says what was wrong.
+
+pyarrow is an optional dependency: ``pip install 'kproxy-core[flows]'``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .addresses import join_host_port
+from .engine import FRONTEND_NAMES, VERDICT_NAMES, core_module
+from .errors import KproxyError
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+REQUIRED = ("src", "dst", "dport", "proto")
+ADDED = ("verdict", "namespace", "service", "port_name", "frontend", "endpoint_ip", "endpoint_port",
+         "endpoint_node", "endpoint_pod", "masquerade", "error")
+DENSE_SPAN = 1 << 22  # IPv4 endpoint ranges up to a /10 get a direct table (16 MiB)
+_PROTO_NAMES = {"TCP": 6, "UDP": 17, "SCTP": 132, "6": 6, "17": 17, "132": 132}
+
+
+class FlowError(KproxyError):
+    """A table that cannot be classified at all (a missing column, an unreadable type)."""
+
+
+def _pa() -> Any:
+    try:
+        import pyarrow
+    except ImportError:  # pragma: no cover - the flows extra is missing
+        raise FlowError("flow tables need pyarrow (pip install 'kproxy-core[flows]')") from None
+    return pyarrow
+
+
+@dataclass
+class Stats:
+    """What a classification saw: records, bad ones (by reason), verdicts."""
+
+    records: int = 0
+    bad: dict[str, int] = field(default_factory=dict)
+    verdicts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: Stats) -> None:
+        self.records += other.records
+        for mine, theirs in ((self.bad, other.bad), (self.verdicts, other.verdicts)):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0) + v
+
+
+def classify(table: Any, engine: Engine, *, track: bool = True, now: float | None = None,
+             stats: Stats | None = None) -> Any:
+    """``table`` (a pyarrow Table or RecordBatch, or a pandas DataFrame) with kube-proxy's
+    answer per record appended (see the module docstring); the same type comes back."""
+    pa = _pa()
+    as_pandas = type(table).__module__.startswith("pandas")
+    if as_pandas:
+        t = pa.Table.from_pandas(table, preserve_index=False)
+    elif isinstance(table, pa.RecordBatch):
+        t = pa.Table.from_batches([table])
+    elif isinstance(table, pa.Table):
+        t = table
+    else:
+        raise FlowError(f"classify: a pyarrow Table or a pandas DataFrame, not {type(table).__name__}")
+    missing = [c for c in REQUIRED if c not in t.column_names]
+    if missing:
+        raise FlowError(f"classify: the table has no column {', '.join(missing)} (needs {', '.join(REQUIRED)}"
+                        ", and sport optionally)")
+    clash = [c for c in ADDED if c in t.column_names]
+    if clash:
+        raise FlowError(f"classify: the table already has the column(s) {', '.join(clash)} this adds")
+    out = t
+    for name, col in _answer(t, engine, track, now, stats).items():
+        out = out.append_column(name, col)
+    if as_pandas:
+        return out.to_pandas()
+    if isinstance(table, pa.RecordBatch):
+        return out.combine_chunks().to_batches()[0] if out.num_rows else pa.RecordBatch.from_pylist([], out.schema)
+    return out
+
+
+def _column(t: Any, name: str) -> Any:
+    col = t.column(name)
+    return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+
+
+def _addresses(arr: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(family, v4, v6) of an address column (family 0: not an address, or null)."""
+    pa = _pa()
+    n = len(arr)
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    valid = np.ones(n, dtype=bool) if arr.null_count == 0 else np.asarray(arr.is_valid().to_numpy(zero_copy_only=False))
+    if pa.types.is_integer(arr.type):
+        values = arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        fam = np.where(valid & (values >= 0) & (values <= 0xFFFFFFFF), 4, 0).astype(np.uint8)
+        return fam, np.where(fam == 4, values, 0).astype(np.uint32), np.zeros((n, 16), dtype=np.uint8)
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        wide = pa.types.is_large_string(arr.type)
+        bufs = arr.buffers()
+        off = np.frombuffer(bufs[1], dtype=np.int64 if wide else np.int32)[arr.offset: arr.offset + n + 1]
+        data = bufs[2] if bufs[2] is not None else b""
+        fam, v4, v6 = core_module().parse_ips(off, memoryview(data), valid)
+        return fam, v4, v6
+    raise FlowError(f"classify: column {name}: {arr.type} is not a string or integer type")
+
+
+def _ints(arr: Any, name: str, lo: int, hi: int, default: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(values, ok) of a port column: integers, or decimal strings."""
+    pa = _pa()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        enc = arr.dictionary_encode()
+        words = enc.dictionary.to_pylist()
+        table = np.array([int(w) if isinstance(w, str) and w.strip().isdigit() else -1 for w in words] or [-1],
+                         dtype=np.int64)
+        idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        values = np.where(idx >= 0, table[np.maximum(idx, 0)], -1)
+    elif pa.types.is_integer(arr.type):
+        values = arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        if arr.null_count:
+            values[~np.asarray(arr.is_valid().to_numpy(zero_copy_only=False))] = -1
+    else:
+        raise FlowError(f"classify: column {name}: {arr.type} is not an integer or string type")
+    if default is not None and arr.null_count:
+        values = np.where(np.asarray(arr.is_valid().to_numpy(zero_copy_only=False)), values, default)
+    ok = (values >= lo) & (values <= hi)
+    return values, ok
+
+
+def _protos(arr: Any) -> tuple[np.ndarray, np.ndarray]:
+    pa = _pa()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if pa.types.is_integer(arr.type):
+        values = arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    elif pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        enc = arr.dictionary_encode()
+        words = enc.dictionary.to_pylist()
+        table = np.array([_PROTO_NAMES.get(str(w).strip().upper(), 0) for w in words] or [0], dtype=np.int64)
+        idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        values = np.where(idx >= 0, table[np.maximum(idx, 0)], 0)
+    else:
+        raise FlowError(f"classify: column proto: {arr.type} is not an integer or string type")
+    ok = (values == 6) | (values == 17) | (values == 132)
+    return values, ok
+
+
+def _answer(t: Any, engine: Engine, track: bool, now: float | None, stats: Stats | None) -> dict[str, Any]:
+    pa = _pa()
+    n = t.num_rows
+    errors = np.zeros(n, dtype=np.int8)  # index into REASONS (0: none)
+    sf, s4, s6 = _addresses(_column(t, "src"), "src")
+    df, d4, d6 = _addresses(_column(t, "dst"), "dst")
+    dport, dport_ok = _ints(_column(t, "dport"), "dport", 0, 65535, None)
+    if "sport" in t.column_names:
+        sport, sport_ok = _ints(_column(t, "sport"), "sport", 0, 65535, 0)
+    else:
+        sport, sport_ok = np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
+    proto, proto_ok = _protos(_column(t, "proto"))
+    # the first reason that applies, in column order
+    reasons = ["", "src: not an IP address", "dst: not an IP address", "src and dst are of different IP families",
+               "sport: not a port (0-65535)", "dport: not a port (0-65535)", "proto: not TCP, UDP, SCTP or 6, 17, 132"]
+    for code, bad in ((6, ~proto_ok), (5, ~dport_ok), (4, ~sport_ok), (3, (sf != df) & (sf > 0) & (df > 0)),
+                      (2, df == 0), (1, sf == 0)):
+        errors[bad] = code
+
+    verdict = np.full(n, -1, dtype=np.int8)
+    service = np.full(n, -1, dtype=np.int32)
+    frontend = np.zeros(n, dtype=np.int8)
+    ep_port = np.zeros(n, dtype=np.int32)
+    masq = np.zeros(n, dtype=bool)
+    ep4 = np.zeros(n, dtype=np.uint32)
+    ep6 = np.zeros((n, 16), dtype=np.uint8)
+    good = errors == 0
+    for fam in (4, 6):
+        idx = np.flatnonzero(good & (sf == fam))
+        if not len(idx):
+            continue
+        args = (dport[idx].astype(np.uint16), proto[idx].astype(np.uint8), sport[idx].astype(np.uint16))
+        if fam == 4:
+            out = engine.lookup_batch(s4[idx], d4[idx], *args, now=now, track=track)
+            ep4[idx] = out["ep_ip"]
+        else:
+            out = engine.lookup_batch6(s6[idx], d6[idx], *args, now=now, track=track)
+            ep6[idx] = out["ep_ip"]
+        if len(idx) == n:  # every record of one family: no scatter
+            verdict, service, frontend = (out["verdict"].astype(np.int8), out["service"].astype(np.int32),
+                                          out["frontend"].astype(np.int8))
+            ep_port, masq = out["ep_port"].astype(np.int32), out["masq"].astype(bool)
+            continue
+        verdict[idx] = out["verdict"]
+        service[idx] = out["service"]
+        frontend[idx] = out["frontend"]
+        ep_port[idx] = out["ep_port"]
+        masq[idx] = out["masq"]
+
+    dnat = verdict == 1
+    words = _words(engine)
+    cols: dict[str, Any] = {}
+    cols["verdict"] = _dict_column(verdict, words.verdicts, verdict < 0)
+    for name in ("namespace", "service", "port_name"):
+        cols[name] = _dict_column(service, words.services[name], service < 0)
+    cols["frontend"] = _dict_column(frontend, words.frontends, frontend == 0)
+    ep_code, known = words.endpoint_codes(ep4, ep6, sf, dnat)
+    for name in ("endpoint_ip", "endpoint_node", "endpoint_pod"):
+        vocab, have = words.endpoints[name]
+        cols[name] = _dict_column(ep_code, vocab, ~dnat | ~known | ~have[ep_code])
+    cols["endpoint_port"] = pa.array(ep_port, type=pa.uint16(), mask=~dnat)
+    cols["masquerade"] = pa.array(masq, type=pa.bool_(), mask=verdict < 0)
+    cols["error"] = _dict_column(errors, _Vocab(reasons), errors == 0)
+    if stats is not None:
+        stats.records += n
+        for code, count in zip(*np.unique(errors[errors > 0], return_counts=True), strict=True):
+            stats.bad[reasons[code]] = stats.bad.get(reasons[code], 0) + int(count)
+        for code, count in zip(*np.unique(verdict[verdict >= 0], return_counts=True), strict=True):
+            stats.verdicts[VERDICT_NAMES[code]] = stats.verdicts.get(VERDICT_NAMES[code], 0) + int(count)
+    return cols
+
+
+class _Vocab:
+    """The words of a dictionary column, each once, and where each code's word sits."""
+
+    def __init__(self, words: list[str]) -> None:
+        first: dict[str, int] = {}
+        self.remap = np.array([first.setdefault(w, len(first)) for w in words or [""]], dtype=np.int32)
+        self.identity = len(first) == len(self.remap)  # every word once: codes are indices already
+        self.array = _pa().array(list(first), type=_pa().string())
+
+
+def _dict_column(codes: np.ndarray, vocab: _Vocab, null: np.ndarray) -> Any:
+    """A dictionary-encoded string column: the word of ``codes[i]``, null where ``null``."""
+    pa = _pa()
+    any_null = bool(null.any())
+    safe = np.where(null, 0, codes) if any_null else codes
+    safe = safe.astype(np.int32, copy=False) if vocab.identity else vocab.remap[safe]
+    indices = pa.array(safe, type=pa.int32(), mask=null if any_null else None)
+    return pa.DictionaryArray.from_arrays(indices, vocab.array)
+
+
+class _Words:
+    """The dictionaries of one engine state (kept until its next ``apply``): verdicts,
+    frontends, the service ports' names and every endpoint address of the cluster's
+    EndpointSlices with its node and pod, sorted for a vectorised search."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.verdicts = _Vocab(list(VERDICT_NAMES))
+        self.frontends = _Vocab([f or "" for f in FRONTEND_NAMES])
+        infos = engine.service_ports
+        self.services = {
+            "namespace": _Vocab([i.namespace for i in infos]),
+            "service": _Vocab([i.service for i in infos]),
+            "port_name": _Vocab([i.port_name for i in infos]),
+        }
+        owners: dict[str, tuple[str | None, str | None]] = {}
+        for sl in engine.cluster.slices.values():
+            for ep in sl.endpoints:
+                pod = ep.target.split(" ", 1)[1] if ep.target and ep.target.startswith("Pod ") else None
+                for ip in ep.addresses:
+                    owners.setdefault(ip, (ep.node_name, pod))
+        v4 = sorted((int(ipaddress.IPv4Address(ip)), ip) for ip in owners if ":" not in ip)
+        v6 = sorted((ipaddress.IPv6Address(ip).packed, ip) for ip in owners if ":" in ip)
+        self.keys4 = np.array([k for k, _ in v4], dtype=np.uint32)
+        # IPv4 endpoints usually sit in one pod range: a direct table from address to index
+        # (-1: none) beats a binary search when that range is small enough
+        self.dense4: np.ndarray | None = None
+        if len(self.keys4) and int(self.keys4[-1]) - int(self.keys4[0]) < DENSE_SPAN:
+            self.dense4 = np.full(int(self.keys4[-1]) - int(self.keys4[0]) + 1, -1, dtype=np.int32)
+            self.dense4[self.keys4.astype(np.int64) - int(self.keys4[0])] = np.arange(len(self.keys4), dtype=np.int32)
+        self.keys6 = np.array([k for k, _ in v6], dtype=np.dtype((np.void, 16)))
+        texts = [ip for _, ip in v4] + [ip for _, ip in v6]
+        nodes = [owners[ip][0] for ip in texts]
+        pods = [owners[ip][1] for ip in texts]
+        self.endpoints = {
+            "endpoint_ip": (_Vocab(texts), np.ones(max(len(texts), 1), dtype=bool)),
+            "endpoint_node": (_Vocab([x or "" for x in nodes]), np.array([x is not None for x in nodes] or [False])),
+            "endpoint_pod": (_Vocab([x or "" for x in pods]), np.array([x is not None for x in pods] or [False])),
+        }
+
+    def endpoint_codes(self, ep4: np.ndarray, ep6: np.ndarray, fam: np.ndarray,
+                       dnat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each DNAT record's endpoint as an index into the cluster's endpoints, and
+        whether it was found there (a flow's endpoint always is, unless the table is stale)."""
+        codes = np.zeros(len(ep4), dtype=np.int64)
+        known = np.zeros(len(ep4), dtype=bool)
+        dense = self.dense4
+        if dense is not None:  # IPv4 through the direct table, IPv6 below
+            sel = dnat & (fam == 4)
+            offset = ep4.astype(np.int64) - int(self.keys4[0])
+            inside = sel & (offset >= 0) & (offset < len(dense))
+            got = np.where(inside, dense[np.where(inside, offset, 0)], -1)
+            known = got >= 0
+            codes = np.maximum(got, 0).astype(np.int64)
+        for keys, values, sel_idx, base in (
+            (self.keys4 if dense is None else self.keys4[:0], ep4, np.flatnonzero(dnat & (fam == 4)), 0),
+            (self.keys6, np.ascontiguousarray(ep6).view(np.dtype((np.void, 16))).ravel(),
+             np.flatnonzero(dnat & (fam == 6)), len(self.keys4)),
+        ):
+            if not len(sel_idx) or not len(keys):
+                continue
+            want = values[sel_idx]
+            pos = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
+            hit = keys[pos] == want
+            codes[sel_idx] = np.where(hit, pos + base, 0)
+            known[sel_idx] = hit
+        return codes, known
+
+
+def _words(engine: Engine) -> _Words:
+    got: _Words | None = engine._derived.get("flows")
+    if got is None:
+        got = engine._derived["flows"] = _Words(engine)
+    return got
+
+
+def endpoints_text(table: Any) -> Iterator[str | None]:
+    """``endpoint_ip:endpoint_port`` per record of a classified table (None where not DNAT)."""
+    for ip, port in zip(table.column("endpoint_ip").to_pylist(), table.column("endpoint_port").to_pylist(),
+                        strict=True):
+        yield None if ip is None else join_host_port(ip, port)
