@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from kproxy_core.plugins import KproxyPluginManager, get_plugin_manager, set_plugin_manager
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 
@@ -53,3 +56,28 @@ def installed(dist: str, module: str, out: Path) -> Iterator[tuple[importlib.met
         sys.modules.pop(module, None)
         importlib.invalidate_caches()
     assert r.returncode == 0, f"pip uninstall failed:\n{r.stdout}\n{r.stderr}"
+
+
+@contextmanager
+def as_default(pm: KproxyPluginManager) -> Iterator[KproxyPluginManager]:
+    """``pm`` as the process's default plugin manager for the block (the kernel oracles
+    build their clusters with the default)."""
+    previous = get_plugin_manager()
+    set_plugin_manager(pm)
+    try:
+        yield pm
+    finally:
+        set_plugin_manager(previous)
+
+
+def user_env() -> dict[str, str]:
+    """This environment as a user has it: entry points loaded (the test process turns
+    autoload off)."""
+    return {k: v for k, v in os.environ.items() if k != "KPROXY_DISABLE_PLUGIN_AUTOLOAD"}
+
+
+def kproxy(*args: str) -> subprocess.CompletedProcess[str]:
+    """``kproxy ARGS`` with entry points on, as a user runs it."""
+    script = Path(sys.executable).with_name("kproxy")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "kproxy_core"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=user_env(), timeout=120)

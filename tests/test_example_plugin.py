@@ -18,11 +18,9 @@ import importlib
 import importlib.metadata
 import ipaddress
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +50,7 @@ from test_kernel_nftables import build_oracle as build_nftables_oracle
 
 import kproxy_core as kp
 from kproxy_core.errors import ManifestError
-from kproxy_core.plugins import KproxyPluginManager, get_plugin_manager, make_plugin_manager, set_plugin_manager
+from kproxy_core.plugins import KproxyPluginManager, make_plugin_manager
 
 PLUGIN_SRC = Path(__file__).resolve().parent.parent / "plugins" / "kproxy-extravip"
 DIST = "kproxy-extravip"
@@ -93,12 +91,8 @@ def plugin(pm: KproxyPluginManager) -> ModuleType:
 @pytest.fixture
 def default_manager(pm: KproxyPluginManager) -> Iterator[KproxyPluginManager]:
     """``pm`` as the shared default manager (the kernel oracle builds its clusters with it)."""
-    previous = get_plugin_manager()
-    set_plugin_manager(pm)
-    try:
+    with plugin_install.as_default(pm):
         yield pm
-    finally:
-        set_plugin_manager(previous)
 
 
 # --------------------------------------------------------------------------- clusters
@@ -511,12 +505,7 @@ def test_external_policy_honours_external_traffic_policy_local(pm: KproxyPluginM
 # --------------------------------------------------------------------------- the kproxy command
 
 
-def kproxy(*args: str) -> subprocess.CompletedProcess[str]:
-    """``kproxy ARGS`` with entry points on, as a user runs it."""
-    env = {k: v for k, v in os.environ.items() if k != "KPROXY_DISABLE_PLUGIN_AUTOLOAD"}
-    script = Path(sys.executable).with_name("kproxy")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "kproxy_core"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=120)
+kproxy = plugin_install.kproxy
 
 
 @pytest.fixture

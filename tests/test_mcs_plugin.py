@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,7 @@ from test_kernel_iptables import build_oracle as build_iptables_oracle
 from test_kernel_nftables import build_oracle as build_nftables_oracle
 
 import kproxy_core as kp
-from kproxy_core.plugins import KproxyPluginManager, get_plugin_manager, make_plugin_manager, set_plugin_manager
+from kproxy_core.plugins import KproxyPluginManager, make_plugin_manager
 
 DIST, MODULE = "kproxy-mcs", "kproxy_mcs"
 NS = "shop"
@@ -49,12 +46,8 @@ def pm(installed: importlib.metadata.Distribution) -> KproxyPluginManager:
 
 @pytest.fixture
 def default_manager(pm: KproxyPluginManager) -> Iterator[KproxyPluginManager]:
-    previous = get_plugin_manager()
-    set_plugin_manager(pm)
-    try:
+    with plugin_install.as_default(pm):
         yield pm
-    finally:
-        set_plugin_manager(previous)
 
 
 def derived(name: str) -> str:
@@ -104,11 +97,7 @@ def engine_for(pm: KproxyPluginManager, objs: list[dict[str, Any]], impl: str | 
                      impl=impl, seed=3, **kw)
 
 
-def kproxy(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "KPROXY_DISABLE_PLUGIN_AUTOLOAD"}
-    script = Path(sys.executable).with_name("kproxy")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "kproxy_core"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=120)
+kproxy = plugin_install.kproxy
 
 
 # --------------------------------------------------------------------------- installation
@@ -240,8 +229,8 @@ def server(installed: importlib.metadata.Distribution, tmp_path_factory: pytest.
         pytest.skip("dig (dnsutils) is not installed")
     path = tmp_path_factory.mktemp("mcs-dns") / "clusterset.yaml"
     path.write_text(yaml.safe_dump_all(objects()))
-    env = {k: v for k, v in os.environ.items() if k != "KPROXY_DISABLE_PLUGIN_AUTOLOAD"}
-    served = Served([*SERVE, "-f", str(path), "--listen", "127.0.0.1:0"], path.with_suffix(".log"), env=env)
+    served = Served([*SERVE, "-f", str(path), "--listen", "127.0.0.1:0"], path.with_suffix(".log"),
+                    env=plugin_install.user_env())
     try:
         yield served.port
     finally:
