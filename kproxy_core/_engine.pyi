@@ -219,6 +219,16 @@ def parse_ips(offsets: Any, data: Any, validity: Any = None) -> tuple[np.ndarray
     ``4``/``6``/``0`` (not an address, or missing where ``validity`` is False), uint32
     addresses, and (n, 16) uint8 addresses. ValueError for offsets that do not fit the data."""
 
+def scan_pcap(data: Any, pos: int, swapped: bool, nanos: bool, linktype: int, max_packets: int) -> tuple[Any, ...]:
+    """The records of a classic pcap file from ``data[pos:]`` (the file header already read):
+    up to ``max_packets`` whole records, in C without the GIL. ``swapped``: the file is
+    big-endian; ``nanos``: its timestamps are in nanoseconds. Returns ``(pos, n, time, src,
+    dst, family, sport, dport, proto, skipped)``: where the next record starts (a record cut
+    off at the end is left for the next call), the records read, and for each packet kept its
+    time in seconds, addresses as (n, 16) uint8 (IPv4 mapped into ::ffff:0:0/96), family 4 or
+    6, ports and protocol; ``skipped`` counts the others by reason (see
+    kproxy_core.captures.SKIPS). ValueError for a record longer than 256 KiB (not a pcap)."""
+
 def maglev_table(offsets: Sequence[int], skips: Sequence[int], weights: Sequence[int], size: int) -> np.ndarray:
     """The Maglev lookup table (``size`` int32 entries, each an endpoint index) of endpoints
     given by their permutations (offset, skip) and integer weights, built in C without the

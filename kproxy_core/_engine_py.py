@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -124,6 +124,114 @@ def parse_ips(offsets: Any, data: Any, validity: Any = None) -> tuple[np.ndarray
             v4[i] = int.from_bytes(packed, "big")
             family[i] = 4
     return family, v4, v6
+
+
+_SKIP_NOT_IP, _SKIP_FRAGMENT, _SKIP_TRUNCATED, _SKIP_OTHER_PROTOCOL = range(4)
+_ETHER_IP = (0x0800, 0x86DD)
+
+
+def _frame(p: bytes, linktype: int) -> tuple[int, bytes, bytes, int, int, int] | int:
+    """One frame: (family, src, dst, sport, dport, proto) with 16-byte addresses (IPv4
+    mapped), or a skip reason."""
+    off = 0
+    if linktype == 1:  # Ethernet, then 802.1Q / 802.1ad tags
+        if len(p) < 14:
+            return _SKIP_TRUNCATED
+        etype, off = int.from_bytes(p[12:14], "big"), 14
+        while etype in (0x8100, 0x88A8, 0x9100):
+            if len(p) < off + 4:
+                return _SKIP_TRUNCATED
+            etype, off = int.from_bytes(p[off + 2:off + 4], "big"), off + 4
+        if etype not in _ETHER_IP:
+            return _SKIP_NOT_IP
+    elif linktype in (113, 276):  # Linux cooked captures, v1 and v2
+        head, at = (16, 14) if linktype == 113 else (20, 0)
+        if len(p) < head:
+            return _SKIP_TRUNCATED
+        if int.from_bytes(p[at:at + 2], "big") not in _ETHER_IP:
+            return _SKIP_NOT_IP
+        off = head
+    if len(p) < off + 1:
+        return _SKIP_TRUNCATED
+    version = p[off] >> 4
+    if version == 4:
+        if len(p) < off + 20:
+            return _SKIP_TRUNCATED
+        ihl = (p[off] & 15) * 4
+        if ihl < 20:
+            return _SKIP_TRUNCATED
+        if int.from_bytes(p[off + 6:off + 8], "big") & 0x3FFF:
+            return _SKIP_FRAGMENT
+        proto = p[off + 9]
+        src = bytes(10) + b"\xff\xff" + p[off + 12:off + 16]
+        dst = bytes(10) + b"\xff\xff" + p[off + 16:off + 20]
+        off += ihl
+    elif version == 6:
+        if len(p) < off + 40:
+            return _SKIP_TRUNCATED
+        nh, src, dst = p[off + 6], p[off + 8:off + 24], p[off + 24:off + 40]
+        off += 40
+        while nh in (0, 43, 60, 44, 51):
+            if len(p) < off + 8:
+                return _SKIP_TRUNCATED
+            if nh == 44:
+                if int.from_bytes(p[off + 2:off + 4], "big") & 0xFFF9:
+                    return _SKIP_FRAGMENT
+                hl = 8
+            elif nh == 51:
+                hl = (p[off + 1] + 2) * 4
+            else:
+                hl = (p[off + 1] + 1) * 8
+            nh, off = p[off], off + hl
+        proto = nh
+    else:
+        return _SKIP_NOT_IP
+    if proto not in (6, 17, 132):
+        return _SKIP_OTHER_PROTOCOL
+    if len(p) < off + 4:
+        return _SKIP_TRUNCATED
+    return (version, src, dst, int.from_bytes(p[off:off + 2], "big"), int.from_bytes(p[off + 2:off + 4], "big"),
+            proto)
+
+
+def scan_pcap(data: Any, pos: int, swapped: bool, nanos: bool, linktype: int, max_packets: int) -> tuple[Any, ...]:
+    """The records of a classic pcap file from ``data[pos:]`` (see the compiled core's
+    ``scan_pcap``): ``(pos, n, time, src, dst, family, sport, dport, proto, skipped)``."""
+    raw = bytes(data)
+    if pos < 0 or pos > len(raw) or max_packets < 0:
+        raise ValueError("scan_pcap: pos or max_packets out of range")
+    order: Literal["big", "little"] = "big" if swapped else "little"
+    rows: list[tuple[float, int, bytes, bytes, int, int, int]] = []
+    skipped = np.zeros(4, dtype=np.int64)
+    records = 0
+    while len(rows) < max_packets and pos + 16 <= len(raw):
+        sec = int.from_bytes(raw[pos:pos + 4], order)
+        frac = int.from_bytes(raw[pos + 4:pos + 8], order)
+        incl = int.from_bytes(raw[pos + 8:pos + 12], order)
+        if incl > 262144:
+            raise ValueError(f"scan_pcap: a record at byte {pos} claims {incl} bytes: not a pcap record")
+        if pos + 16 + incl > len(raw):
+            break
+        got = _frame(raw[pos + 16:pos + 16 + incl], linktype)
+        if isinstance(got, int):
+            skipped[got] += 1
+        else:
+            fam, src, dst, sport, dport, proto = got
+            rows.append((sec + frac * (1e-9 if nanos else 1e-6), fam, src, dst, sport, dport, proto))
+        records += 1
+        pos += 16 + incl
+    n = len(rows)
+    return (
+        pos, records,
+        np.array([r[0] for r in rows], dtype=np.float64),
+        np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint8).reshape(n, 16).copy(),
+        np.frombuffer(b"".join(r[3] for r in rows), dtype=np.uint8).reshape(n, 16).copy(),
+        np.array([r[1] for r in rows], dtype=np.uint8),
+        np.array([r[4] for r in rows], dtype=np.uint16),
+        np.array([r[5] for r in rows], dtype=np.uint16),
+        np.array([r[6] for r in rows], dtype=np.uint8),
+        skipped,
+    )
 
 
 def _int_list(x: Any, name: str) -> list[int]:

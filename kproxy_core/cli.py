@@ -277,21 +277,38 @@ def _is_parquet(path: str) -> bool:
         return f.read(4) == b"PAR1"
 
 
+def _is_capture(path: str) -> bool:
+    if path == "-" or not os.path.isfile(path):
+        return False
+    from .captures import _open, is_capture
+
+    with _open(path) as f:
+        return is_capture(f.read(4))
+
+
 def _classify_table(args: argparse.Namespace, engine: Engine) -> int:
-    """Parquet in, streamed by batches through kproxy_core.flows; Parquet, JSON lines or CSV
-    out by the extension of --out; counts on stdout."""
-    from . import flows
+    """Parquet or a packet capture in, streamed by batches through kproxy_core.flows;
+    Parquet, JSON lines or CSV out by the extension of --out; counts on stdout."""
+    from . import captures, flows
 
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise UsageError("--packets: reading Parquet needs pyarrow (pip install 'kproxy-core[flows]')") from None
-    import pyarrow as pa
+        raise UsageError("--packets: reading Parquet or captures needs pyarrow (pip install 'kproxy-core[flows]')"
+                         ) from None
 
-    try:
-        source = pq.ParquetFile(args.packets)
-    except (OSError, pa.ArrowException) as e:
-        raise UsageError(f"--packets: {args.packets}: {e}") from None
+    capture_stats = captures.CaptureStats()
+    if _is_parquet(args.packets):
+        try:
+            source = pq.ParquetFile(args.packets)
+        except (OSError, pa.ArrowException) as e:
+            raise UsageError(f"--packets: {args.packets}: {e}") from None
+        tables: Iterator[Any] = (pa.Table.from_batches([b]) for b in source.iter_batches(batch_size=1 << 18))
+        is_capture = False
+    else:
+        tables = captures.read_pcap(args.packets, stats=capture_stats)
+        is_capture = True
     out_path = args.out
     ext = os.path.splitext(out_path)[1].lower() if out_path else ""
     if out_path and ext not in (".parquet", ".jsonl", ".json", ".csv"):
@@ -302,11 +319,16 @@ def _classify_table(args: argparse.Namespace, engine: Engine) -> int:
     per_service: Counter[str] = Counter()
     progress = sys.stderr.isatty() and not args.no_progress
     try:
-        for batch in source.iter_batches(batch_size=1 << 18):
+        for table in tables:
+            # a capture's packets are looked up at their own time (the chunk's last), so flows
+            # and affinity expire as they would have; other inputs at --now
+            now = float(table.column("time")[-1].as_py()) if is_capture else args.now
             try:
-                got = flows.classify(pa.Table.from_batches([batch]), engine, now=args.now, stats=stats)
+                got = flows.classify(table, engine, now=now, stats=stats)
             except flows.FlowError as e:
                 raise UsageError(f"--packets: {args.packets}: {e}") from None
+            if is_capture and ext in (".jsonl", ".json", ".csv"):
+                got = _addresses_as_text(got)
             names = got.column("service").to_pylist()
             per_service.update(n or "(none)" for n in names)
             if ext == ".parquet":
@@ -332,6 +354,8 @@ def _classify_table(args: argparse.Namespace, engine: Engine) -> int:
                 text_out.write(buf.getvalue().to_pybytes().decode())
             if progress:
                 print(f"\r{PROG}: classified {stats.records:,} records", end="", file=sys.stderr, flush=True)
+    except captures.CaptureError as e:
+        raise UsageError(str(e)) from None
     finally:
         if writer is not None:
             writer.close()
@@ -339,6 +363,10 @@ def _classify_table(args: argparse.Namespace, engine: Engine) -> int:
             text_out.close()
         if progress:
             print(file=sys.stderr)
+    if is_capture:
+        print(f"{capture_stats.records} packets in the capture, {capture_stats.packets} looked up")
+        for reason, n in sorted(capture_stats.skipped.items(), key=lambda kv: -kv[1]):
+            print(f"  skipped: {reason}: {n}")
     bad = sum(stats.bad.values())
     print(f"{stats.records} records, {bad} bad")
     for reason, n in sorted(stats.bad.items(), key=lambda kv: -kv[1]):
@@ -351,11 +379,27 @@ def _classify_table(args: argparse.Namespace, engine: Engine) -> int:
     return 0
 
 
+def _addresses_as_text(table: Any) -> Any:
+    """src and dst of a capture's table (16-byte, IPv4 mapped) as address strings."""
+    import ipaddress
+
+    import pyarrow as pa
+
+    for name in ("src", "dst"):
+        i = table.column_names.index(name)
+        text = []
+        for raw in table.column(name).to_pylist():
+            a = ipaddress.IPv6Address(raw)
+            text.append(str(a.ipv4_mapped or a))
+        table = table.set_column(i, name, pa.array(text, pa.string()))
+    return table
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     cluster = _load(args.files)
     engine = _engine(args, cluster)
     _warn(cluster, engine)
-    if _is_parquet(args.packets):
+    if _is_parquet(args.packets) or _is_capture(args.packets):
         return _classify_table(args, engine)
     names = [s.name for s in engine.service_ports]
     per_service: Counter[str] = Counter()
@@ -809,11 +853,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("classify", help="count packets of a CSV/JSONL file by service, frontend, verdict")
     _add_cluster(c)
     c.add_argument("--packets", required=True, metavar="FILE",
-                   help="CSV with header src,sport,dst,dport,proto or JSONL (.gz is fine; - for stdin), or Parquet "
-                   "with those columns (needs pyarrow: the flows extra)")
+                   help="CSV with header src,sport,dst,dport,proto or JSONL (.gz is fine; - for stdin); or, with "
+                   "pyarrow (the flows extra), Parquet with those columns or a pcap capture (.gz too)")
     c.add_argument("--json", action="store_true", help="print one JSON line per packet instead of counts")
     c.add_argument("--out", metavar="FILE", help="also write one record per packet to FILE (JSON lines; for "
-                   "Parquet input .parquet, .jsonl or .csv by the extension)")
+                   "Parquet and capture input .parquet, .jsonl or .csv by the extension)")
     c.add_argument("--now", type=float, default=0.0, help="clock for flow timeouts (seconds; default 0)")
     c.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     _add_engine(c)

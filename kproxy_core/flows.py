@@ -2,8 +2,9 @@
 kube-proxy's answer per record out.
 
 Input columns: ``src``, ``dst``, ``dport``, ``proto`` and optionally ``sport`` (0 when
-absent). Addresses are strings (IPv4 and IPv6 mixed, as inet_pton reads them, parsed in C)
-or unsigned integers (IPv4); ports integers or decimal strings; ``proto`` a name (``TCP``,
+absent). Addresses are strings (IPv4 and IPv6 mixed, as inet_pton reads them, parsed in C),
+unsigned integers (IPv4), or 16-byte binaries (IPv4 mapped, as kproxy_core.captures
+writes them); ports integers or decimal strings; ``proto`` a name (``TCP``,
 ``udp``, ...) or a number (6, 17, 132). Records are looked up in table order through the
 engine's batch path (flows are tracked unless ``track=False``), one family at a time.
 
@@ -120,7 +121,14 @@ def _addresses(arr: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         data = bufs[2] if bufs[2] is not None else b""
         fam, v4, v6 = core_module().parse_ips(off, memoryview(data), valid)
         return fam, v4, v6
-    raise FlowError(f"classify: column {name}: {arr.type} is not a string or integer type")
+    if pa.types.is_fixed_size_binary(arr.type) and arr.type.byte_width == 16:
+        # 16-byte addresses (kproxy_core.captures): IPv4 mapped into ::ffff:0:0/96
+        raw = np.frombuffer(arr.buffers()[1], dtype=np.uint8)[arr.offset * 16:(arr.offset + n) * 16].reshape(n, 16)
+        mapped = (raw[:, :10] == 0).all(axis=1) & (raw[:, 10] == 0xFF) & (raw[:, 11] == 0xFF)
+        fam = np.where(valid, np.where(mapped, 4, 6), 0).astype(np.uint8)
+        v4 = np.where(mapped, raw[:, 12:16].copy().view(">u4").ravel(), 0).astype(np.uint32)
+        return fam, v4, np.ascontiguousarray(raw)
+    raise FlowError(f"classify: column {name}: {arr.type} is not a string, integer or 16-byte binary type")
 
 
 def _ints(arr: Any, name: str, lo: int, hi: int, default: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -213,6 +213,180 @@ def parse_ips(offsets, data, validity=None):
     return family_arr, v4_arr, v6_arr
 
 
+# --------------------------------------------------------------------------- packet captures
+
+# why a captured packet is not a connection attempt kproxy looks up (kproxy_core.captures.SKIPS)
+cdef enum:
+    SKIP_NOT_IP = 0
+    SKIP_FRAGMENT = 1
+    SKIP_TRUNCATED = 2
+    SKIP_OTHER_PROTOCOL = 3
+    N_SKIPS = 4
+
+cdef inline uint16_t _be16(const uint8_t *p) nogil:
+    return (<uint16_t>p[0] << 8) | p[1]
+
+cdef inline uint32_t _rd32(const uint8_t *p, bint swapped) nogil:
+    if swapped:
+        return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+    return (<uint32_t>p[3] << 24) | (<uint32_t>p[2] << 16) | (<uint32_t>p[1] << 8) | p[0]
+
+
+cdef int _packet(const uint8_t *p, Py_ssize_t caplen, int linktype, uint8_t *src, uint8_t *dst,
+                 uint16_t *sport, uint16_t *dport, uint8_t *proto) noexcept nogil:
+    """One frame: 4 or 6 (the family, addresses and ports written) or -1 - a SKIP_* reason."""
+    cdef Py_ssize_t off = 0, ihl, hl
+    cdef uint16_t etype = 0
+    cdef int version
+    cdef uint8_t nh
+    if linktype == 1:  # Ethernet, then any 802.1Q / 802.1ad tags
+        if caplen < 14:
+            return -1 - SKIP_TRUNCATED
+        etype = _be16(p + 12)
+        off = 14
+        while etype == 0x8100 or etype == 0x88A8 or etype == 0x9100:
+            if caplen < off + 4:
+                return -1 - SKIP_TRUNCATED
+            etype = _be16(p + off + 2)
+            off += 4
+        if etype != 0x0800 and etype != 0x86DD:
+            return -1 - SKIP_NOT_IP
+    elif linktype == 113:  # Linux cooked (SLL): the protocol at 14
+        if caplen < 16:
+            return -1 - SKIP_TRUNCATED
+        etype = _be16(p + 14)
+        off = 16
+        if etype != 0x0800 and etype != 0x86DD:
+            return -1 - SKIP_NOT_IP
+    elif linktype == 276:  # Linux cooked v2 (SLL2): the protocol first
+        if caplen < 20:
+            return -1 - SKIP_TRUNCATED
+        etype = _be16(p)
+        off = 20
+        if etype != 0x0800 and etype != 0x86DD:
+            return -1 - SKIP_NOT_IP
+    # raw IP (101, 12, 14, 228, 229) and the link types above: the IP header at off
+    if caplen < off + 1:
+        return -1 - SKIP_TRUNCATED
+    version = p[off] >> 4
+    if version == 4:
+        if caplen < off + 20:
+            return -1 - SKIP_TRUNCATED
+        ihl = (p[off] & 15) * 4
+        if ihl < 20:
+            return -1 - SKIP_TRUNCATED
+        if _be16(p + off + 6) & 0x3FFF:  # more fragments, or an offset
+            return -1 - SKIP_FRAGMENT
+        proto[0] = p[off + 9]
+        memset(src, 0, 16)
+        memset(dst, 0, 16)
+        memcpy(src + 12, p + off + 12, 4)
+        memcpy(dst + 12, p + off + 16, 4)
+        off += ihl
+    elif version == 6:
+        if caplen < off + 40:
+            return -1 - SKIP_TRUNCATED
+        nh = p[off + 6]
+        memcpy(src, p + off + 8, 16)
+        memcpy(dst, p + off + 24, 16)
+        off += 40
+        while nh == 0 or nh == 43 or nh == 60 or nh == 44 or nh == 51:
+            if caplen < off + 8:
+                return -1 - SKIP_TRUNCATED
+            if nh == 44:
+                if (_be16(p + off + 2) & 0xFFF9) != 0:  # an offset, or more fragments
+                    return -1 - SKIP_FRAGMENT
+                hl = 8
+            elif nh == 51:
+                hl = (p[off + 1] + 2) * 4
+            else:
+                hl = (p[off + 1] + 1) * 8
+            nh = p[off]
+            off += hl
+        proto[0] = nh
+    else:
+        return -1 - SKIP_NOT_IP
+    if proto[0] != 6 and proto[0] != 17 and proto[0] != 132:
+        return -1 - SKIP_OTHER_PROTOCOL
+    if caplen < off + 4:
+        return -1 - SKIP_TRUNCATED
+    sport[0] = _be16(p + off)
+    dport[0] = _be16(p + off + 2)
+    return version
+
+
+def scan_pcap(data, Py_ssize_t pos, bint swapped, bint nanos, int linktype, Py_ssize_t max_packets):
+    """The records of a classic pcap file from ``data[pos:]`` (the file header already read):
+    up to ``max_packets`` whole records, in C without the GIL. ``swapped``: the file is
+    big-endian; ``nanos``: its timestamps are in nanoseconds. Returns ``(pos, n, time, src,
+    dst, family, sport, dport, proto, skipped)``: where the next record starts (a record cut
+    off at the end is left for the next call), the records read, and for each packet kept its
+    time in seconds, addresses as (n, 16) uint8 (IPv4 mapped into ::ffff:0:0/96), family 4 or
+    6, ports and protocol; ``skipped`` counts the others by reason (see
+    kproxy_core.captures.SKIPS). ValueError for a record longer than 256 KiB (not a pcap)."""
+    cdef const uint8_t[::1] buf = np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(1, np.uint8)
+    cdef Py_ssize_t size = len(data)
+    if pos < 0 or pos > size or max_packets < 0:
+        raise ValueError("scan_pcap: pos or max_packets out of range")
+    t_arr = np.zeros(max_packets, dtype=np.float64)
+    src_arr = np.zeros((max_packets, 16), dtype=np.uint8)
+    dst_arr = np.zeros((max_packets, 16), dtype=np.uint8)
+    fam_arr = np.zeros(max_packets, dtype=np.uint8)
+    sp_arr = np.zeros(max_packets, dtype=np.uint16)
+    dp_arr = np.zeros(max_packets, dtype=np.uint16)
+    pr_arr = np.zeros(max_packets, dtype=np.uint8)
+    skipped_arr = np.zeros(N_SKIPS, dtype=np.int64)
+    cdef double[::1] t = t_arr
+    cdef uint8_t[:, ::1] src = src_arr
+    cdef uint8_t[:, ::1] dst = dst_arr
+    cdef uint8_t[::1] fam = fam_arr
+    cdef uint16_t[::1] sp = sp_arr
+    cdef uint16_t[::1] dp = dp_arr
+    cdef uint8_t[::1] pr = pr_arr
+    cdef int64_t[::1] skipped = skipped_arr
+    cdef Py_ssize_t n = 0, records = 0, kept = 0
+    cdef uint32_t sec, frac, incl
+    cdef int got
+    cdef bint bad = False
+    cdef uint8_t a[16]
+    cdef uint8_t b[16]
+    cdef uint16_t s16, d16
+    cdef uint8_t p8
+    with nogil:
+        while kept < max_packets and pos + 16 <= size:
+            sec = _rd32(&buf[pos], swapped)
+            frac = _rd32(&buf[pos + 4], swapped)
+            incl = _rd32(&buf[pos + 8], swapped)
+            if incl > 262144:
+                bad = True
+                break
+            if pos + 16 + <Py_ssize_t>incl > size:
+                break
+            got = _packet(&buf[pos + 16], incl, linktype, a, b, &s16, &d16, &p8)
+            if got > 0:
+                t[kept] = sec + frac * (1e-9 if nanos else 1e-6)
+                memcpy(&src[kept, 0], a, 16)
+                memcpy(&dst[kept, 0], b, 16)
+                if got == 4:
+                    src[kept, 10] = 0xFF
+                    src[kept, 11] = 0xFF
+                    dst[kept, 10] = 0xFF
+                    dst[kept, 11] = 0xFF
+                fam[kept] = got
+                sp[kept] = s16
+                dp[kept] = d16
+                pr[kept] = p8
+                kept += 1
+            else:
+                skipped[-1 - got] += 1
+            records += 1
+            pos += 16 + incl
+    if bad:
+        raise ValueError(f"scan_pcap: a record at byte {pos} claims {incl} bytes: not a pcap record")
+    return (pos, records, t_arr[:kept], src_arr[:kept], dst_arr[:kept], fam_arr[:kept], sp_arr[:kept],
+            dp_arr[:kept], pr_arr[:kept], skipped_arr)
+
+
 cdef list _u32_list(object x, str name):
     # as the twin's _int_list, then bounded: check_maglev refuses anything past 2**32 - 1
     try:
