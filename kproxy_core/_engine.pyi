@@ -229,6 +229,18 @@ def scan_pcap(data: Any, pos: int, swapped: bool, nanos: bool, linktype: int, ma
     6, ports and protocol; ``skipped`` counts the others by reason (see
     kproxy_core.captures.SKIPS). ValueError for a record longer than 256 KiB (not a pcap)."""
 
+def scan_pcapng(data: Any, pos: int, swapped: bool, linktypes: Any, ticks: Any, max_packets: int) -> tuple[Any, ...]:
+    """The blocks of one pcapng section from ``data[pos:]``, in C without the GIL: Enhanced
+    and Simple Packet Blocks are read (up to ``max_packets``), other blocks passed over,
+    until a Section Header or Interface Description Block, the end of the data or a block cut
+    off. ``swapped``: the section is big-endian; ``linktypes`` and ``ticks`` (seconds per
+    timestamp unit) describe the section's interfaces so far (a link type not read gives
+    SKIP_LINKTYPE). Returns ``(pos, n, time, src, dst, family, sport, dport, proto, skipped,
+    stop)``, as ``scan_pcap`` does, with ``stop`` 1 for a Section Header Block at ``pos``,
+    2 for an Interface Description Block there, 0 otherwise. ValueError for a block whose
+    length is not a multiple of 4, too small, over 16 MiB, or a packet of an interface not
+    described."""
+
 def maglev_table(offsets: Sequence[int], skips: Sequence[int], weights: Sequence[int], size: int) -> np.ndarray:
     """The Maglev lookup table (``size`` int32 entries, each an endpoint index) of endpoints
     given by their permutations (offset, skip) and integer weights, built in C without the

@@ -126,7 +126,8 @@ def parse_ips(offsets: Any, data: Any, validity: Any = None) -> tuple[np.ndarray
     return family, v4, v6
 
 
-_SKIP_NOT_IP, _SKIP_FRAGMENT, _SKIP_TRUNCATED, _SKIP_OTHER_PROTOCOL = range(4)
+_SKIP_NOT_IP, _SKIP_FRAGMENT, _SKIP_TRUNCATED, _SKIP_OTHER_PROTOCOL, _SKIP_LINKTYPE = range(5)
+_LINKTYPES_READ = (1, 113, 276, 101, 12, 14, 228, 229)
 _ETHER_IP = (0x0800, 0x86DD)
 
 
@@ -202,7 +203,7 @@ def scan_pcap(data: Any, pos: int, swapped: bool, nanos: bool, linktype: int, ma
         raise ValueError("scan_pcap: pos or max_packets out of range")
     order: Literal["big", "little"] = "big" if swapped else "little"
     rows: list[tuple[float, int, bytes, bytes, int, int, int]] = []
-    skipped = np.zeros(4, dtype=np.int64)
+    skipped = np.zeros(5, dtype=np.int64)
     records = 0
     while len(rows) < max_packets and pos + 16 <= len(raw):
         sec = int.from_bytes(raw[pos:pos + 4], order)
@@ -220,9 +221,12 @@ def scan_pcap(data: Any, pos: int, swapped: bool, nanos: bool, linktype: int, ma
             rows.append((sec + frac * (1e-9 if nanos else 1e-6), fam, src, dst, sport, dport, proto))
         records += 1
         pos += 16 + incl
+    return (pos, records, *_columns(rows), skipped)
+
+
+def _columns(rows: list[tuple[float, int, bytes, bytes, int, int, int]]) -> tuple[np.ndarray, ...]:
     n = len(rows)
     return (
-        pos, records,
         np.array([r[0] for r in rows], dtype=np.float64),
         np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint8).reshape(n, 16).copy(),
         np.frombuffer(b"".join(r[3] for r in rows), dtype=np.uint8).reshape(n, 16).copy(),
@@ -230,8 +234,65 @@ def scan_pcap(data: Any, pos: int, swapped: bool, nanos: bool, linktype: int, ma
         np.array([r[4] for r in rows], dtype=np.uint16),
         np.array([r[5] for r in rows], dtype=np.uint16),
         np.array([r[6] for r in rows], dtype=np.uint8),
-        skipped,
     )
+
+
+def scan_pcapng(data: Any, pos: int, swapped: bool, linktypes: Any, ticks: Any, max_packets: int) -> tuple[Any, ...]:
+    """The blocks of one pcapng section from ``data[pos:]`` (see the compiled core's
+    ``scan_pcapng``): ``(pos, n, time, src, dst, family, sport, dport, proto, skipped, stop)``."""
+    raw = bytes(data)
+    lts = [int(x) for x in linktypes]
+    tks = [float(x) for x in ticks]
+    if pos < 0 or pos > len(raw) or max_packets < 0 or len(tks) != len(lts):
+        raise ValueError("scan_pcapng: pos, max_packets or the interfaces out of range")
+    order: Literal["big", "little"] = "big" if swapped else "little"
+
+    def u32(at: int) -> int:
+        return int.from_bytes(raw[at:at + 4], order)
+
+    rows: list[tuple[float, int, bytes, bytes, int, int, int]] = []
+    skipped = np.zeros(5, dtype=np.int64)
+    records = stop = 0
+    while len(rows) < max_packets and pos + 12 <= len(raw):
+        btype, blen = u32(pos), u32(pos + 4)
+        if btype == 0x0A0D0D0A:
+            stop = 1
+            break
+        if blen < 12 or blen % 4 or blen > 16777216:
+            raise ValueError(f"scan_pcapng: the block at byte {pos} is malformed (type {btype:#x}, length {blen})")
+        if pos + blen > len(raw):
+            break
+        if btype == 1:
+            stop = 2
+            break
+        if btype in (6, 3):
+            if btype == 6:
+                if blen < 32:
+                    raise ValueError(f"scan_pcapng: the block at byte {pos} is malformed (type {btype:#x}, "
+                                     f"length {blen})")
+                iface, caplen, data_at = u32(pos + 8), u32(pos + 20), pos + 28
+                ts = (u32(pos + 12) << 32) | u32(pos + 16)
+                if data_at + caplen > pos + blen - 4:
+                    raise ValueError(f"scan_pcapng: the block at byte {pos} is malformed (type {btype:#x}, "
+                                     f"length {blen})")
+            else:
+                if blen < 16:
+                    raise ValueError(f"scan_pcapng: the block at byte {pos} is malformed (type {btype:#x}, "
+                                     f"length {blen})")
+                iface, ts, caplen, data_at = 0, 0, min(u32(pos + 8), blen - 16), pos + 12
+            if iface >= len(lts):
+                raise ValueError(f"scan_pcapng: a packet at byte {pos} names interface {iface}, which no block "
+                                 "described")
+            got = (_frame(raw[data_at:data_at + caplen], lts[iface]) if lts[iface] in _LINKTYPES_READ
+                   else _SKIP_LINKTYPE)
+            if isinstance(got, int):
+                skipped[got] += 1
+            else:
+                fam, src, dst, sport, dport, proto = got
+                rows.append((ts * tks[iface], fam, src, dst, sport, dport, proto))
+            records += 1
+        pos += blen
+    return (pos, records, *_columns(rows), skipped, stop)
 
 
 def _int_list(x: Any, name: str) -> list[int]:

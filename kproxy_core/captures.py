@@ -1,4 +1,4 @@
-"""Packet captures (tcpdump's and Wireshark's classic pcap files) as tables of flows.
+"""Packet captures (tcpdump's pcap and Wireshark's pcapng files) as tables of flows.
 
 :func:`read_pcap` streams a capture (gzip-compressed or not) in chunks of packets: each
 chunk is a pyarrow Table with ``time`` (seconds), ``src`` and ``dst`` (16-byte addresses,
@@ -13,8 +13,9 @@ ports), truncated by the capture's snap length, another transport (ICMP, ...).
 Every packet is looked up: the first of a 5-tuple is a new connection, later ones find it
 in the engine's flow table, as conntrack would (classify with ``track=True``).
 
-pcapng (Wireshark's default) is refused with a message for now: ``tshark -F pcap`` or
-``editcap -F pcap`` convert it.
+pcapng (Wireshark's default) is read too: sections of either byte order, each interface
+with its own link type and timestamp unit (``if_tsresol``), Enhanced and Simple Packet
+Blocks; a packet of an interface whose link type is not read is counted as skipped.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import gzip
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from .engine import core_module
 from .errors import KproxyError
 
-SKIPS = ("not IP", "IP fragment", "truncated", "not TCP, UDP or SCTP")
+SKIPS = ("not IP", "IP fragment", "truncated", "not TCP, UDP or SCTP", "link type not read")
 LINKTYPES = {1: "Ethernet", 101: "raw IP", 12: "raw IP", 14: "raw IP", 228: "raw IPv4", 229: "raw IPv6",
              113: "Linux cooked (SLL)", 276: "Linux cooked v2 (SLL2)"}
 _MAGIC = {
@@ -69,60 +70,152 @@ def _open(path: str | Path) -> IO[bytes]:
     return raw
 
 
-def read_pcap(path: str | Path, *, chunk_packets: int = 1 << 18, stats: CaptureStats | None = None,
-              impl: str | None = None) -> Iterator[Any]:
-    """The capture's packets as pyarrow Tables of at most ``chunk_packets`` rows (see the
-    module docstring); ``stats`` collects the counts. CaptureError for a file that is not a
-    classic pcap, a link type not read, or a corrupt record."""
+def _table(t: Any, src: Any, dst: Any, sport: Any, dport: Any, proto: Any) -> Any:
     import pyarrow as pa
 
-    scan = core_module(impl).scan_pcap
+    n = len(t)
+    return pa.table({
+        "time": pa.array(t, pa.float64()),
+        "src": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(src)]),
+        "sport": pa.array(sport, pa.uint16()),
+        "dst": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(dst)]),
+        "dport": pa.array(dport, pa.uint16()),
+        "proto": pa.array(proto, pa.uint8()),
+    })
+
+
+class _Reader:
+    """The bytes of a file, read ahead in blocks, consumed from the front."""
+
+    def __init__(self, f: IO[bytes], first: bytes) -> None:
+        self.f = f
+        self.pending = first
+        self.offset = 0  # of pending[0] in the file
+        self.eof = False
+
+    def fill(self) -> None:
+        if not self.eof and len(self.pending) < CHUNK_BYTES:
+            more = self.f.read(CHUNK_BYTES)
+            self.eof = not more
+            self.pending += more
+
+    def take(self, n: int) -> None:
+        self.pending = self.pending[n:]
+        self.offset += n
+
+
+def read_pcap(path: str | Path, *, chunk_packets: int = 1 << 18, stats: CaptureStats | None = None,
+              impl: str | None = None) -> Iterator[Any]:
+    """The capture's packets (pcap or pcapng) as pyarrow Tables of at most ``chunk_packets``
+    rows (see the module docstring); ``stats`` collects the counts. CaptureError for a file
+    that is not a capture, a pcap link type not read, or a corrupt record or block."""
     stats = stats if stats is not None else CaptureStats()
+    core = core_module(impl)
     with _open(path) as f:
-        header = f.read(24)
-        if header[:4] == PCAPNG_MAGIC:
-            raise CaptureError(f"{path}: a pcapng capture, which is not read yet: convert it with "
-                               "'editcap -F pcap IN OUT' (or tshark -F pcap)")
-        if len(header) < 24 or header[:4] not in _MAGIC:
-            raise CaptureError(f"{path}: not a pcap capture (magic {header[:4].hex() or 'missing'})")
-        swapped, nanos = _MAGIC[header[:4]]
-        linktype = int.from_bytes(header[20:24], "big" if swapped else "little") & 0x0FFFFFFF
+        head = f.read(24)
+        if head[:4] == PCAPNG_MAGIC:
+            yield from _read_pcapng(path, _Reader(f, head), core.scan_pcapng, chunk_packets, stats)
+            return
+        if len(head) < 24 or head[:4] not in _MAGIC:
+            raise CaptureError(f"{path}: not a pcap or pcapng capture (magic {head[:4].hex() or 'missing'})")
+        swapped, nanos = _MAGIC[head[:4]]
+        linktype = int.from_bytes(head[20:24], "big" if swapped else "little") & 0x0FFFFFFF
         if linktype not in LINKTYPES:
             raise CaptureError(f"{path}: link type {linktype} is not read "
                                f"({', '.join(f'{k} {v}' for k, v in sorted(LINKTYPES.items()))})")
-        pending = b""
-        offset = 24  # of pending[0] in the file, for messages
-        eof = False
-        while not eof or pending:
-            if not eof and len(pending) < CHUNK_BYTES:
-                more = f.read(CHUNK_BYTES)
-                eof = not more
-                pending += more
+        r = _Reader(f, b"")
+        r.offset = 24
+        while True:
+            r.fill()
             try:
-                pos, n, t, src, dst, _fam, sport, dport, proto, skipped = scan(
-                    pending, 0, swapped, nanos, linktype, chunk_packets)
+                pos, n, t, src, dst, _fam, sport, dport, proto, skipped = core.scan_pcap(
+                    r.pending, 0, swapped, nanos, linktype, chunk_packets)
             except ValueError as e:
-                raise CaptureError(f"{path}: {str(e).replace('at byte ', f'at byte {offset}+')}") from None
-            stats.records += n
-            for reason, count in zip(SKIPS, skipped.tolist(), strict=True):
-                if count:
-                    stats.skipped[reason] = stats.skipped.get(reason, 0) + count
+                raise CaptureError(f"{path}: {str(e).replace('at byte ', f'at byte {r.offset}+')}") from None
+            _count(stats, n, skipped)
             if len(t):
-                yield pa.table({
-                    "time": pa.array(t, pa.float64()),
-                    "src": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(t), [None, pa.py_buffer(src)]),
-                    "sport": pa.array(sport, pa.uint16()),
-                    "dst": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(t), [None, pa.py_buffer(dst)]),
-                    "dport": pa.array(dport, pa.uint16()),
-                    "proto": pa.array(proto, pa.uint8()),
-                })
-            pending = pending[pos:]
-            offset += pos
-            if n == 0:
-                if eof:
-                    if pending:
-                        raise CaptureError(f"{path}: the last record (at byte {offset}) is cut off "
-                                           f"({len(pending)} bytes)")
-                    break
-                if len(pending) >= CHUNK_BYTES:  # not even one record fits: the scan says why
-                    raise CaptureError(f"{path}: a record at byte {offset} does not fit {CHUNK_BYTES} bytes")
+                yield _table(t, src, dst, sport, dport, proto)
+            r.take(pos)
+            if n == 0 and _stuck(path, r):
+                return
+
+
+def _count(stats: CaptureStats, n: int, skipped: Any) -> None:
+    stats.records += n
+    for reason, count in zip(SKIPS, skipped.tolist(), strict=True):
+        if count:
+            stats.skipped[reason] = stats.skipped.get(reason, 0) + count
+
+
+def _stuck(path: str | Path, r: _Reader) -> bool:
+    """After a scan that read nothing: True at the end of the file, else read on (or fail)."""
+    if r.eof:
+        if r.pending:
+            raise CaptureError(f"{path}: the last record (at byte {r.offset}) is cut off ({len(r.pending)} bytes)")
+        return True
+    if len(r.pending) >= CHUNK_BYTES:
+        raise CaptureError(f"{path}: a record at byte {r.offset} does not fit {CHUNK_BYTES} bytes")
+    return False
+
+
+def _read_pcapng(path: str | Path, r: _Reader, scan: Any, chunk_packets: int, stats: CaptureStats) -> Iterator[Any]:
+    """pcapng: Section Header and Interface Description Blocks here, packets in C."""
+    swapped = False
+    linktypes: list[int] = []
+    ticks: list[float] = []
+    while True:
+        r.fill()
+        p = r.pending
+        if len(p) >= 12 and p[:4] == PCAPNG_MAGIC:  # a section: its byte order, no interfaces yet
+            magic = p[8:12]
+            if magic not in (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d"):
+                raise CaptureError(f"{path}: the section at byte {r.offset} has no byte-order magic")
+            swapped = magic == b"\x1a\x2b\x3c\x4d"
+            length = int.from_bytes(p[4:8], "big" if swapped else "little")
+            if length < 28 or length % 4 or (len(p) < length and r.eof):
+                raise CaptureError(f"{path}: the section header at byte {r.offset} is malformed ({length} bytes)")
+            if len(p) < length:
+                continue
+            linktypes, ticks = [], []
+            r.take(length)
+            continue
+        try:
+            pos, n, t, src, dst, _fam, sport, dport, proto, skipped, stop = scan(
+                p, 0, swapped, linktypes, ticks, chunk_packets)
+        except ValueError as e:
+            raise CaptureError(f"{path}: {str(e).replace('at byte ', f'at byte {r.offset}+')}") from None
+        _count(stats, n, skipped)
+        if len(t):
+            yield _table(t, src, dst, sport, dport, proto)
+        r.take(pos)
+        if stop == 1 and len(r.pending) < 12 and r.eof:
+            raise CaptureError(f"{path}: the section header at byte {r.offset} is cut off")
+        if stop == 2:  # an Interface Description Block: its link type and timestamp unit
+            order: Literal["big", "little"] = "big" if swapped else "little"
+            p = r.pending
+            length = int.from_bytes(p[4:8], order)
+            if len(p) < length:
+                r.fill()
+                p = r.pending
+                if len(p) < length:
+                    raise CaptureError(f"{path}: the interface block at byte {r.offset} is cut off")
+            linktypes.append(int.from_bytes(p[8:10], order))
+            ticks.append(_tsresol(p[16:length - 4], order))
+            r.take(length)
+        elif stop == 0 and n == 0 and _stuck(path, r):
+            return
+
+
+def _tsresol(options: bytes, order: Literal["big", "little"]) -> float:
+    """Seconds per timestamp unit from an interface's if_tsresol option (default 10**-6)."""
+    at = 0
+    while at + 4 <= len(options):
+        code = int.from_bytes(options[at:at + 2], order)
+        size = int.from_bytes(options[at + 2:at + 4], order)
+        if code == 0:
+            break
+        if code == 9 and size >= 1:
+            v = options[at + 4]
+            return float(2.0 ** -(v & 0x7F)) if v & 0x80 else float(10.0 ** -v)
+        at += 4 + (size + 3) // 4 * 4
+    return 1e-6

@@ -854,7 +854,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster(c)
     c.add_argument("--packets", required=True, metavar="FILE",
                    help="CSV with header src,sport,dst,dport,proto or JSONL (.gz is fine; - for stdin); or, with "
-                   "pyarrow (the flows extra), Parquet with those columns or a pcap capture (.gz too)")
+                   "pyarrow (the flows extra), Parquet with those columns or a pcap/pcapng capture (.gz too)")
     c.add_argument("--json", action="store_true", help="print one JSON line per packet instead of counts")
     c.add_argument("--out", metavar="FILE", help="also write one record per packet to FILE (JSON lines; for "
                    "Parquet and capture input .parquet, .jsonl or .csv by the extension)")

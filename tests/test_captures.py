@@ -30,6 +30,8 @@ except ImportError:  # pragma: no cover - only without a build
     _compiled = None  # type: ignore[assignment]
 
 SCANS = {"python": _engine_py.scan_pcap, **({"compiled": _compiled.scan_pcap} if _compiled is not None else {})}
+SCANS_NG = {"python": _engine_py.scan_pcapng,
+            **({"compiled": _compiled.scan_pcapng} if _compiled is not None else {})}
 MAC = b"\x02\x00\x00\x00\x00\x01"
 
 
@@ -179,12 +181,12 @@ def test_chunks_and_gzip_change_nothing(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (b"\x0a\x0d\x0d\x0a" + bytes(40), "a pcapng capture, which is not read yet: convert it with 'editcap -F pcap"),
-    (b"hello world, not a capture at all", "not a pcap capture (magic 68656c6c)"),
+    (b"\x0a\x0d\x0d\x0a" + bytes(40), "the section at byte 0 has no byte-order magic"),
+    (b"hello world, not a capture at all", "not a pcap or pcapng capture (magic 68656c6c)"),
     (pcap([V4], linktype=105), "link type 105 is not read"),
     (pcap([ether(V4, 0x0800)])[:-5], "the last record (at byte 24) is cut off (65 bytes)"),
     (pcap([ether(V4, 0x0800)])[:24] + struct.pack("<IIII", 0, 0, 1 << 20, 1 << 20), "claims 1048576 bytes"),
-], ids=["pcapng", "text", "linktype", "cut", "huge-record"])
+], ids=["pcapng-no-magic", "text", "linktype", "cut", "huge-record"])
 def test_files_that_are_not_read(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "bad.pcap"
     path.write_bytes(content)
@@ -243,7 +245,107 @@ def test_kproxy_classify_a_capture(tmp_path: Path) -> None:
     assert rows[0]["src"] == "10.0.0.9" and rows[0]["verdict"] == "DNAT" and rows[0]["endpoint_ip"] == "10.0.0.5"
     assert rows[3]["src"] == "fd00:10::9" and rows[3]["verdict"] == "PASS"
     bad = tmp_path / "x.pcap"
-    bad.write_bytes(b"\x0a\x0d\x0d\x0a" + bytes(40))
+    bad.write_bytes(pcapng([(0, ether(V4, 0x0800), 1)], [(1, 6)])[:-6])
     r = subprocess.run([sys.executable, "-m", "kproxy_core", "classify", "-f", str(tmp_path / "c.yaml"),
                         "--packets", str(bad)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.startswith(f"kproxy: error: {bad}: a pcapng capture")
+    assert r.returncode == 2 and r.stderr.startswith(f"kproxy: error: {bad}: the last record"), r.stderr
+
+
+# --------------------------------------------------------------------------- pcapng
+
+
+def _block(btype: int, body: bytes, big: bool) -> bytes:
+    e = ">" if big else "<"
+    body += bytes(-len(body) % 4)
+    return struct.pack(f"{e}II", btype, len(body) + 12) + body + struct.pack(f"{e}I", len(body) + 12)
+
+
+def pcapng(packets: list[tuple[int, bytes, int]], interfaces: list[tuple[int, int]], big: bool = False,
+           sections: int = 1) -> bytes:
+    """Sections (each with the same interfaces: (link type, if_tsresol)), then the packets
+    (interface, frame, timestamp in that interface's units) as Enhanced Packet Blocks, with a
+    Name Resolution Block and a Simple Packet Block (interface 0) between."""
+    e = ">" if big else "<"
+    out = b""
+    for _ in range(sections):
+        out += _block(0x0A0D0D0A, struct.pack(f"{e}IHHq", 0x1A2B3C4D, 1, 0, -1), big)
+        for lt, res in interfaces:
+            opts = struct.pack(f"{e}HH", 9, 1) + bytes([res, 0, 0, 0]) + struct.pack(f"{e}HH", 0, 0)
+            out += _block(1, struct.pack(f"{e}HHI", lt, 0, 0) + opts, big)
+        out += _block(4, struct.pack(f"{e}HH", 0, 0), big)  # name resolution: passed over
+        for iface, frame, ts in packets:
+            out += _block(6, struct.pack(f"{e}IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, len(frame), len(frame)) + frame,
+                          big)
+        out += _block(3, struct.pack(f"{e}I", len(V4) + 14) + ether(V4, 0x0800), big)
+    return out
+
+
+@pytest.mark.parametrize("impl", list(SCANS))
+@pytest.mark.parametrize("big", [False, True])
+def test_pcapng_sections_interfaces_and_blocks(tmp_path: Path, impl: str, big: bool) -> None:
+    frames = [(0, ether(V4, 0x0800), 1_700_000_000_250_000),  # microseconds (10**-6)
+              (1, V4, 1_700_000_000_250_000_000),  # raw IP, nanoseconds (10**-9)
+              (2, ether(V4, 0x0800), 7),  # an interface of a link type not read
+              (0, ether(bytes(28), 0x0806), 1)]
+    path = tmp_path / "c.pcapng"
+    path.write_bytes(pcapng(frames, [(1, 6), (101, 9), (105, 6)], big=big, sections=2))
+    stats = captures.CaptureStats()
+    chunks = list(captures.read_pcap(path, stats=stats, impl=impl, chunk_packets=3))
+    rows = [row for c in chunks for row in decode(c)]
+    assert rows == [(4, "10.0.0.9", "172.30.0.10", 40000, 80, 6)] * 6  # 2 EPBs and the SPB, twice
+    times = [t for c in chunks for t in c.column("time").to_pylist()]
+    assert times == [pytest.approx(1_700_000_000.25), pytest.approx(1_700_000_000.25), 0.0] * 2
+    assert stats.skipped == {"link type not read": 2, "not IP": 2} and stats.records == 10
+
+
+def test_pcapng_written_by_dpkt(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    w = dpkt.pcapng.Writer(buf, linktype=1)
+    for i, (_, frame, _) in enumerate(FRAMES):
+        w.writepkt(frame, ts=1_700_000_000 + i)
+    path = tmp_path / "d.pcapng"
+    path.write_bytes(buf.getvalue())
+    stats = captures.CaptureStats()
+    rows = [row for c in captures.read_pcap(path, stats=stats) for row in decode(c)]
+    assert rows == [w for _, _, w in FRAMES if isinstance(w, tuple)] and stats.records == len(FRAMES)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.binary(max_size=90), st.integers(0, 2**40)), max_size=12),
+       st.booleans())
+def test_the_pcapng_twins_agree(packets: list[tuple[int, bytes, int]], big: bool) -> None:
+    data = pcapng(packets, [(1, 6), (276, 9)], big=big)
+    start = len(_block(0x0A0D0D0A, bytes(16), big))
+    results = []
+    for scan in SCANS_NG.values():
+        pos, lts, tks, got = start, [], [], []
+        while True:
+            r = scan(data, pos, big, lts, tks, 64)
+            got.append(r[:10])
+            pos = r[0]
+            if r[10] == 2:
+                e = ">" if big else "<"
+                length = struct.unpack(f"{e}I", data[pos + 4:pos + 8])[0]
+                lts.append(struct.unpack(f"{e}H", data[pos + 8:pos + 10])[0])
+                tks.append(1e-6 if len(lts) == 1 else 1e-9)
+                pos += length
+            elif r[1] == 0:
+                break
+        results.append(got)
+    for other in results[1:]:
+        assert len(other) == len(results[0])
+        for a, b in zip(other, results[0], strict=True):
+            assert a[:2] == b[:2] and all(np.array_equal(x, y) for x, y in zip(a[2:], b[2:], strict=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.booleans())
+def test_any_bytes_after_a_section_header_are_read_or_refused_alike(tail: bytes, big: bool) -> None:
+    outcomes = []
+    for scan in SCANS_NG.values():
+        try:
+            r = scan(tail, 0, big, [1, 113], [1e-6, 1e-9], 64)
+            outcomes.append(("ok", r[0], r[1], r[10], *(x.tolist() for x in r[2:10])))
+        except ValueError as e:
+            outcomes.append(("error", str(e)))
+    assert all(o == outcomes[0] for o in outcomes)
