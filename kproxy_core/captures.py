@@ -127,24 +127,26 @@ def read_pcap(path: str | Path, *, chunk_packets: int = 1 << 18, stats: CaptureS
         r.offset = 24
         while True:
             r.fill()
-            try:
-                pos, n, t, src, dst, _fam, sport, dport, proto, skipped = core.scan_pcap(
-                    r.pending, 0, swapped, nanos, linktype, chunk_packets)
-            except ValueError as e:
-                raise CaptureError(f"{path}: {str(e).replace('at byte ', f'at byte {r.offset}+')}") from None
-            _count(stats, n, skipped)
-            if len(t):
-                yield _table(t, src, dst, sport, dport, proto)
+            pos, n, table = _scanned(path, r, stats, core.scan_pcap, swapped, nanos, linktype, chunk_packets)
+            if table is not None:
+                yield table
             r.take(pos)
             if n == 0 and _stuck(path, r):
                 return
 
 
-def _count(stats: CaptureStats, n: int, skipped: Any) -> None:
+def _scanned(path: str | Path, r: _Reader, stats: CaptureStats, scan: Any, *args: Any) -> tuple[Any, ...]:
+    """``scan(r.pending, 0, *args)`` (either scanner): ``(pos, records, table or None, ...)``
+    with whatever the scanner returns after its columns; the skipped packets counted."""
+    try:
+        pos, n, t, src, dst, _fam, sport, dport, proto, skipped, *rest = scan(r.pending, 0, *args)
+    except ValueError as e:
+        raise CaptureError(f"{path}: {str(e).replace('at byte ', f'at byte {r.offset}+')}") from None
     stats.records += n
     for reason, count in zip(SKIPS, skipped.tolist(), strict=True):
         if count:
             stats.skipped[reason] = stats.skipped.get(reason, 0) + count
+    return (pos, n, _table(t, src, dst, sport, dport, proto) if len(t) else None, *rest)
 
 
 def _stuck(path: str | Path, r: _Reader) -> bool:
@@ -179,14 +181,9 @@ def _read_pcapng(path: str | Path, r: _Reader, scan: Any, chunk_packets: int, st
             linktypes, ticks = [], []
             r.take(length)
             continue
-        try:
-            pos, n, t, src, dst, _fam, sport, dport, proto, skipped, stop = scan(
-                p, 0, swapped, linktypes, ticks, chunk_packets)
-        except ValueError as e:
-            raise CaptureError(f"{path}: {str(e).replace('at byte ', f'at byte {r.offset}+')}") from None
-        _count(stats, n, skipped)
-        if len(t):
-            yield _table(t, src, dst, sport, dport, proto)
+        pos, n, table, stop = _scanned(path, r, stats, scan, swapped, linktypes, ticks, chunk_packets)
+        if table is not None:
+            yield table
         r.take(pos)
         if stop == 1 and len(r.pending) < 12 and r.eof:
             raise CaptureError(f"{path}: the section header at byte {r.offset} is cut off")

@@ -279,8 +279,9 @@ cdef int _packet(const uint8_t *p, Py_ssize_t caplen, int linktype, uint8_t *src
         if _be16(p + off + 6) & 0x3FFF:  # more fragments, or an offset
             return -1 - SKIP_FRAGMENT
         proto[0] = p[off + 9]
-        memset(src, 0, 16)
-        memset(dst, 0, 16)
+        memset(src, 0, 10)  # IPv4 mapped into ::ffff:0:0/96
+        memset(dst, 0, 10)
+        src[10] = src[11] = dst[10] = dst[11] = 0xFF
         memcpy(src + 12, p + off + 12, 4)
         memcpy(dst + 12, p + off + 16, 4)
         off += ihl
@@ -316,6 +317,53 @@ cdef int _packet(const uint8_t *p, Py_ssize_t caplen, int linktype, uint8_t *src
     return version
 
 
+cdef class _Kept:
+    """The packets a scan keeps (columns of up to ``cap`` rows) and the skipped ones by reason."""
+
+    cdef object arrays
+    cdef double[::1] t
+    cdef uint8_t[:, ::1] src
+    cdef uint8_t[:, ::1] dst
+    cdef uint8_t[::1] fam
+    cdef uint16_t[::1] sp
+    cdef uint16_t[::1] dp
+    cdef uint8_t[::1] pr
+    cdef int64_t[::1] skipped
+    cdef Py_ssize_t n, cap
+
+    def __cinit__(self, Py_ssize_t cap):
+        self.arrays = (np.zeros(cap, dtype=np.float64), np.zeros((cap, 16), dtype=np.uint8),
+                       np.zeros((cap, 16), dtype=np.uint8), np.zeros(cap, dtype=np.uint8),
+                       np.zeros(cap, dtype=np.uint16), np.zeros(cap, dtype=np.uint16), np.zeros(cap, dtype=np.uint8))
+        self.t, self.src, self.dst, self.fam, self.sp, self.dp, self.pr = self.arrays
+        self.skipped = np.zeros(N_SKIPS, dtype=np.int64)
+        self.n = 0
+        self.cap = cap
+
+    cdef void add(self, const uint8_t *frame, Py_ssize_t caplen, int linktype, double when) noexcept nogil:
+        """Parse one frame: keep it (when there is room: callers stop at ``cap``), or count it."""
+        cdef uint16_t s16, d16
+        cdef uint8_t p8
+        cdef Py_ssize_t k = self.n
+        cdef int got = _packet(frame, caplen, linktype, &self.src[k, 0], &self.dst[k, 0], &s16, &d16, &p8)
+        if got < 0:
+            self.skipped[-1 - got] += 1
+            return
+        self.t[k] = when
+        self.fam[k] = got
+        self.sp[k] = s16
+        self.dp[k] = d16
+        self.pr[k] = p8
+        self.n += 1
+
+    cdef void skip(self, int reason) noexcept nogil:
+        self.skipped[reason] += 1
+
+    def columns(self):
+        """(time, src, dst, family, sport, dport, proto) of the packets kept, then skipped."""
+        return (*(a[:self.n] for a in self.arrays), np.asarray(self.skipped))
+
+
 def scan_pcap(data, Py_ssize_t pos, bint swapped, bint nanos, int linktype, Py_ssize_t max_packets):
     """The records of a classic pcap file from ``data[pos:]`` (the file header already read):
     up to ``max_packets`` whole records, in C without the GIL. ``swapped``: the file is
@@ -329,32 +377,12 @@ def scan_pcap(data, Py_ssize_t pos, bint swapped, bint nanos, int linktype, Py_s
     cdef Py_ssize_t size = len(data)
     if pos < 0 or pos > size or max_packets < 0:
         raise ValueError("scan_pcap: pos or max_packets out of range")
-    t_arr = np.zeros(max_packets, dtype=np.float64)
-    src_arr = np.zeros((max_packets, 16), dtype=np.uint8)
-    dst_arr = np.zeros((max_packets, 16), dtype=np.uint8)
-    fam_arr = np.zeros(max_packets, dtype=np.uint8)
-    sp_arr = np.zeros(max_packets, dtype=np.uint16)
-    dp_arr = np.zeros(max_packets, dtype=np.uint16)
-    pr_arr = np.zeros(max_packets, dtype=np.uint8)
-    skipped_arr = np.zeros(N_SKIPS, dtype=np.int64)
-    cdef double[::1] t = t_arr
-    cdef uint8_t[:, ::1] src = src_arr
-    cdef uint8_t[:, ::1] dst = dst_arr
-    cdef uint8_t[::1] fam = fam_arr
-    cdef uint16_t[::1] sp = sp_arr
-    cdef uint16_t[::1] dp = dp_arr
-    cdef uint8_t[::1] pr = pr_arr
-    cdef int64_t[::1] skipped = skipped_arr
-    cdef Py_ssize_t n = 0, records = 0, kept = 0
+    cdef _Kept kept = _Kept(max_packets)
+    cdef Py_ssize_t records = 0
     cdef uint32_t sec, frac, incl
-    cdef int got
     cdef bint bad = False
-    cdef uint8_t a[16]
-    cdef uint8_t b[16]
-    cdef uint16_t s16, d16
-    cdef uint8_t p8
     with nogil:
-        while kept < max_packets and pos + 16 <= size:
+        while kept.n < max_packets and pos + 16 <= size:
             sec = _rd32(&buf[pos], swapped)
             frac = _rd32(&buf[pos + 4], swapped)
             incl = _rd32(&buf[pos + 8], swapped)
@@ -363,29 +391,12 @@ def scan_pcap(data, Py_ssize_t pos, bint swapped, bint nanos, int linktype, Py_s
                 break
             if pos + 16 + <Py_ssize_t>incl > size:
                 break
-            got = _packet(&buf[pos + 16], incl, linktype, a, b, &s16, &d16, &p8)
-            if got > 0:
-                t[kept] = sec + frac * (1e-9 if nanos else 1e-6)
-                memcpy(&src[kept, 0], a, 16)
-                memcpy(&dst[kept, 0], b, 16)
-                if got == 4:
-                    src[kept, 10] = 0xFF
-                    src[kept, 11] = 0xFF
-                    dst[kept, 10] = 0xFF
-                    dst[kept, 11] = 0xFF
-                fam[kept] = got
-                sp[kept] = s16
-                dp[kept] = d16
-                pr[kept] = p8
-                kept += 1
-            else:
-                skipped[-1 - got] += 1
+            kept.add(&buf[pos + 16], incl, linktype, sec + frac * (1e-9 if nanos else 1e-6))
             records += 1
             pos += 16 + incl
     if bad:
         raise ValueError(f"scan_pcap: a record at byte {pos} claims {incl} bytes: not a pcap record")
-    return (pos, records, t_arr[:kept], src_arr[:kept], dst_arr[:kept], fam_arr[:kept], sp_arr[:kept],
-            dp_arr[:kept], pr_arr[:kept], skipped_arr)
+    return (pos, records, *kept.columns())
 
 
 def scan_pcapng(data, Py_ssize_t pos, bint swapped, linktypes, ticks, Py_ssize_t max_packets):
@@ -405,32 +416,13 @@ def scan_pcapng(data, Py_ssize_t pos, bint swapped, linktypes, ticks, Py_ssize_t
     cdef Py_ssize_t n_if = len(linktypes), size = len(data)
     if pos < 0 or pos > size or max_packets < 0 or len(ticks) != n_if:
         raise ValueError("scan_pcapng: pos, max_packets or the interfaces out of range")
-    t_arr = np.zeros(max_packets, dtype=np.float64)
-    src_arr = np.zeros((max_packets, 16), dtype=np.uint8)
-    dst_arr = np.zeros((max_packets, 16), dtype=np.uint8)
-    fam_arr = np.zeros(max_packets, dtype=np.uint8)
-    sp_arr = np.zeros(max_packets, dtype=np.uint16)
-    dp_arr = np.zeros(max_packets, dtype=np.uint16)
-    pr_arr = np.zeros(max_packets, dtype=np.uint8)
-    skipped_arr = np.zeros(N_SKIPS, dtype=np.int64)
-    cdef double[::1] t = t_arr
-    cdef uint8_t[:, ::1] src = src_arr
-    cdef uint8_t[:, ::1] dst = dst_arr
-    cdef uint8_t[::1] fam = fam_arr
-    cdef uint16_t[::1] sp = sp_arr
-    cdef uint16_t[::1] dp = dp_arr
-    cdef uint8_t[::1] pr = pr_arr
-    cdef int64_t[::1] skipped = skipped_arr
-    cdef Py_ssize_t records = 0, kept = 0, data_at, caplen
+    cdef _Kept kept = _Kept(max_packets)
+    cdef Py_ssize_t records = 0, data_at, caplen
     cdef uint32_t btype, blen, iface = 0
     cdef uint64_t ts = 0
-    cdef int got, stop = 0, bad = 0, lt
-    cdef uint8_t a[16]
-    cdef uint8_t b[16]
-    cdef uint16_t s16, d16
-    cdef uint8_t p8
+    cdef int stop = 0, bad = 0, lt
     with nogil:
-        while kept < max_packets and pos + 12 <= size:
+        while kept.n < max_packets and pos + 12 <= size:
             btype = _rd32(&buf[pos], swapped)
             blen = _rd32(&buf[pos + 4], swapped)
             if btype == 0x0A0D0D0A:
@@ -471,33 +463,16 @@ def scan_pcapng(data, Py_ssize_t pos, bint swapped, linktypes, ticks, Py_ssize_t
                     break
                 lt = lts[iface]
                 if lt == 1 or lt == 113 or lt == 276 or lt == 101 or lt == 12 or lt == 14 or lt == 228 or lt == 229:
-                    got = _packet(&buf[data_at], caplen, lt, a, b, &s16, &d16, &p8)
+                    kept.add(&buf[data_at], caplen, lt, ts * tks[iface])
                 else:
-                    got = -1 - SKIP_LINKTYPE
-                if got > 0:
-                    t[kept] = ts * tks[iface]
-                    memcpy(&src[kept, 0], a, 16)
-                    memcpy(&dst[kept, 0], b, 16)
-                    if got == 4:
-                        src[kept, 10] = 0xFF
-                        src[kept, 11] = 0xFF
-                        dst[kept, 10] = 0xFF
-                        dst[kept, 11] = 0xFF
-                    fam[kept] = got
-                    sp[kept] = s16
-                    dp[kept] = d16
-                    pr[kept] = p8
-                    kept += 1
-                else:
-                    skipped[-1 - got] += 1
+                    kept.skip(SKIP_LINKTYPE)
                 records += 1
             pos += blen
     if bad == 1:
         raise ValueError(f"scan_pcapng: the block at byte {pos} is malformed (type {btype:#x}, length {blen})")
     if bad == 2:
         raise ValueError(f"scan_pcapng: a packet at byte {pos} names interface {iface}, which no block described")
-    return (pos, records, t_arr[:kept], src_arr[:kept], dst_arr[:kept], fam_arr[:kept], sp_arr[:kept],
-            dp_arr[:kept], pr_arr[:kept], skipped_arr, stop)
+    return (pos, records, *kept.columns(), stop)
 
 
 cdef list _u32_list(object x, str name):
