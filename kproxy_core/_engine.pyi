@@ -79,8 +79,12 @@ class Core:
     buckets of 8 slots, the bucket count the smallest power of two with
     ``buckets * 8 >= capacity``; a full bucket evicts an expired flow, else the
     oldest entry. ``timeouts`` are the flow timeouts in seconds for TCP, UDP and SCTP
-    (other protocols: 30 s). Raises ValueError for a capacity below 1 or timeouts that
-    are not three positive numbers, MemoryError for tables too large to allocate.
+    (other protocols: 30 s). ``stale_flows`` says which flows a load or update drops
+    when their endpoint left their service: ``"udp"`` the UDP ones only, as kube-proxy's
+    conntrack cleanup (TCP and SCTP flows keep their endpoint until they time out),
+    ``"all"`` every one. Raises ValueError for a capacity below 1, timeouts that are not
+    three positive numbers or another ``stale_flows``, MemoryError for tables too large
+    to allocate.
     """
 
     def __init__(
@@ -89,14 +93,16 @@ class Core:
         flow_capacity: int = 262144,
         affinity_capacity: int = 65536,
         timeouts: Sequence[float] = (86400.0, 30.0, 432000.0),
+        stale_flows: str = "udp",
     ) -> None: ...
     def load(self, t4: FamilyTables, t6: FamilyTables, services: Sequence[str]) -> int:
         """Swap in new tables (IPv4, IPv6) and the service-port names their indices refer to.
 
         A flow survives iff its endpoint (address, port) is still in a pool of its
-        service's port in the new tables; the others are dropped. Returns how many were
-        dropped. Affinity entries are kept (they name addresses, and are checked against
-        the pool when used).
+        service's port in the new tables, or it is not UDP and ``stale_flows`` is
+        ``"udp"``; the others are dropped. Returns how many were dropped. Affinity
+        entries are kept (they name addresses, and are checked against the pool when
+        used).
 
         Inconsistent tables (an index out of range, a bad shape or dtype, an action
         byte with pool code 3, a KUBE-FW source list past the end of ``fw_addr`` or a
@@ -131,7 +137,7 @@ class Core:
         proto: Any,
         sport: Any,
         out: np.ndarray,
-        now: float | None = None,
+        now: float | np.ndarray | None = None,
         track: int = 1,
     ) -> None:
         """Decide a batch of IPv4 packets into ``out``, without the GIL.
@@ -140,8 +146,10 @@ class Core:
         its length n is the batch size. Columns, each exactly n rows, any strides (the
         Engine facade converts; the core does not): ``src``/``dst`` uint32, ``dport``
         and ``sport`` uint16 (``sport`` None: all 0), ``proto`` uint8; anything else
-        raises PacketError. Each row gets verdict, service (index, -1 for none),
-        frontend, ep_ip, ep_port (0 unless DNAT) and masq.
+        raises PacketError. ``now``: the clock for flow and affinity timeouts, one
+        number for the batch (None: the wall clock) or each packet's own time (a float64
+        array of n finite times; PacketError otherwise). Each row gets verdict, service
+        (index, -1 for none), frontend, ep_ip, ep_port (0 unless DNAT) and masq.
         """
 
     def lookup_batch6(
@@ -152,7 +160,7 @@ class Core:
         proto: Any,
         sport: Any,
         out: np.ndarray,
-        now: float | None = None,
+        now: float | np.ndarray | None = None,
         track: int = 1,
     ) -> None:
         """As ``lookup_batch`` for IPv6: ``src``/``dst`` are (n, 16) uint8 arrays

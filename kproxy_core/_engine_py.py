@@ -49,6 +49,10 @@ LOOP4 = 0x7F000000
 LOOP6 = 1
 PROTO_IN = {"TCP": 6, "UDP": 17, "SCTP": 132, "tcp": 6, "udp": 17, "sctp": 132}
 AFFINITY_SALT = 0x9E3779B97F4A7C15
+# what an update does with a flow whose endpoint left its service: "udp" drops the UDP
+# ones only, as kube-proxy's conntrack cleanup (TCP and SCTP entries stay until they
+# time out, still DNATed to the old endpoint); "all" drops every one
+STALE_FLOWS = ("udp", "all")
 # engine.OUT_DTYPE / OUT6_DTYPE (engine imports this module, so they are spelled out here)
 OUT_DTYPE = np.dtype(
     [("verdict", "u1"), ("service", "<i4"), ("frontend", "u1"), ("ep_ip", "<u4"),
@@ -666,11 +670,15 @@ class Core:
         flow_capacity: int = 1 << 18,
         affinity_capacity: int = 1 << 16,
         timeouts: Sequence[float] = (86400.0, 30.0, 432000.0),
+        stale_flows: str = "udp",
     ) -> None:
         if flow_capacity < 1 or affinity_capacity < 1:
             raise ValueError("table capacities must be positive")
         if len(timeouts) != 3 or any(not (t > 0) for t in timeouts):
             raise ValueError("timeouts must be three positive numbers (TCP, UDP, SCTP)")
+        if stale_flows not in STALE_FLOWS:
+            raise ValueError(f"stale_flows must be one of {', '.join(STALE_FLOWS)}, not {stale_flows!r}")
+        self.stale_udp_only = stale_flows == "udp"
         self.seed = seed & M64
         self.timeouts = {6: float(timeouts[0]), 17: float(timeouts[1]), 132: float(timeouts[2])}
         self.flows = (_Bucketed(flow_capacity), _Bucketed(flow_capacity))
@@ -696,7 +704,8 @@ class Core:
                 f.carry_round_robin(o)
             self.fam = new
             self.services = services
-            return sum(self._drop_flows(fl, f, None) for f, fl in zip(new, self.flows, strict=True))
+            return sum(self._drop_flows(fl, f, None, self.stale_udp_only)
+                       for f, fl in zip(new, self.flows, strict=True))
 
     def update_ports(self, p4: Sequence[PortSpec], r4: Sequence[int], p6: Sequence[PortSpec],
                      r6: Sequence[int], services: Sequence[str]) -> int:
@@ -713,17 +722,17 @@ class Core:
             for fam, specs, removed, fl in zip(self.fam, checked, (r4, r6), self.flows, strict=True):
                 assert fam is not None
                 changed = fam.update_specs(specs, removed)
-                dropped += self._drop_flows(fl, fam, changed)
+                dropped += self._drop_flows(fl, fam, changed, self.stale_udp_only)
         return dropped
 
     @staticmethod
-    def _drop_flows(fl: _Bucketed, fam: _Family, only: set[int] | None) -> int:
-        """Drop the flows (of services in ``only``; None: all) whose endpoint is in no pool
-        of their service's port any more."""
+    def _drop_flows(fl: _Bucketed, fam: _Family, only: set[int] | None, udp_only: bool) -> int:
+        """Drop the flows (of services in ``only``; None: all; UDP ones only if
+        ``udp_only``) whose endpoint is in no pool of their service's port any more."""
         dropped = 0
         for s in [i for i, tag in enumerate(fl.tags) if tag]:
-            svc, ep = fl.vals[s][1], fl.vals[s][3]
-            if only is not None and svc not in only:
+            key, svc, ep = fl.vals[s][0], fl.vals[s][1], fl.vals[s][3]
+            if (only is not None and svc not in only) or (udp_only and key[4] != 17):
                 continue
             port = fam.ports.get(svc)
             if port is None or not port.has(ep):
@@ -849,9 +858,10 @@ class Core:
         self, v6: bool, src: Any, dst: Any, dport: Any, proto: Any, sport: Any,
         out: np.ndarray, now: float | None, track: int,
     ) -> None:
-        t = time.time() if now is None else float(now)
         src, dst, dport, proto, sport = batch_columns(v6, src, dst, dport, proto, sport, out)
         n = len(out)
+        clock, times = batch_times(now, n)
+        ts = [clock] * n if times is None else times.tolist()
         if v6:
             srcs = [int.from_bytes(bytes(r), "big") for r in src]
             dsts = [int.from_bytes(bytes(r), "big") for r in dst]
@@ -871,7 +881,7 @@ class Core:
             fam = self.fam[v6]
             for i in range(n):
                 verdict, svc, fe, ep_i, masq = self._decide(
-                    v6, srcs[i], dsts[i], sports[i], dports[i], protos[i], t, track
+                    v6, srcs[i], dsts[i], sports[i], dports[i], protos[i], ts[i], track
                 )
                 verdicts[i] = verdict
                 services[i] = svc
@@ -1016,6 +1026,20 @@ def batch_columns(
         _column(proto, "proto", np.uint8, (n,)),
         None if sport is None else _column(sport, "sport", np.uint16, (n,)),
     )
+
+
+def batch_times(now: Any, n: int) -> tuple[float, np.ndarray | None]:
+    """A batch's clock: one time for every packet (a number of seconds; None: the wall
+    clock), or each packet's own (a float64 array of n finite times), for flow and
+    affinity timeouts. Returns (the one time, or 0.0; the array or None)."""
+    if isinstance(now, np.ndarray):
+        if now.dtype != np.float64 or now.shape != (n,):
+            raise PacketError(f"now: expected a number or a float64 array of shape ({n},), "
+                              f"got {now.dtype} {now.shape}")
+        if n and not np.isfinite(now).all():
+            raise PacketError("now: every time must be finite")
+        return 0.0, now
+    return (time.time() if now is None else float(now)), None
 
 
 def _column(x: Any, name: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:

@@ -63,6 +63,9 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iptables-localhost-nodeports", default="true", choices=["true", "false"],
                    help="accept NodePorts on 127.0.0.1 (IPv4; default true)")
     g.add_argument("--seed", type=int, default=None, help="seed for the endpoint choice")
+    g.add_argument("--stale-flows", default="udp", choices=["udp", "all"],
+                   help="flows whose endpoint an update removes: udp drops the UDP ones only, as kube-proxy's "
+                        "conntrack cleanup (TCP/SCTP keep it until they time out); all drops every one")
     g.add_argument("--local-address", metavar="IP[,IP]", action="append",
                    help="an address the node owns besides its Node addresses (a load-balancer VIP "
                         "kube-vip puts on the interface); repeatable")
@@ -83,6 +86,7 @@ def _engine(args: argparse.Namespace, cluster: Cluster) -> Engine:
         nodeport_addresses=args.nodeport_addresses,
         localhost_nodeports=args.iptables_localhost_nodeports == "true",
         seed=args.seed,
+        stale_flows=args.stale_flows,
         service_cidrs=getattr(args, "service_cidr", None),
         pod_bridge_interface=args.pod_bridge_interface,
         pod_interface_name_prefix=args.pod_interface_name_prefix,

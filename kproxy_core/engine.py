@@ -139,6 +139,7 @@ class Engine:
         pod_interface_name_prefix: str | None = None,
         plugins: KproxyPluginManager | None = None,
         local_addresses: str | Sequence[str] | None = None,
+        stale_flows: str = "udp",
     ) -> None:
         if mode not in ("iptables", "nftables"):
             raise ValueError(f"mode must be 'iptables' or 'nftables', not {mode!r}")
@@ -177,8 +178,9 @@ class Engine:
         self.compiled = self._impl is not _engine_py
         self._core = self._impl.Core(
             self.seed & ((1 << 64) - 1), flow_capacity, affinity_capacity,
-            (t["TCP"], t["UDP"], t["SCTP"]),
+            (t["TCP"], t["UDP"], t["SCTP"]), stale_flows,
         )
+        self.stale_flows = stale_flows
         self.lookup = self._core.lookup
         self._lock = threading.Lock()
         self._service_index: dict[str, int] = {}
@@ -316,9 +318,11 @@ class Engine:
         ``type: ADDED|MODIFIED|DELETED``); recompute only the affected service ports and
         change only their entries in the compiled tables (one publication per call).
 
-        Flows whose endpoint is gone from its service are dropped, as kube-proxy's
-        conntrack cleanup does; lookups running in other threads see, per packet, the
-        old tables or the new ones, never a mix.
+        UDP flows whose endpoint is gone from its service are dropped, as kube-proxy's
+        conntrack cleanup does; TCP and SCTP flows keep their endpoint until they time
+        out, as their conntrack entries do (``stale_flows="all"`` drops those too);
+        lookups running in other threads see, per packet, the old tables or the new
+        ones, never a mix.
         """
         with self._lock, gc_paused():
             new_cluster, changes = apply_objects(self.cluster, objects, self.plugins)
@@ -425,7 +429,7 @@ class Engine:
         dport: Any,
         proto: Any,
         sport: Any = None,
-        now: float | None = None,
+        now: float | npt.NDArray[np.float64] | None = None,
         track: bool = True,
     ) -> npt.NDArray[Any]:
         """Decide a batch of IPv4 packets (addresses as uint32, ports uint16, proto uint8).
@@ -433,7 +437,9 @@ class Engine:
         Returns a structured array (``OUT_DTYPE``): verdict (index into VERDICT_NAMES),
         service (index into ``service_ports``, -1 for none), frontend (index into
         FRONTEND_NAMES), ep_ip, ep_port, masq. ``track=False`` skips the flow and
-        affinity tables (a pure function of the packet). The GIL is released.
+        affinity tables (a pure function of the packet). ``now`` is the clock of their
+        timeouts: one time for the batch (None: the wall clock) or a float64 array with
+        each packet's own. The GIL is released.
         """
         cols = _columns(False, src, dst, dport, proto, sport)
         out = np.zeros(len(cols[2]), dtype=OUT_DTYPE)
@@ -447,7 +453,7 @@ class Engine:
         dport: Any,
         proto: Any,
         sport: Any = None,
-        now: float | None = None,
+        now: float | npt.NDArray[np.float64] | None = None,
         track: bool = True,
     ) -> npt.NDArray[Any]:
         """IPv6 batches: ``src``/``dst`` are (n, 16) uint8 arrays (network byte order)."""

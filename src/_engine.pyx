@@ -47,8 +47,10 @@ from kproxy_core._engine_py import (
     AFFINITY_SALT,
     PROTO_IN,
     SLOTS,
+    STALE_FLOWS,
     _check_port,
     _parse_pair,
+    batch_times,
     check_ports,
     _proto,
     batch_columns,
@@ -1086,6 +1088,7 @@ cdef class Core:
         flow_capacity=1 << 18,
         affinity_capacity=1 << 16,
         timeouts=(86400.0, 30.0, 432000.0),
+        stale_flows="udp",
     ):
         cdef kp_state st
         cdef int i, status = KP_OK
@@ -1094,6 +1097,9 @@ cdef class Core:
             raise ValueError("table capacities must be positive")
         if len(timeouts) != 3 or any(not (t > 0) for t in timeouts):
             raise ValueError("timeouts must be three positive numbers (TCP, UDP, SCTP)")
+        if stale_flows not in STALE_FLOWS:
+            raise ValueError(f"stale_flows must be one of {', '.join(STALE_FLOWS)}, not {stale_flows!r}")
+        st.stale_udp_only = stale_flows == "udp"
         st.seed = seed & M64
         st.aseed = st.seed + <uint64_t>0x9E3779B97F4A7C15
         for i in range(256):
@@ -1156,8 +1162,8 @@ cdef class Core:
             self.c4 = &n4.f
             self.c6 = &n6.f
             with nogil:
-                dropped = kp_flows_drop(&self.st.flows[0], &n4.f, NULL, 0)
-                dropped += kp_flows_drop(&self.st.flows[1], &n6.f, NULL, 0)
+                dropped = kp_flows_drop(&self.st.flows[0], &n4.f, NULL, 0, self.st.stale_udp_only)
+                dropped += kp_flows_drop(&self.st.flows[1], &n6.f, NULL, 0, self.st.stale_udp_only)
         finally:
             PyThread_release_lock(self.lock)
             PyThread_release_lock(self.wlock)
@@ -1224,9 +1230,11 @@ cdef class Core:
                 self._lock()
                 with nogil:
                     if stale4 and only4.shape[0]:
-                        dropped = kp_flows_drop(&self.st.flows[0], f4, &only4[0], <int32_t>only4.shape[0])
+                        dropped = kp_flows_drop(&self.st.flows[0], f4, &only4[0], <int32_t>only4.shape[0],
+                                                 self.st.stale_udp_only)
                     if stale6 and only6.shape[0]:
-                        dropped += kp_flows_drop(&self.st.flows[1], f6, &only6[0], <int32_t>only6.shape[0])
+                        dropped += kp_flows_drop(&self.st.flows[1], f6, &only6[0], <int32_t>only6.shape[0],
+                                                  self.st.stale_udp_only)
                     kp_fam_reclaim(f4)
                     kp_fam_reclaim(f6)
                 PyThread_release_lock(self.lock)
@@ -1402,8 +1410,10 @@ cdef class Core:
         return dec
 
     def lookup_batch(self, src, dst, dport, proto, sport, out, now=None, track=1):
-        cdef double t = _now(now)
         cols = batch_columns(False, src, dst, dport, proto, sport, out)
+        clock, times = batch_times(now, len(out))
+        cdef double t = clock
+        cdef kp_col ct = _nocol() if times is None else _times_col(times)
         # the typed memoryviews hold the buffers for as long as the loop runs
         cdef const uint32_t[:] s = cols[0]
         cdef const uint32_t[:] d = cols[1]
@@ -1420,12 +1430,14 @@ cdef class Core:
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
             kp_batch4(&self.st, self.c4, cs, cd, cdp, cpr, csp, ob, o.strides[0], o.shape[0], t,
-                      mode)
+                      ct, mode)
             PyThread_release_lock(self.lock)
 
     def lookup_batch6(self, src, dst, dport, proto, sport, out, now=None, track=1):
-        cdef double t = _now(now)
         cols = batch_columns(True, src, dst, dport, proto, sport, out)
+        clock, times = batch_times(now, len(out))
+        cdef double t = clock
+        cdef kp_col ct = _nocol() if times is None else _times_col(times)
         cdef const uint8_t[:, :] s = cols[0]
         cdef const uint8_t[:, :] d = cols[1]
         cdef const uint16_t[:] dp = cols[2]
@@ -1446,7 +1458,7 @@ cdef class Core:
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
             kp_batch6(&self.st, self.c6, cs, s.strides[1], cd, d.strides[1], cdp, cpr, csp, ob,
-                      o.strides[0], o.shape[0], t, mode)
+                      o.strides[0], o.shape[0], t, ct, mode)
             PyThread_release_lock(self.lock)
 
 
@@ -1462,6 +1474,14 @@ cdef inline kp_col _nocol():
 
 
 cdef kp_col _col4(const uint32_t[:] a):
+    cdef kp_col c = _nocol()
+    if a.shape[0]:
+        c.p = <const char *>&a[0]
+        c.step = a.strides[0]
+    return c
+
+
+cdef kp_col _times_col(const double[:] a):
     cdef kp_col c = _nocol()
     if a.shape[0]:
         c.p = <const char *>&a[0]

@@ -1253,6 +1253,7 @@ static int kp_fam_install(kp_fam *f, kp_blk **nb, int32_t n, const int32_t *remo
 typedef struct {
     uint64_t seed, aseed;   /* aseed = seed + KP_AFFINITY_SALT */
     double timeout[256];    /* flow timeout per IP protocol number (30 s unless set) */
+    int stale_udp_only;     /* updates drop stale UDP flows only (kube-proxy's cleanup) */
     kp_table flows[2], aff[2];  /* [0] IPv4, [1] IPv6 */
 } kp_state;
 
@@ -1989,10 +1990,13 @@ typedef char kp_ring_is_big_enough_s[(2 * KP_RING > 4 * KP_PIPE_AHEAD0) ? 1 : -1
  * every stage without bounds checks (measured: +4% on track=1 over checking each). */
 KP_INLINE void kp_batch4_body(kp_state *st, const kp_fam *f, kp_col src, kp_col dst,
                               kp_col dport, kp_col proto, kp_col sport, char *out,
-                              ptrdiff_t out_step, int64_t n, double now, int track, int sels) {
+                              ptrdiff_t out_step, int64_t n, double now, kp_col times, int track,
+                              int sels) {
     int64_t i, j;
     const int64_t A = track ? KP_PIPE_AHEAD : KP_PIPE_AHEAD0;
 #define KP_SP(i) (sport.p ? KP_AT(uint16_t, sport, i) : (uint16_t)0)
+/* times.p: each packet's own clock (flow and affinity timeouts), else now for all */
+#define KP_NOW(j) (times.p ? KP_AT(double, times, j) : now)
 #define KP_S1(i) kp_pipe1_4(st, f, &ring[KP_RI(i)], KP_AT(uint32_t, src, i), \
                             KP_AT(uint32_t, dst, i), KP_SP(i), KP_AT(uint16_t, dport, i), \
                             KP_AT(uint8_t, proto, i), track)
@@ -2007,7 +2011,7 @@ KP_INLINE void kp_batch4_body(kp_state *st, const kp_fam *f, kp_col src, kp_col 
         kp_res r_; kp_out4 *o_ = (kp_out4 *)(out + (ptrdiff_t)(j) * out_step); \
         kp_decide4(st, f, KP_AT(uint32_t, src, j), KP_AT(uint32_t, dst, j), KP_SP(j), \
                    KP_AT(uint16_t, dport, j), KP_AT(uint8_t, proto, j), \
-                   ring[KP_RI(j)].h, ring[KP_RI(j)].rec, ring[KP_RI(j)].g, now, track, sels, &r_); \
+                   ring[KP_RI(j)].h, ring[KP_RI(j)].rec, ring[KP_RI(j)].g, KP_NOW(j), track, sels, &r_); \
         o_->verdict = r_.verdict; o_->service = r_.svc; o_->frontend = r_.fe; \
         o_->ep_ip = r_.ep_addr; o_->ep_port = r_.ep_port; o_->masq = r_.masq; \
     } while (0)
@@ -2043,9 +2047,9 @@ KP_INLINE kp_a6 kp_row6(kp_col c, ptrdiff_t inner, int64_t i) {
                                  const char *dport, const char *proto, const char *sport, \
                                  char *out, int64_t n, double now, int track) { \
         kp_col s_ = {src, 4}, d_ = {dst, 4}, dp_ = {dport, 2}, pr_ = {proto, 1}; \
-        kp_col sp_ = {SPORT ? sport : NULL, 2}; \
+        kp_col sp_ = {SPORT ? sport : NULL, 2}, t_ = {NULL, 0}; \
         (void)track; \
-        kp_batch4_body(st, f, s_, d_, dp_, pr_, sp_, out, sizeof(kp_out4), n, now, TRACK, SELS); \
+        kp_batch4_body(st, f, s_, d_, dp_, pr_, sp_, out, sizeof(kp_out4), n, now, t_, TRACK, SELS); \
     }
 KP_VARIANT4(kp_batch4_sp, 1, track, 0)
 KP_VARIANT4(kp_batch4_sp_t0, 1, 0, 0)
@@ -2059,8 +2063,10 @@ KP_VARIANT4(kp_batch4_nosp_t0_s, 0, 0, 1)
 
 KP_NOINLINE static void kp_batch4_any(kp_state *st, const kp_fam *f, kp_col src, kp_col dst,
                                       kp_col dport, kp_col proto, kp_col sport, char *out,
-                                      ptrdiff_t out_step, int64_t n, double now, int track) {
-    kp_batch4_body(st, f, src, dst, dport, proto, sport, out, out_step, n, now, track, f && f->sel_any);
+                                      ptrdiff_t out_step, int64_t n, double now, kp_col times,
+                                      int track) {
+    kp_batch4_body(st, f, src, dst, dport, proto, sport, out, out_step, n, now, times, track,
+                   f && f->sel_any);
 }
 
 typedef void (*kp_batch4_fn)(kp_state *, const kp_fam *, const char *, const char *, const char *,
@@ -2068,9 +2074,9 @@ typedef void (*kp_batch4_fn)(kp_state *, const kp_fam *, const char *, const cha
 
 static void kp_batch4(kp_state *st, const kp_fam *f, kp_col src, kp_col dst, kp_col dport,
                       kp_col proto, kp_col sport, char *out, ptrdiff_t out_step, int64_t n,
-                      double now, int track) {
+                      double now, kp_col times, int track) {
     int s = f && f->sel_any;
-    if (src.step == 4 && dst.step == 4 && dport.step == 2 && proto.step == 1 &&
+    if (!times.p && src.step == 4 && dst.step == 4 && dport.step == 2 && proto.step == 1 &&
         out_step == (ptrdiff_t)sizeof(kp_out4)) {
         if (!sport.p) {
             kp_batch4_fn fn = track ? (s ? kp_batch4_nosp_s : kp_batch4_nosp)
@@ -2085,14 +2091,14 @@ static void kp_batch4(kp_state *st, const kp_fam *f, kp_col src, kp_col dst, kp_
             return;
         }
     }
-    kp_batch4_any(st, f, src, dst, dport, proto, sport, out, out_step, n, now, track);
+    kp_batch4_any(st, f, src, dst, dport, proto, sport, out, out_step, n, now, times, track);
 }
 
 /* The IPv6 batch loop: src/dst rows of 16 bytes, src_inner/dst_inner bytes apart. */
 KP_INLINE void kp_batch6_body(kp_state *st, const kp_fam *f, kp_col src, ptrdiff_t src_inner,
                               kp_col dst, ptrdiff_t dst_inner, kp_col dport, kp_col proto,
                               kp_col sport, char *out, ptrdiff_t out_step, int64_t n, double now,
-                              int track, int sels) {
+                              kp_col times, int track, int sels) {
     int64_t i, j;
     const int64_t A = track ? KP_PIPE_AHEAD : KP_PIPE_AHEAD0;
 #define KP_S1(i) kp_pipe1_6(st, f, &ring[KP_RI(i)], kp_row6(src, src_inner, i), \
@@ -2109,7 +2115,7 @@ KP_INLINE void kp_batch6_body(kp_state *st, const kp_fam *f, kp_col src, ptrdiff
         kp_res r_; kp_out6 *o_ = (kp_out6 *)(out + (ptrdiff_t)(j) * out_step); \
         kp_decide6(st, f, kp_row6(src, src_inner, j), kp_row6(dst, dst_inner, j), KP_SP(j), \
                    KP_AT(uint16_t, dport, j), KP_AT(uint8_t, proto, j), \
-                   ring[KP_RI(j)].h, ring[KP_RI(j)].rec, ring[KP_RI(j)].g, now, track, sels, &r_); \
+                   ring[KP_RI(j)].h, ring[KP_RI(j)].rec, ring[KP_RI(j)].g, KP_NOW(j), track, sels, &r_); \
         o_->verdict = r_.verdict; o_->service = r_.svc; o_->frontend = r_.fe; o_->masq = r_.masq; \
         if (r_.verdict == KP_DNAT) { \
             kp_a6_store(o_->ep_ip, r_.ep6); o_->ep_port = r_.ep_port; \
@@ -2124,15 +2130,16 @@ KP_INLINE void kp_batch6_body(kp_state *st, const kp_fam *f, kp_col src, ptrdiff
 #undef KP_S4
 #undef KP_D
 #undef KP_SP
+#undef KP_NOW
 }
 
 #define KP_VARIANT6(name, SELS) \
     KP_NOINLINE static void name(kp_state *st, const kp_fam *f, kp_col src, ptrdiff_t src_inner, \
                                  kp_col dst, ptrdiff_t dst_inner, kp_col dport, kp_col proto, \
                                  kp_col sport, char *out, ptrdiff_t out_step, int64_t n, double now, \
-                                 int track) { \
+                                 kp_col times, int track) { \
         kp_batch6_body(st, f, src, src_inner, dst, dst_inner, dport, proto, sport, out, out_step, n, \
-                       now, track, SELS); \
+                       now, times, track, SELS); \
     }
 KP_VARIANT6(kp_batch6_plain, 0)
 KP_VARIANT6(kp_batch6_s, 1)
@@ -2140,9 +2147,9 @@ KP_VARIANT6(kp_batch6_s, 1)
 
 static void kp_batch6(kp_state *st, const kp_fam *f, kp_col src, ptrdiff_t src_inner, kp_col dst,
                       ptrdiff_t dst_inner, kp_col dport, kp_col proto, kp_col sport, char *out,
-                      ptrdiff_t out_step, int64_t n, double now, int track) {
+                      ptrdiff_t out_step, int64_t n, double now, kp_col times, int track) {
     (f && f->sel_any ? kp_batch6_s : kp_batch6_plain)(st, f, src, src_inner, dst, dst_inner, dport,
-                                                      proto, sport, out, out_step, n, now, track);
+                                                      proto, sport, out, out_step, n, now, times, track);
 }
 
 /* ------------------------------------------------------------------ flows across updates */
@@ -2157,10 +2164,12 @@ KP_INLINE int kp_in_sorted(const int32_t *a, int32_t n, int32_t x) {
 }
 
 /* Drop the flows (of the services in the sorted list only[nonly]; only == NULL: all)
- * whose endpoint is in no pool of their service's block in f, as kube-proxy's conntrack
- * cleanup does. Returns how many. Results are memoised per (service, endpoint): most
- * flows share one with another flow. */
-static int64_t kp_flows_drop(kp_table *t, const kp_fam *f, const int32_t *only, int32_t nonly) {
+ * whose endpoint is in no pool of their service's block in f. udp_only: UDP flows only,
+ * as kube-proxy's conntrack cleanup does (TCP and SCTP entries stay until they time out).
+ * Returns how many. Results are memoised per (service, endpoint): most flows share one
+ * with another flow. */
+static int64_t kp_flows_drop(kp_table *t, const kp_fam *f, const int32_t *only, int32_t nonly,
+                             int udp_only) {
     uint64_t s, nslots = t->nbuckets * KP_SLOTS, mcap;
     int64_t dropped = 0, mused = 0;
     typedef struct { kp_a6 a; int32_t svc; uint16_t port; uint8_t used, keep; } memo_t;
@@ -2180,9 +2189,11 @@ static int64_t kp_flows_drop(kp_table *t, const kp_fam *f, const int32_t *only, 
         if (f->v6) {
             const kp_flow6 *fl = KP_REC(t, const kp_flow6, s);
             svc = fl->svc; a = fl->ep_addr; port = fl->ep_port;
+            if (udp_only && fl->proto != 17) continue;
         } else {
             const kp_flow4 *fl = KP_REC(t, const kp_flow4, s);
             svc = fl->svc; a.hi = 0; a.lo = fl->ep_addr; port = fl->ep_port;
+            if (udp_only && fl->proto != 17) continue;
         }
         if (only && !kp_in_sorted(only, nonly, svc)) continue;
         if (memo) {

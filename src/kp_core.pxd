@@ -127,6 +127,7 @@ cdef extern from "kp_core.h" nogil:
         uint64_t seed
         uint64_t aseed
         double timeout[256]
+        int stale_udp_only
         kp_table flows[2]
         kp_table aff[2]
 
@@ -188,11 +189,11 @@ cdef extern from "kp_core.h" nogil:
 
     void kp_batch4(kp_state *st, const kp_fam *f, kp_col src, kp_col dst, kp_col dport,
                    kp_col proto, kp_col sport, char *out, ptrdiff_t out_step, int64_t n,
-                   double now, int track)
+                   double now, kp_col times, int track)
     void kp_batch6(kp_state *st, const kp_fam *f, kp_col src, ptrdiff_t src_inner, kp_col dst,
                    ptrdiff_t dst_inner, kp_col dport, kp_col proto, kp_col sport, char *out,
-                   ptrdiff_t out_step, int64_t n, double now, int track)
+                   ptrdiff_t out_step, int64_t n, double now, kp_col times, int track)
 
-    int64_t kp_flows_drop(kp_table *t, const kp_fam *f, const int32_t *only, int32_t nonly)
+    int64_t kp_flows_drop(kp_table *t, const kp_fam *f, const int32_t *only, int32_t nonly, int udp_only)
     int kp_maglev_fill(int32_t *table, uint32_t M, int32_t n, const uint32_t *off,
                        const uint32_t *skip, const uint32_t *w)

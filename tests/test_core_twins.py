@@ -347,7 +347,7 @@ def test_track_modes(twin: ModuleType) -> None:
 
 
 def test_flows_keep_their_endpoint_and_loads_drop_the_gone(twin: ModuleType) -> None:
-    core = loaded(twin, flow_capacity=4096)
+    core = loaded(twin, flow_capacity=4096, stale_flows="all")
     flows = [(f"10.0.1.{i}", "10.96.0.10", 80, "TCP", 1000 + i) for i in range(20, 120)]
     before = [core.lookup(*f[:4], sport=f[4], now=0.0).endpoint for f in flows]
     gone = sum(e == ("10.0.2.6", 8080) for e in before)
@@ -358,6 +358,45 @@ def test_flows_keep_their_endpoint_and_loads_drop_the_gone(twin: ModuleType) -> 
     assert ("10.0.2.6", 8080) not in after
     # variant 2 deletes the service: every web flow goes (the re-picked ones were not written)
     assert core.load(*VARIANTS[2], SERVICES) == len(flows) - gone
+
+
+@pytest.mark.parametrize(("proto", "dport"), [("TCP", 80), ("UDP", 53)])
+def test_loads_drop_only_udp_flows_by_default(twin: ModuleType, proto: str, dport: int) -> None:
+    """kube-proxy's conntrack cleanup: UDP entries to a gone endpoint are deleted, TCP ones
+    stay DNATed to it until they time out."""
+    core = loaded(twin, flow_capacity=4096)
+    flows = [(f"10.0.1.{i}", "10.96.0.10", dport, proto, 1000 + i) for i in range(20, 120)]
+    before = [core.lookup(*f[:4], sport=f[4], now=0.0).endpoint for f in flows]
+    gone = sum(e[0] == "10.0.2.6" for e in before)
+    assert 0 < gone < len(flows)
+    assert core.load(*VARIANTS[1], SERVICES) == (gone if proto == "UDP" else 0)
+    after = [core.lookup(*f[:4], sport=f[4], now=1.0, track=2).endpoint for f in flows]
+    assert (after == before) == (proto == "TCP")
+
+
+def test_a_batch_with_each_packets_time_is_the_packets_one_by_one(twin: ModuleType) -> None:
+    """now as an array: each packet's own clock for timeouts, as single lookups at those
+    times. ClientIP affinity of 7 s: a client back after 20 s may be sent elsewhere, one
+    back after 3 s may not (with one clock for the batch every client would stick)."""
+    clients = [f"10.0.1.{i}" for i in range(20, 80)]
+    rows: list[Packet] = []
+    times: list[float] = []
+    for k, t in enumerate((0.0, 3.0, 23.0, 24.0, 60.0)):
+        for s in clients:
+            rows.append((s, "10.96.0.13", 80, 6, 1000 + k))  # a new connection each time
+            times.append(t)
+    got = batch(loaded(twin), rows, False, np.array(times), 1)  # type: ignore[arg-type]
+    one = loaded(twin)
+    want = [one.lookup(r[0], r[1], r[2], r[3], sport=r[4], now=t) for r, t in zip(rows, times, strict=True)]
+    assert [(str(ipaddress.ip_address(int(a))), int(p)) for a, p in zip(got["ep_ip"], got["ep_port"], strict=True)
+            ] == [d.endpoint for d in want]
+    n = len(clients)
+    first, back3, back23 = (got["ep_ip"][k * n:(k + 1) * n] for k in (0, 1, 2))
+    assert (first == back3).all() and (first != back23).any()
+    with pytest.raises(PacketError, match="now: expected a number or a float64 array of shape"):
+        batch(loaded(twin), rows, False, np.array(times[:-1]), 1)  # type: ignore[arg-type]
+    with pytest.raises(PacketError, match="every time must be finite"):
+        batch(loaded(twin), rows, False, np.array([math.nan] * len(rows)), 1)  # type: ignore[arg-type]
 
 
 def test_client_ip_affinity(twin: ModuleType) -> None:

@@ -47,7 +47,7 @@ def test_flows_keep_their_endpoint_across_updates(make_engine: Callable[..., kp.
 
 
 def test_flows_to_removed_endpoints_are_dropped(make_engine: Callable[..., kp.Engine]) -> None:
-    engine = make_engine(web(4), node=NODE)
+    engine = make_engine(web(4), node=NODE, stale_flows="all")  # TCP too (kube-proxy: UDP only)
     before = endpoints_of(engine, FLOWS, 0.0)
     gone = ("10.0.1.1", 8080)
     n_gone = before.count(gone)

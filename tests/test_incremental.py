@@ -274,6 +274,8 @@ OPTIONS = st.fixed_dictionaries({
     "seed": st.integers(0, 2**64 - 1),
     # nftables: --service-cluster-ip-range, or (None) the ServiceCIDR objects
     "service_cidrs": st.sampled_from(["172.30.0.0/24,fd00:30::/112", None]),
+    # kube-proxy's cleanup (UDP flows only) or every flow to a gone endpoint
+    "stale_flows": st.sampled_from(["udp", "all"]),
 })
 
 
@@ -519,7 +521,8 @@ class IncrementalEngine(RuleBasedStateMachine):
                 eps = {norm_ep((e.ip, e.port)) for e in (*pp.cluster, *pp.local)}
                 pools[fam == "IPv6", pp.spn] = eps  # type: ignore[assignment]
         if results:
-            gone = [k for k, (spn, e) in self.flows.items() if e not in pools.get((k[0], spn), set())]
+            gone = [k for k, (spn, e) in self.flows.items() if e not in pools.get((k[0], spn), set())
+                    and (self.opts["stale_flows"] == "all" or str(k[4]).upper() in ("UDP", "17"))]
             for impl, res in results.items():
                 assert res.flows_dropped == len(gone), (
                     f"{impl}: flows_dropped {res.flows_dropped}, expected {len(gone)}: {gone}")
@@ -721,7 +724,8 @@ def connect(engine: kp.Engine, who: list[tuple[str, int]], dst: str, dport: int,
 def test_flows_to_staying_endpoints_survive_a_change_of_the_others(
         make_engine: Callable[..., kp.Engine], family: str, proto: str, dport: int) -> None:
     eps = FOUR[family]
-    engine = make_engine([*web_objs(FOUR["IPv4"], FOUR["IPv6"]), *api_objs("10.0.2.1", "10.0.2.2")], node=OWN_NODE)
+    engine = make_engine([*web_objs(FOUR["IPv4"], FOUR["IPv6"]), *api_objs("10.0.2.1", "10.0.2.2")], node=OWN_NODE,
+                         stale_flows="all")
     who = clients(family)
     before = connect(engine, who, WEB_IPS[family], dport, proto)
     api_before = connect(engine, clients("IPv4"), "172.30.1.2", 443)
@@ -748,6 +752,45 @@ def test_flows_to_staying_endpoints_survive_a_change_of_the_others(
             assert a == b
     assert engine.flow_count == total  # the dropped ones were opened again
     assert connect(engine, clients("IPv4"), "172.30.1.2", 443, now=1.0) == api_before
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("proto", "dport"), [("TCP", 80), ("UDP", 53)])
+def test_by_default_only_udp_flows_leave_with_their_endpoint(
+        make_engine: Callable[..., kp.Engine], family: str, proto: str, dport: int) -> None:
+    """kube-proxy's conntrack cleanup deletes UDP entries to a gone endpoint; a TCP
+    connection's entry stays, still DNATed to it, until it times out."""
+    eps = FOUR[family]
+    engine = make_engine(web_objs(FOUR["IPv4"], FOUR["IPv6"]), node=OWN_NODE)
+    assert engine.stale_flows == "udp"
+    who = clients(family)
+    before = connect(engine, who, WEB_IPS[family], dport, proto)
+    gone = {eps[2], eps[3]}
+    lost = [b for b in before if b is not None and b[0] in gone]
+    assert 0 < len(lost) < len(before)
+    new = [eps[0], eps[1]]
+    v4, v6 = (new, FOUR["IPv6"]) if family == "IPv4" else (FOUR["IPv4"], new)
+    objs = web_objs(v4, v6)
+    res = engine.apply([objs[3] if family == "IPv4" else objs[4]])
+    assert res.flows_dropped == (len(lost) if proto == "UDP" else 0)
+    after = connect(engine, who, WEB_IPS[family], dport, proto, now=1.0)
+    for b, a in zip(before, after, strict=True):
+        assert b is not None and a is not None
+        if b[0] in gone and proto == "UDP":
+            assert a[0] in new
+        else:  # TCP keeps its (now gone) endpoint, as its conntrack entry does
+            assert a == b
+    # a new TCP connection goes to the endpoints that are left
+    fresh = connect(engine, [(s, p + 1) for s, p in who], WEB_IPS[family], dport, proto, now=1.0)
+    assert {f[0] for f in fresh if f} <= set(new)
+    # once the TCP flows time out, their next packet picks again
+    late = connect(engine, who, WEB_IPS[family], dport, proto, now=1.0 + 86401.0)
+    assert {a[0] for a in late if a} <= set(new)
+
+
+def test_stale_flows_is_checked(make_engine: Callable[..., kp.Engine]) -> None:
+    with pytest.raises(ValueError, match="stale_flows must be one of udp, all, not 'tcp'"):
+        make_engine(web_objs(FOUR["IPv4"]), stale_flows="tcp")
 
 
 def test_flows_survive_unrelated_applies(make_engine: Callable[..., kp.Engine]) -> None:
@@ -779,7 +822,7 @@ def test_flows_survive_unrelated_applies(make_engine: Callable[..., kp.Engine]) 
 
 def test_deleting_a_service_drops_its_flows(make_engine: Callable[..., kp.Engine]) -> None:
     objs = [*web_objs(FOUR["IPv4"], FOUR["IPv6"]), *api_objs("10.0.2.1", "10.0.2.2")]
-    engine = make_engine(objs, node=OWN_NODE)
+    engine = make_engine(objs, node=OWN_NODE, stale_flows="all")
     who = clients("IPv4")
     connect(engine, who, WEB_IPS["IPv4"], 80)
     connect(engine, clients("IPv6"), WEB_IPS["IPv6"], 80)
@@ -806,7 +849,7 @@ def test_deleting_a_service_drops_its_flows(make_engine: Callable[..., kp.Engine
 
 def test_a_new_target_port_drops_the_flows(make_engine: Callable[..., kp.Engine]) -> None:
     """An endpoint is its address and port: the same pods on a new port are new endpoints."""
-    engine = make_engine(web_objs(FOUR["IPv4"]), node=OWN_NODE)
+    engine = make_engine(web_objs(FOUR["IPv4"]), node=OWN_NODE, stale_flows="all")
     who = clients("IPv4")
     connect(engine, who, WEB_IPS["IPv4"], 80)
     res = engine.apply([web_objs(FOUR["IPv4"], target=8081)[3]])
@@ -817,7 +860,7 @@ def test_a_new_target_port_drops_the_flows(make_engine: Callable[..., kp.Engine]
 def test_affinity_to_a_removed_endpoint_moves_the_client(make_engine: Callable[..., kp.Engine]) -> None:
     affinity: dict[str, Any] = {"sessionAffinity": "ClientIP",
                                 "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}
-    engine = make_engine(web_objs(FOUR["IPv4"], **affinity), node=OWN_NODE)
+    engine = make_engine(web_objs(FOUR["IPv4"], **affinity), node=OWN_NODE, stale_flows="all")
     sticky = connect(engine, [("10.0.0.1", 1000 + i) for i in range(6)], WEB_IPS["IPv4"], 80)
     assert len(set(sticky)) == 1 and sticky[0] is not None
     left = [ip for ip in FOUR["IPv4"] if ip != sticky[0][0]]
@@ -831,7 +874,8 @@ def test_an_endpoint_of_two_services_leaves_one(make_engine: Callable[..., kp.En
     """One pod behind two Services: its flows through the one it leaves are dropped, its
     flows through the other stay (a flow's endpoint is looked up in its own service)."""
     shared, other = "10.0.1.1", "10.0.1.2"
-    engine = make_engine([*web_objs([shared, other]), *api_objs(shared, target=8080)], node=OWN_NODE)
+    engine = make_engine([*web_objs([shared, other]), *api_objs(shared, target=8080)], node=OWN_NODE,
+                         stale_flows="all")
     who = clients("IPv4")
     web = connect(engine, who, WEB_IPS["IPv4"], 80)
     api = connect(engine, who, "172.30.1.2", 443)
