@@ -313,9 +313,10 @@ class Engine:
         i = self._service_index.get(spn)
         return None if i is None else self._states[family].entries.get(i)
 
-    def apply(self, objects: Iterable[Mapping[str, Any]]) -> ApplyResult:
+    def apply(self, objects: Iterable[Mapping[str, Any] | tuple[str, Mapping[str, Any]]]) -> ApplyResult:
         """Add, replace or delete objects (plain manifests, or watch events with
-        ``type: ADDED|MODIFIED|DELETED``); recompute only the affected service ports and
+        ``type: ADDED|MODIFIED|DELETED``; each may be an ``(origin, object)`` pair, the
+        origin naming it in errors); recompute only the affected service ports and
         change only their entries in the compiled tables (one publication per call).
 
         UDP flows whose endpoint is gone from its service are dropped, as kube-proxy's

@@ -20,7 +20,8 @@ pyarrow is an optional dependency: ``pip install 'kproxy-core[flows]'``.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -67,10 +68,15 @@ class Stats:
                 mine[k] = mine.get(k, 0) + v
 
 
-def classify(table: Any, engine: Engine, *, track: bool = True, now: float | None = None,
+def classify(table: Any, engine: Engine, *, track: bool = True, now: float | np.ndarray | None = None,
              stats: Stats | None = None) -> Any:
     """``table`` (a pyarrow Table or RecordBatch, or a pandas DataFrame) with kube-proxy's
-    answer per record appended (see the module docstring); the same type comes back."""
+    answer per record appended (see the module docstring); the same type comes back.
+
+    ``now``, the clock of flow and affinity timeouts: one time for every record, or a
+    float64 array with each record's; None: each record's ``time`` column (seconds, or a
+    timestamp type; a record without one takes the time of the record before it) if the
+    table has one, else the wall clock."""
     pa = _pa()
     as_pandas = type(table).__module__.startswith("pandas")
     if as_pandas:
@@ -88,6 +94,8 @@ def classify(table: Any, engine: Engine, *, track: bool = True, now: float | Non
     clash = [c for c in ADDED if c in t.column_names]
     if clash:
         raise FlowError(f"classify: the table already has the column(s) {', '.join(clash)} this adds")
+    if now is None and "time" in t.column_names:
+        now = fill_times(times_of(t))
     out = t
     for name, col in _answer(t, engine, track, now, stats).items():
         out = out.append_column(name, col)
@@ -173,7 +181,34 @@ def _protos(arr: Any) -> tuple[np.ndarray, np.ndarray]:
     return values, ok
 
 
-def _answer(t: Any, engine: Engine, track: bool, now: float | None, stats: Stats | None) -> dict[str, Any]:
+def times_of(table: Any) -> np.ndarray:
+    """A table's ``time`` column as float64 seconds (timestamps converted; nulls NaN)."""
+    pa = _pa()
+    col = _column(table, "time")
+    if pa.types.is_timestamp(col.type):
+        unit = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}[col.type.unit]
+        ints = col.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        return np.asarray(ints, dtype=np.float64) * unit if not col.null_count else np.where(
+            np.asarray(col.is_valid().to_numpy(zero_copy_only=False)), np.asarray(ints, dtype=np.float64) * unit,
+            np.nan)
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_decimal(col.type):
+        return np.asarray(col.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    raise FlowError(f"classify: column time: {col.type} is not a number of seconds or a timestamp")
+
+
+def fill_times(t: np.ndarray, first: float = 0.0) -> np.ndarray:
+    """``t`` with each missing (non-finite) time replaced by the one before it (``first``
+    before any)."""
+    bad = ~np.isfinite(t)
+    if not bad.any():
+        return t
+    idx = np.where(~bad, np.arange(len(t)), -1)
+    np.maximum.accumulate(idx, out=idx)
+    return np.where(idx >= 0, t[np.maximum(idx, 0)], first).astype(np.float64)
+
+
+def _answer(t: Any, engine: Engine, track: bool, now: float | np.ndarray | None,
+            stats: Stats | None) -> dict[str, Any]:
     pa = _pa()
     n = t.num_rows
     errors = np.zeros(n, dtype=np.int8)  # index into REASONS (0: none)
@@ -205,11 +240,12 @@ def _answer(t: Any, engine: Engine, track: bool, now: float | None, stats: Stats
         if not len(idx):
             continue
         args = (dport[idx].astype(np.uint16), proto[idx].astype(np.uint8), sport[idx].astype(np.uint16))
+        clock = now[idx] if isinstance(now, np.ndarray) else now
         if fam == 4:
-            out = engine.lookup_batch(s4[idx], d4[idx], *args, now=now, track=track)
+            out = engine.lookup_batch(s4[idx], d4[idx], *args, now=clock, track=track)
             ep4[idx] = out["ep_ip"]
         else:
-            out = engine.lookup_batch6(s6[idx], d6[idx], *args, now=now, track=track)
+            out = engine.lookup_batch6(s6[idx], d6[idx], *args, now=clock, track=track)
             ep6[idx] = out["ep_ip"]
         if len(idx) == n:  # every record of one family: no scatter
             verdict, service, frontend = (out["verdict"].astype(np.int8), out["service"].astype(np.int32),
@@ -230,8 +266,13 @@ def _answer(t: Any, engine: Engine, track: bool, now: float | None, stats: Stats
         cols[name] = _dict_column(service, words.services[name], service < 0)
     cols["frontend"] = _dict_column(frontend, words.frontends, frontend == 0)
     ep_code, known = words.endpoint_codes(ep4, ep6, sf, dnat)
+    endpoints = words.endpoints
+    stale = np.flatnonzero(dnat & ~known)
+    if len(stale):  # flows kept to endpoints the cluster no longer has (TCP, as conntrack)
+        ep_code, endpoints = words.with_gone(engine, stale, ep_code, ep4, ep6, sf)
+        known[stale] = True
     for name in ("endpoint_ip", "endpoint_node", "endpoint_pod"):
-        vocab, have = words.endpoints[name]
+        vocab, have = endpoints[name]
         cols[name] = _dict_column(ep_code, vocab, ~dnat | ~known | ~have[ep_code])
     cols["endpoint_port"] = pa.array(ep_port, type=pa.uint16(), mask=~dnat)
     cols["masquerade"] = pa.array(masq, type=pa.bool_(), mask=verdict < 0)
@@ -295,14 +336,34 @@ class _Words:
             self.dense4 = np.full(int(self.keys4[-1]) - int(self.keys4[0]) + 1, -1, dtype=np.int32)
             self.dense4[self.keys4.astype(np.int64) - int(self.keys4[0])] = np.arange(len(self.keys4), dtype=np.int32)
         self.keys6 = np.array([k for k, _ in v6], dtype=np.dtype((np.void, 16)))
-        texts = [ip for _, ip in v4] + [ip for _, ip in v6]
-        nodes = [owners[ip][0] for ip in texts]
-        pods = [owners[ip][1] for ip in texts]
-        self.endpoints = {
+        self.texts = [ip for _, ip in v4] + [ip for _, ip in v6]
+        self.endpoints = self._vocabs(self.texts, owners)
+        # who an address belonged to, kept across updates for the flows that outlive it
+        past = _PAST.setdefault(engine, {})
+        past.update(owners)
+
+    @staticmethod
+    def _vocabs(texts: list[str], owners: Mapping[str, tuple[str | None, str | None]]
+                ) -> dict[str, tuple[_Vocab, np.ndarray]]:
+        nodes = [owners.get(ip, (None, None))[0] for ip in texts]
+        pods = [owners.get(ip, (None, None))[1] for ip in texts]
+        return {
             "endpoint_ip": (_Vocab(texts), np.ones(max(len(texts), 1), dtype=bool)),
             "endpoint_node": (_Vocab([x or "" for x in nodes]), np.array([x is not None for x in nodes] or [False])),
             "endpoint_pod": (_Vocab([x or "" for x in pods]), np.array([x is not None for x in pods] or [False])),
         }
+
+    def with_gone(self, engine: Engine, rows: np.ndarray, codes: np.ndarray, ep4: np.ndarray, ep6: np.ndarray,
+                  fam: np.ndarray) -> tuple[np.ndarray, dict[str, tuple[_Vocab, np.ndarray]]]:
+        """Codes and dictionaries that also name the endpoints of ``rows``, which the
+        cluster no longer has (their node and pod from when it had them)."""
+        texts = [str(ipaddress.IPv4Address(int(ep4[i]))) if fam[i] == 4 else
+                 str(ipaddress.IPv6Address(bytes(ep6[i]))) for i in rows.tolist()]
+        extra = sorted(set(texts))
+        at = {w: len(self.texts) + k for k, w in enumerate(extra)}
+        codes = codes.copy()
+        codes[rows] = [at[t] for t in texts]
+        return codes, self._vocabs(self.texts + extra, _PAST.get(engine, {}))
 
     def endpoint_codes(self, ep4: np.ndarray, ep6: np.ndarray, fam: np.ndarray,
                        dnat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -331,6 +392,9 @@ class _Words:
             codes[sel_idx] = np.where(hit, pos + base, 0)
             known[sel_idx] = hit
         return codes, known
+
+
+_PAST: weakref.WeakKeyDictionary[Any, dict[str, tuple[str | None, str | None]]] = weakref.WeakKeyDictionary()
 
 
 def _words(engine: Engine) -> _Words:
