@@ -20,6 +20,7 @@ Blocks; a packet of an interface whose link type is not read is counted as skipp
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -105,13 +106,14 @@ class _Reader:
 
 
 def read_pcap(path: str | Path, *, chunk_packets: int = 1 << 18, stats: CaptureStats | None = None,
-              impl: str | None = None) -> Iterator[Any]:
+              impl: str | None = None, stream: IO[bytes] | None = None) -> Iterator[Any]:
     """The capture's packets (pcap or pcapng) as pyarrow Tables of at most ``chunk_packets``
-    rows (see the module docstring); ``stats`` collects the counts. CaptureError for a file
-    that is not a capture, a pcap link type not read, or a corrupt record or block."""
+    rows (see the module docstring); ``stats`` collects the counts. ``stream``: the file's
+    bytes already opened (decompressed), ``path`` then only names it. CaptureError for a
+    file that is not a capture, a pcap link type not read, or a corrupt record or block."""
     stats = stats if stats is not None else CaptureStats()
     core = core_module(impl)
-    with _open(path) as f:
+    with (_open(path) if stream is None else contextlib.nullcontext(stream)) as f:
         head = f.read(24)
         if head[:4] == PCAPNG_MAGIC:
             yield from _read_pcapng(path, _Reader(f, head), core.scan_pcapng, chunk_packets, stats)

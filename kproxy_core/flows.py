@@ -261,10 +261,11 @@ def _answer(t: Any, engine: Engine, track: bool, now: float | np.ndarray | None,
     dnat = verdict == 1
     words = _words(engine)
     cols: dict[str, Any] = {}
-    cols["verdict"] = _dict_column(verdict, words.verdicts, verdict < 0)
+    cols["verdict"] = _dict_column(verdict, words.verdicts, _validity(verdict < 0))
+    no_service = _validity(service < 0)
     for name in ("namespace", "service", "port_name"):
-        cols[name] = _dict_column(service, words.services[name], service < 0)
-    cols["frontend"] = _dict_column(frontend, words.frontends, frontend == 0)
+        cols[name] = _dict_column(service, words.services[name], no_service)
+    cols["frontend"] = _dict_column(frontend, words.frontends, _validity(frontend == 0))
     ep_code, known = words.endpoint_codes(ep4, ep6, sf, dnat)
     endpoints = words.endpoints
     stale = np.flatnonzero(dnat & ~known)
@@ -273,10 +274,10 @@ def _answer(t: Any, engine: Engine, track: bool, now: float | np.ndarray | None,
         known[stale] = True
     for name in ("endpoint_ip", "endpoint_node", "endpoint_pod"):
         vocab, have = endpoints[name]
-        cols[name] = _dict_column(ep_code, vocab, ~dnat | ~known | ~have[ep_code])
+        cols[name] = _dict_column(ep_code, vocab, _validity(~dnat | ~known | ~have[ep_code]))
     cols["endpoint_port"] = pa.array(ep_port, type=pa.uint16(), mask=~dnat)
     cols["masquerade"] = pa.array(masq, type=pa.bool_(), mask=verdict < 0)
-    cols["error"] = _dict_column(errors, _Vocab(reasons), errors == 0)
+    cols["error"] = _dict_column(errors, _Vocab(reasons), _validity(errors == 0))
     if stats is not None:
         stats.records += n
         for code, count in zip(*np.unique(errors[errors > 0], return_counts=True), strict=True):
@@ -292,18 +293,24 @@ class _Vocab:
     def __init__(self, words: list[str]) -> None:
         first: dict[str, int] = {}
         self.remap = np.array([first.setdefault(w, len(first)) for w in words or [""]], dtype=np.int32)
-        self.identity = len(first) == len(self.remap)  # every word once: codes are indices already
         self.array = _pa().array(list(first), type=_pa().string())
 
 
-def _dict_column(codes: np.ndarray, vocab: _Vocab, null: np.ndarray) -> Any:
-    """A dictionary-encoded string column: the word of ``codes[i]``, null where ``null``."""
+def _validity(null: np.ndarray) -> Any:
+    """An Arrow validity bitmap (None: no nulls), shared by the columns with these nulls."""
+    if not null.any():
+        return None
+    return _pa().py_buffer(np.packbits(~null, bitorder="little"))
+
+
+def _dict_column(codes: np.ndarray, vocab: _Vocab, validity: Any) -> Any:
+    """A dictionary-encoded string column: the word of ``codes[i]``, null where the
+    ``validity`` bitmap says. Codes under a null may be anything from -1 up (-1 reads the
+    last word, which the null hides)."""
     pa = _pa()
-    any_null = bool(null.any())
-    safe = np.where(null, 0, codes) if any_null else codes
-    safe = safe.astype(np.int32, copy=False) if vocab.identity else vocab.remap[safe]
-    indices = pa.array(safe, type=pa.int32(), mask=null if any_null else None)
-    return pa.DictionaryArray.from_arrays(indices, vocab.array)
+    indices = vocab.remap[codes]
+    arr = pa.Array.from_buffers(pa.int32(), len(indices), [validity, pa.py_buffer(indices)])
+    return pa.DictionaryArray.from_arrays(arr, vocab.array, safe=False)
 
 
 class _Words:
