@@ -221,6 +221,11 @@ def affinity_hash(seed: int, v6: bool, service: int, src: int) -> int:
 def pick(h: int, n: int) -> int:
     """``((h >> 32) * n) >> 32``: an index in [0, n) from a hash, without modulo bias."""
 
+def split_mapped(raw: Any, validity: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Families and IPv4 addresses of (n, 16) uint8 addresses, IPv4 mapped into
+    ``::ffff:0:0/96`` (what kproxy_core.captures writes): family 4 and the address for a
+    mapped one, 6 for any other, 0 where ``validity`` is False. Returns ``(family, v4)``."""
+
 def parse_ips(offsets: Any, data: Any, validity: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Addresses of a column of strings (Arrow's layout: ``n + 1`` offsets into ``data``),
     parsed as inet_pton does, in C without the GIL. Returns ``(family, v4, v6)``: uint8

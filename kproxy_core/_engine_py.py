@@ -91,6 +91,29 @@ def maglev_table(offsets: Sequence[int], skips: Sequence[int], weights: Sequence
     return np.array(maglev_fill(offs, sks, ws, size), dtype=np.int32)
 
 
+def split_mapped(raw: Any, validity: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Families and IPv4 addresses of (n, 16) uint8 addresses, IPv4 mapped into
+    ``::ffff:0:0/96`` (what kproxy_core.captures writes): family 4 and the address for a
+    mapped one, 6 for any other, 0 where ``validity`` is False. Returns ``(family, v4)``."""
+    a = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, 16)
+    n = len(a)
+    ok = np.ones(n, dtype=bool) if validity is None else np.ascontiguousarray(validity, dtype=bool)
+    if len(ok) != n:
+        raise ValueError("split_mapped: validity must hold one entry per address")
+    family = np.zeros(n, dtype=np.uint8)
+    v4 = np.zeros(n, dtype=np.uint32)
+    for i in range(n):
+        if not ok[i]:
+            continue
+        b = bytes(a[i])
+        if b[:12] == b"\0" * 10 + b"\xff\xff":
+            family[i] = 4
+            v4[i] = int.from_bytes(b[12:], "big")
+        else:
+            family[i] = 6
+    return family, v4
+
+
 def parse_ips(offsets: Any, data: Any, validity: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Addresses of a column of strings (Arrow's layout: ``n + 1`` offsets into ``data``),
     parsed by the C library's inet_pton (``socket.inet_pton``). Returns ``(family, v4, v6)``:

@@ -117,6 +117,8 @@ def _addresses(arr: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     n = len(arr)
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
+    if arr.null_count == 0 and pa.types.is_uint32(arr.type):  # every one an IPv4 address, as it is
+        return np.full(n, 4, dtype=np.uint8), arr.to_numpy(), np.zeros((n, 16), dtype=np.uint8)
     valid = np.ones(n, dtype=bool) if arr.null_count == 0 else np.asarray(arr.is_valid().to_numpy(zero_copy_only=False))
     if pa.types.is_integer(arr.type):
         values = arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
@@ -132,15 +134,13 @@ def _addresses(arr: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     if pa.types.is_fixed_size_binary(arr.type) and arr.type.byte_width == 16:
         # 16-byte addresses (kproxy_core.captures): IPv4 mapped into ::ffff:0:0/96
         raw = np.frombuffer(arr.buffers()[1], dtype=np.uint8)[arr.offset * 16:(arr.offset + n) * 16].reshape(n, 16)
-        mapped = (raw[:, :10] == 0).all(axis=1) & (raw[:, 10] == 0xFF) & (raw[:, 11] == 0xFF)
-        fam = np.where(valid, np.where(mapped, 4, 6), 0).astype(np.uint8)
-        v4 = np.where(mapped, raw[:, 12:16].copy().view(">u4").ravel(), 0).astype(np.uint32)
-        return fam, v4, np.ascontiguousarray(raw)
+        fam, v4 = core_module().split_mapped(raw, None if arr.null_count == 0 else valid)
+        return fam, v4, raw
     raise FlowError(f"classify: column {name}: {arr.type} is not a string, integer or 16-byte binary type")
 
 
-def _ints(arr: Any, name: str, lo: int, hi: int, default: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(values, ok) of a port column: integers, or decimal strings."""
+def _ints(arr: Any, name: str, lo: int, hi: int, default: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(values, ok) of a port column: integers, or decimal strings (ok None: all are)."""
     pa = _pa()
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
@@ -151,6 +151,8 @@ def _ints(arr: Any, name: str, lo: int, hi: int, default: int | None) -> tuple[n
                          dtype=np.int64)
         idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         values = np.where(idx >= 0, table[np.maximum(idx, 0)], -1)
+    elif arr.null_count == 0 and pa.types.is_uint16(arr.type) and lo == 0 and hi == 65535:
+        return arr.to_numpy(), None  # every value a port, as it is
     elif pa.types.is_integer(arr.type):
         values = arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         if arr.null_count:
@@ -215,17 +217,22 @@ def _answer(t: Any, engine: Engine, track: bool, now: float | np.ndarray | None,
     sf, s4, s6 = _addresses(_column(t, "src"), "src")
     df, d4, d6 = _addresses(_column(t, "dst"), "dst")
     dport, dport_ok = _ints(_column(t, "dport"), "dport", 0, 65535, None)
+    sport: np.ndarray | None = None
+    sport_ok: np.ndarray | None = None
     if "sport" in t.column_names:
         sport, sport_ok = _ints(_column(t, "sport"), "sport", 0, 65535, 0)
-    else:
-        sport, sport_ok = np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
     proto, proto_ok = _protos(_column(t, "proto"))
     # the first reason that applies, in column order
     reasons = ["", "src: not an IP address", "dst: not an IP address", "src and dst are of different IP families",
                "sport: not a port (0-65535)", "dport: not a port (0-65535)", "proto: not TCP, UDP, SCTP or 6, 17, 132"]
-    for code, bad in ((6, ~proto_ok), (5, ~dport_ok), (4, ~sport_ok), (3, (sf != df) & (sf > 0) & (df > 0)),
-                      (2, df == 0), (1, sf == 0)):
-        errors[bad] = code
+    same = sf == df
+    if not (proto_ok.all() and (dport_ok is None or dport_ok.all()) and (sport_ok is None or sport_ok.all())
+            and same.all() and sf.all()):
+        for code, bad in ((6, ~proto_ok), (5, None if dport_ok is None else ~dport_ok),
+                          (4, None if sport_ok is None else ~sport_ok), (3, ~same & (sf > 0) & (df > 0)),
+                          (2, df == 0), (1, sf == 0)):
+            if bad is not None:
+                errors[bad] = code
 
     verdict = np.full(n, -1, dtype=np.int8)
     service = np.full(n, -1, dtype=np.int32)
@@ -235,19 +242,36 @@ def _answer(t: Any, engine: Engine, track: bool, now: float | np.ndarray | None,
     ep4 = np.zeros(n, dtype=np.uint32)
     ep6 = np.zeros((n, 16), dtype=np.uint8)
     good = errors == 0
+    all_good = bool(good.all())
     for fam in (4, 6):
-        idx = np.flatnonzero(good & (sf == fam))
-        if not len(idx):
-            continue
-        args = (dport[idx].astype(np.uint16), proto[idx].astype(np.uint8), sport[idx].astype(np.uint16))
-        clock = now[idx] if isinstance(now, np.ndarray) else now
-        if fam == 4:
-            out = engine.lookup_batch(s4[idx], d4[idx], *args, now=clock, track=track)
-            ep4[idx] = out["ep_ip"]
+        if all_good and n and sf[0] == fam and (sf == fam).all():  # every record: no gather
+            idx = np.arange(n)
+            args = (dport.astype(np.uint16, copy=False), proto.astype(np.uint8, copy=False),
+                    None if sport is None else sport.astype(np.uint16, copy=False))
+            clock = now
         else:
-            out = engine.lookup_batch6(s6[idx], d6[idx], *args, now=clock, track=track)
-            ep6[idx] = out["ep_ip"]
-        if len(idx) == n:  # every record of one family: no scatter
+            idx = np.flatnonzero(good & (sf == fam))
+            if not len(idx):
+                continue
+            args = (dport[idx].astype(np.uint16), proto[idx].astype(np.uint8),
+                    None if sport is None else sport[idx].astype(np.uint16))
+            clock = now[idx] if isinstance(now, np.ndarray) else now
+        whole = len(idx) == n
+        if fam == 4:
+            out = engine.lookup_batch(s4 if whole else s4[idx], d4 if whole else d4[idx], *args, now=clock,
+                                      track=track)
+            if whole:
+                ep4 = out["ep_ip"]
+            else:
+                ep4[idx] = out["ep_ip"]
+        else:
+            out = engine.lookup_batch6(s6 if whole else s6[idx], d6 if whole else d6[idx], *args, now=clock,
+                                       track=track)
+            if whole:
+                ep6 = out["ep_ip"]
+            else:
+                ep6[idx] = out["ep_ip"]
+        if whole:  # every record of one family: no scatter
             verdict, service, frontend = (out["verdict"].astype(np.int8), out["service"].astype(np.int32),
                                           out["frontend"].astype(np.int8))
             ep_port, masq = out["ep_port"].astype(np.int32), out["masq"].astype(bool)

@@ -175,3 +175,42 @@ def _jsonl_table(path: str, rows: list[dict[str, Any]]) -> Any:
         except (pa.ArrowException, TypeError, ValueError, OverflowError):
             out[k] = pa.array([None if x is None else str(x) for x in v], pa.string())
     return pa.table(out)
+
+
+class ParquetSink:
+    """Classified tables into one Parquet file, written by a background thread while the
+    next chunk is classified (pyarrow writes without the GIL). Statistics are kept for the
+    input's columns only: for the nine dictionary columns of the answer they cost as much as
+    the rest of the write (measured: 3.1 -> 5.4 M records/s without them)."""
+
+    def __init__(self, path: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.path = path
+        self.writer: Any = None
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="kproxy-parquet")
+        self.pending: list[Any] = []
+
+    def write(self, table: Any) -> None:
+        import pyarrow.parquet as pq
+
+        from .flows import ADDED
+
+        if self.writer is None:
+            keep = [c for c in table.column_names if c not in ADDED]
+            self.writer = pq.ParquetWriter(self.path, table.schema, write_statistics=keep)
+        elif table.schema != self.writer.schema:
+            table = table.cast(self.writer.schema)
+        while len(self.pending) >= 2:  # at most two chunks in flight: memory stays flat
+            self.pending.pop(0).result()
+        self.pending.append(self.pool.submit(self.writer.write_table, table))
+
+    def close(self) -> None:
+        try:
+            for f in self.pending:
+                f.result()
+        finally:
+            self.pending = []
+            self.pool.shutdown()
+            if self.writer is not None:
+                self.writer.close()

@@ -166,6 +166,37 @@ cdef extern from "string.h" nogil:
     const void *memchr(const void *s, int c, size_t n)
 
 
+def split_mapped(raw, validity=None):
+    """Families and IPv4 addresses of (n, 16) uint8 addresses, IPv4 mapped into
+    ``::ffff:0:0/96`` (what kproxy_core.captures writes): family 4 and the address for a
+    mapped one, 6 for any other, 0 where ``validity`` is False. Returns ``(family, v4)``."""
+    cdef const uint8_t[:, ::1] a = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, 16)
+    cdef Py_ssize_t n = a.shape[0], i
+    cdef const uint8_t[::1] ok
+    cdef bint has_valid = validity is not None
+    if has_valid:
+        ok = np.ascontiguousarray(validity, dtype=np.uint8)
+        if ok.shape[0] != n:
+            raise ValueError("split_mapped: validity must hold one entry per address")
+    family_arr = np.zeros(n, dtype=np.uint8)
+    v4_arr = np.zeros(n, dtype=np.uint32)
+    cdef uint8_t[::1] fam = family_arr
+    cdef uint32_t[::1] v4 = v4_arr
+    cdef const uint8_t *p
+    with nogil:
+        for i in range(n):
+            if has_valid and not ok[i]:
+                continue
+            p = &a[i, 0]
+            if (p[0] | p[1] | p[2] | p[3] | p[4] | p[5] | p[6] | p[7] | p[8] | p[9]) == 0 \
+                    and p[10] == 0xFF and p[11] == 0xFF:
+                fam[i] = 4
+                v4[i] = (<uint32_t>p[12] << 24) | (<uint32_t>p[13] << 16) | (<uint32_t>p[14] << 8) | p[15]
+            else:
+                fam[i] = 6
+    return family_arr, v4_arr
+
+
 def parse_ips(offsets, data, validity=None):
     """Addresses of a column of strings (Arrow's layout: ``n + 1`` offsets into ``data``),
     parsed as inet_pton does, in C without the GIL. Returns ``(family, v4, v6)``: uint8

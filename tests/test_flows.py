@@ -278,3 +278,22 @@ def test_kproxy_classify_parquet(tmp_path: Path) -> None:
                         "--out", str(tmp_path / "x.txt")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == (
         f"kproxy: error: --out: {tmp_path / 'x.txt'}: the extension says the format: .parquet, .jsonl or .csv")
+
+
+SPLITTERS = [_engine_py.split_mapped] + ([_compiled.split_mapped] if _compiled is not None else [])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.ip_addresses(v=4).map(lambda a: b"\0" * 10 + b"\xff\xff" + a.packed),
+                          st.ip_addresses(v=6).map(lambda a: a.packed), st.binary(min_size=16, max_size=16)),
+                max_size=40),
+       st.data())
+def test_split_mapped_is_the_ipv4_mapped_test(raw: list[bytes], data: st.DataObject) -> None:
+    valid = np.array(data.draw(st.lists(st.booleans(), min_size=len(raw), max_size=len(raw))), dtype=bool)
+    a = np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(-1, 16)
+    want_fam = [0 if not ok else 4 if ipaddress.IPv6Address(r).ipv4_mapped else 6 for r, ok in zip(raw, valid,
+                                                                                                   strict=True)]
+    want_v4 = [int(ipaddress.IPv6Address(r).ipv4_mapped or 0) if ok else 0 for r, ok in zip(raw, valid, strict=True)]
+    for split in SPLITTERS:
+        fam, v4 = split(a, valid)
+        assert fam.tolist() == want_fam and v4.tolist() == want_v4
