@@ -224,12 +224,12 @@ def _frame(p: bytes, linktype: int) -> tuple[int, bytes, bytes, int, int, int] |
 
 def scan_pcap(data: Any, pos: int, swapped: bool, nanos: bool, linktype: int, max_packets: int) -> tuple[Any, ...]:
     """The records of a classic pcap file from ``data[pos:]`` (see the compiled core's
-    ``scan_pcap``): ``(pos, n, time, src, dst, family, sport, dport, proto, skipped)``."""
+    ``scan_pcap``): ``(pos, n, time, src, dst, family, sport, dport, proto, length, skipped)``."""
     raw = bytes(data)
     if pos < 0 or pos > len(raw) or max_packets < 0:
         raise ValueError("scan_pcap: pos or max_packets out of range")
     order: Literal["big", "little"] = "big" if swapped else "little"
-    rows: list[tuple[float, int, bytes, bytes, int, int, int]] = []
+    rows: list[tuple[float, int, bytes, bytes, int, int, int, int]] = []
     skipped = np.zeros(5, dtype=np.int64)
     records = 0
     while len(rows) < max_packets and pos + 16 <= len(raw):
@@ -245,13 +245,14 @@ def scan_pcap(data: Any, pos: int, swapped: bool, nanos: bool, linktype: int, ma
             skipped[got] += 1
         else:
             fam, src, dst, sport, dport, proto = got
-            rows.append((sec + frac * (1e-9 if nanos else 1e-6), fam, src, dst, sport, dport, proto))
+            rows.append((sec + frac * (1e-9 if nanos else 1e-6), fam, src, dst, sport, dport, proto,
+                         int.from_bytes(raw[pos + 12:pos + 16], order)))
         records += 1
         pos += 16 + incl
     return (pos, records, *_columns(rows), skipped)
 
 
-def _columns(rows: list[tuple[float, int, bytes, bytes, int, int, int]]) -> tuple[np.ndarray, ...]:
+def _columns(rows: list[tuple[float, int, bytes, bytes, int, int, int, int]]) -> tuple[np.ndarray, ...]:
     n = len(rows)
     return (
         np.array([r[0] for r in rows], dtype=np.float64),
@@ -261,12 +262,13 @@ def _columns(rows: list[tuple[float, int, bytes, bytes, int, int, int]]) -> tupl
         np.array([r[4] for r in rows], dtype=np.uint16),
         np.array([r[5] for r in rows], dtype=np.uint16),
         np.array([r[6] for r in rows], dtype=np.uint8),
+        np.array([r[7] for r in rows], dtype=np.uint32),
     )
 
 
 def scan_pcapng(data: Any, pos: int, swapped: bool, linktypes: Any, ticks: Any, max_packets: int) -> tuple[Any, ...]:
     """The blocks of one pcapng section from ``data[pos:]`` (see the compiled core's
-    ``scan_pcapng``): ``(pos, n, time, src, dst, family, sport, dport, proto, skipped, stop)``."""
+    ``scan_pcapng``): ``(pos, n, time, src, dst, family, sport, dport, proto, length, skipped, stop)``."""
     raw = bytes(data)
     lts = [int(x) for x in linktypes]
     tks = [float(x) for x in ticks]
@@ -277,7 +279,7 @@ def scan_pcapng(data: Any, pos: int, swapped: bool, linktypes: Any, ticks: Any, 
     def u32(at: int) -> int:
         return int.from_bytes(raw[at:at + 4], order)
 
-    rows: list[tuple[float, int, bytes, bytes, int, int, int]] = []
+    rows: list[tuple[float, int, bytes, bytes, int, int, int, int]] = []
     skipped = np.zeros(5, dtype=np.int64)
     records = stop = 0
     while len(rows) < max_packets and pos + 12 <= len(raw):
@@ -299,6 +301,7 @@ def scan_pcapng(data: Any, pos: int, swapped: bool, linktypes: Any, ticks: Any, 
                                      f"length {blen})")
                 iface, caplen, data_at = u32(pos + 8), u32(pos + 20), pos + 28
                 ts = (u32(pos + 12) << 32) | u32(pos + 16)
+                wire = u32(pos + 24)
                 if data_at + caplen > pos + blen - 4:
                     raise ValueError(f"scan_pcapng: the block at byte {pos} is malformed (type {btype:#x}, "
                                      f"length {blen})")
@@ -307,6 +310,7 @@ def scan_pcapng(data: Any, pos: int, swapped: bool, linktypes: Any, ticks: Any, 
                     raise ValueError(f"scan_pcapng: the block at byte {pos} is malformed (type {btype:#x}, "
                                      f"length {blen})")
                 iface, ts, caplen, data_at = 0, 0, min(u32(pos + 8), blen - 16), pos + 12
+                wire = u32(pos + 8)
             if iface >= len(lts):
                 raise ValueError(f"scan_pcapng: a packet at byte {pos} names interface {iface}, which no block "
                                  "described")
@@ -316,7 +320,7 @@ def scan_pcapng(data: Any, pos: int, swapped: bool, linktypes: Any, ticks: Any, 
                 skipped[got] += 1
             else:
                 fam, src, dst, sport, dport, proto = got
-                rows.append((ts * tks[iface], fam, src, dst, sport, dport, proto))
+                rows.append((ts * tks[iface], fam, src, dst, sport, dport, proto, wire))
             records += 1
         pos += blen
     return (pos, records, *_columns(rows), skipped, stop)

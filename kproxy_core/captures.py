@@ -3,8 +3,8 @@
 :func:`read_pcap` streams a capture (gzip-compressed or not) in chunks of packets: each
 chunk is a pyarrow Table with ``time`` (seconds), ``src`` and ``dst`` (16-byte addresses,
 IPv4 mapped into ``::ffff:0:0/96``, which :func:`kproxy_core.flows.classify` reads), ``sport``,
-``dport`` and ``proto``, in capture order. Frames are parsed in C (the compiled core's
-``scan_pcap``, with its twin): Ethernet with any 802.1Q/802.1ad tags, Linux cooked captures
+``dport``, ``proto`` and ``bytes`` (the packet's length on the wire), in capture order.
+Frames are parsed in C (the compiled core's ``scan_pcap``, with its twin): Ethernet with any 802.1Q/802.1ad tags, Linux cooked captures
 (SLL and SLL2) and raw IP; IPv4 and IPv6 (extension headers walked); TCP, UDP and SCTP.
 Packets that cannot be a lookup are counted by reason (:data:`SKIPS`), never dropped
 silently: not IP (ARP, LLDP, ...), IP fragments (only an unfragmented packet carries both
@@ -71,7 +71,7 @@ def _open(path: str | Path) -> IO[bytes]:
     return raw
 
 
-def _table(t: Any, src: Any, dst: Any, sport: Any, dport: Any, proto: Any) -> Any:
+def _table(t: Any, src: Any, dst: Any, sport: Any, dport: Any, proto: Any, length: Any) -> Any:
     import pyarrow as pa
 
     n = len(t)
@@ -82,6 +82,7 @@ def _table(t: Any, src: Any, dst: Any, sport: Any, dport: Any, proto: Any) -> An
         "dst": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(dst)]),
         "dport": pa.array(dport, pa.uint16()),
         "proto": pa.array(proto, pa.uint8()),
+        "bytes": pa.array(length, pa.uint32()),
     })
 
 
@@ -141,14 +142,14 @@ def _scanned(path: str | Path, r: _Reader, stats: CaptureStats, scan: Any, *args
     """``scan(r.pending, 0, *args)`` (either scanner): ``(pos, records, table or None, ...)``
     with whatever the scanner returns after its columns; the skipped packets counted."""
     try:
-        pos, n, t, src, dst, _fam, sport, dport, proto, skipped, *rest = scan(r.pending, 0, *args)
+        pos, n, t, src, dst, _fam, sport, dport, proto, length, skipped, *rest = scan(r.pending, 0, *args)
     except ValueError as e:
         raise CaptureError(f"{path}: {str(e).replace('at byte ', f'at byte {r.offset}+')}") from None
     stats.records += n
     for reason, count in zip(SKIPS, skipped.tolist(), strict=True):
         if count:
             stats.skipped[reason] = stats.skipped.get(reason, 0) + count
-    return (pos, n, _table(t, src, dst, sport, dport, proto) if len(t) else None, *rest)
+    return (pos, n, _table(t, src, dst, sport, dport, proto, length) if len(t) else None, *rest)
 
 
 def _stuck(path: str | Path, r: _Reader) -> bool:

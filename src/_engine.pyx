@@ -361,20 +361,24 @@ cdef class _Kept:
     cdef uint16_t[::1] sp
     cdef uint16_t[::1] dp
     cdef uint8_t[::1] pr
+    cdef uint32_t[::1] ln
     cdef int64_t[::1] skipped
     cdef Py_ssize_t n, cap
 
     def __cinit__(self, Py_ssize_t cap):
         self.arrays = (np.zeros(cap, dtype=np.float64), np.zeros((cap, 16), dtype=np.uint8),
                        np.zeros((cap, 16), dtype=np.uint8), np.zeros(cap, dtype=np.uint8),
-                       np.zeros(cap, dtype=np.uint16), np.zeros(cap, dtype=np.uint16), np.zeros(cap, dtype=np.uint8))
-        self.t, self.src, self.dst, self.fam, self.sp, self.dp, self.pr = self.arrays
+                       np.zeros(cap, dtype=np.uint16), np.zeros(cap, dtype=np.uint16), np.zeros(cap, dtype=np.uint8),
+                       np.zeros(cap, dtype=np.uint32))
+        self.t, self.src, self.dst, self.fam, self.sp, self.dp, self.pr, self.ln = self.arrays
         self.skipped = np.zeros(N_SKIPS, dtype=np.int64)
         self.n = 0
         self.cap = cap
 
-    cdef void add(self, const uint8_t *frame, Py_ssize_t caplen, int linktype, double when) noexcept nogil:
-        """Parse one frame: keep it (when there is room: callers stop at ``cap``), or count it."""
+    cdef void add(self, const uint8_t *frame, Py_ssize_t caplen, uint32_t wire, int linktype,
+                  double when) noexcept nogil:
+        """Parse one frame (``wire`` bytes long on the wire): keep it (when there is room:
+        callers stop at ``cap``), or count it."""
         cdef uint16_t s16, d16
         cdef uint8_t p8
         cdef Py_ssize_t k = self.n
@@ -387,13 +391,14 @@ cdef class _Kept:
         self.sp[k] = s16
         self.dp[k] = d16
         self.pr[k] = p8
+        self.ln[k] = wire
         self.n += 1
 
     cdef void skip(self, int reason) noexcept nogil:
         self.skipped[reason] += 1
 
     def columns(self):
-        """(time, src, dst, family, sport, dport, proto) of the packets kept, then skipped."""
+        """(time, src, dst, family, sport, dport, proto, length) of the packets kept, then skipped."""
         return (*(a[:self.n] for a in self.arrays), np.asarray(self.skipped))
 
 
@@ -401,10 +406,10 @@ def scan_pcap(data, Py_ssize_t pos, bint swapped, bint nanos, int linktype, Py_s
     """The records of a classic pcap file from ``data[pos:]`` (the file header already read):
     up to ``max_packets`` whole records, in C without the GIL. ``swapped``: the file is
     big-endian; ``nanos``: its timestamps are in nanoseconds. Returns ``(pos, n, time, src,
-    dst, family, sport, dport, proto, skipped)``: where the next record starts (a record cut
-    off at the end is left for the next call), the records read, and for each packet kept its
-    time in seconds, addresses as (n, 16) uint8 (IPv4 mapped into ::ffff:0:0/96), family 4 or
-    6, ports and protocol; ``skipped`` counts the others by reason (see
+    dst, family, sport, dport, proto, length, skipped)``: where the next record starts (a
+    record cut off at the end is left for the next call), the records read, and for each packet
+    kept its time in seconds, addresses as (n, 16) uint8 (IPv4 mapped into ::ffff:0:0/96),
+    family 4 or 6, ports, protocol and length on the wire; ``skipped`` counts the others by reason (see
     kproxy_core.captures.SKIPS). ValueError for a record longer than 256 KiB (not a pcap)."""
     cdef const uint8_t[::1] buf = np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(1, np.uint8)
     cdef Py_ssize_t size = len(data)
@@ -424,7 +429,8 @@ def scan_pcap(data, Py_ssize_t pos, bint swapped, bint nanos, int linktype, Py_s
                 break
             if pos + 16 + <Py_ssize_t>incl > size:
                 break
-            kept.add(&buf[pos + 16], incl, linktype, sec + frac * (1e-9 if nanos else 1e-6))
+            kept.add(&buf[pos + 16], incl, _rd32(&buf[pos + 12], swapped), linktype,
+                     sec + frac * (1e-9 if nanos else 1e-6))
             records += 1
             pos += 16 + incl
     if bad:
@@ -438,8 +444,8 @@ def scan_pcapng(data, Py_ssize_t pos, bint swapped, linktypes, ticks, Py_ssize_t
     until a Section Header or Interface Description Block, the end of the data or a block cut
     off. ``swapped``: the section is big-endian; ``linktypes`` and ``ticks`` (seconds per
     timestamp unit) describe the section's interfaces so far (a link type not read gives
-    SKIP_LINKTYPE). Returns ``(pos, n, time, src, dst, family, sport, dport, proto, skipped,
-    stop)``, as ``scan_pcap`` does, with ``stop`` 1 for a Section Header Block at ``pos``,
+    SKIP_LINKTYPE). Returns ``(pos, n, time, src, dst, family, sport, dport, proto, length,
+    skipped, stop)``, as ``scan_pcap`` does, with ``stop`` 1 for a Section Header Block at ``pos``,
     2 for an Interface Description Block there, 0 otherwise. ValueError for a block whose
     length is not a multiple of 4, too small, over 16 MiB, or a packet of an interface not
     described."""
@@ -451,7 +457,7 @@ def scan_pcapng(data, Py_ssize_t pos, bint swapped, linktypes, ticks, Py_ssize_t
         raise ValueError("scan_pcapng: pos, max_packets or the interfaces out of range")
     cdef _Kept kept = _Kept(max_packets)
     cdef Py_ssize_t records = 0, data_at, caplen
-    cdef uint32_t btype, blen, iface = 0
+    cdef uint32_t btype, blen, iface = 0, wire = 0
     cdef uint64_t ts = 0
     cdef int stop = 0, bad = 0, lt
     with nogil:
@@ -477,6 +483,7 @@ def scan_pcapng(data, Py_ssize_t pos, bint swapped, linktypes, ticks, Py_ssize_t
                     iface = _rd32(&buf[pos + 8], swapped)
                     ts = (<uint64_t>_rd32(&buf[pos + 12], swapped) << 32) | _rd32(&buf[pos + 16], swapped)
                     caplen = _rd32(&buf[pos + 20], swapped)
+                    wire = _rd32(&buf[pos + 24], swapped)
                     data_at = pos + 28
                     if data_at + caplen > pos + <Py_ssize_t>blen - 4:
                         bad = 1
@@ -488,6 +495,7 @@ def scan_pcapng(data, Py_ssize_t pos, bint swapped, linktypes, ticks, Py_ssize_t
                     iface = 0
                     ts = 0
                     caplen = _rd32(&buf[pos + 8], swapped)  # the original length
+                    wire = <uint32_t>caplen
                     data_at = pos + 12
                     if caplen > <Py_ssize_t>blen - 16:
                         caplen = blen - 16
@@ -496,7 +504,7 @@ def scan_pcapng(data, Py_ssize_t pos, bint swapped, linktypes, ticks, Py_ssize_t
                     break
                 lt = lts[iface]
                 if lt == 1 or lt == 113 or lt == 276 or lt == 101 or lt == 12 or lt == 14 or lt == 228 or lt == 229:
-                    kept.add(&buf[data_at], caplen, lt, ts * tks[iface])
+                    kept.add(&buf[data_at], caplen, wire, lt, ts * tks[iface])
                 else:
                     kept.skip(SKIP_LINKTYPE)
                 records += 1

@@ -2051,6 +2051,20 @@ KP_INLINE kp_a6 kp_row6(kp_col c, ptrdiff_t inner, int64_t i) {
         (void)track; \
         kp_batch4_body(st, f, s_, d_, dp_, pr_, sp_, out, sizeof(kp_out4), n, now, t_, TRACK, SELS); \
     }
+/* each packet's own clock (times, 8 bytes apart), tracking: captures and flow logs */
+#define KP_VARIANT4T(name, SPORT, SELS) \
+    KP_NOINLINE static void name(kp_state *st, const kp_fam *f, const char *src, const char *dst, \
+                                 const char *dport, const char *proto, const char *sport, \
+                                 char *out, int64_t n, const char *times) { \
+        kp_col s_ = {src, 4}, d_ = {dst, 4}, dp_ = {dport, 2}, pr_ = {proto, 1}; \
+        kp_col sp_ = {SPORT ? sport : NULL, 2}, t_ = {times, 8}; \
+        kp_batch4_body(st, f, s_, d_, dp_, pr_, sp_, out, sizeof(kp_out4), n, 0.0, t_, 1, SELS); \
+    }
+KP_VARIANT4T(kp_batch4_sp_tm, 1, 0)
+KP_VARIANT4T(kp_batch4_nosp_tm, 0, 0)
+KP_VARIANT4T(kp_batch4_sp_tm_s, 1, 1)
+KP_VARIANT4T(kp_batch4_nosp_tm_s, 0, 1)
+#undef KP_VARIANT4T
 KP_VARIANT4(kp_batch4_sp, 1, track, 0)
 KP_VARIANT4(kp_batch4_sp_t0, 1, 0, 0)
 KP_VARIANT4(kp_batch4_nosp, 0, track, 0)
@@ -2076,6 +2090,12 @@ static void kp_batch4(kp_state *st, const kp_fam *f, kp_col src, kp_col dst, kp_
                       kp_col proto, kp_col sport, char *out, ptrdiff_t out_step, int64_t n,
                       double now, kp_col times, int track) {
     int s = f && f->sel_any;
+    if (times.p && track && times.step == 8 && src.step == 4 && dst.step == 4 && dport.step == 2 &&
+        proto.step == 1 && out_step == (ptrdiff_t)sizeof(kp_out4) && (!sport.p || sport.step == 2)) {
+        (sport.p ? (s ? kp_batch4_sp_tm_s : kp_batch4_sp_tm) : (s ? kp_batch4_nosp_tm_s : kp_batch4_nosp_tm))(
+            st, f, src.p, dst.p, dport.p, proto.p, sport.p, out, n, times.p);
+        return;
+    }
     if (!times.p && src.step == 4 && dst.step == 4 && dport.step == 2 && proto.step == 1 &&
         out_step == (ptrdiff_t)sizeof(kp_out4)) {
         if (!sport.p) {

@@ -306,8 +306,12 @@ def test_pcapng_written_by_dpkt(tmp_path: Path) -> None:
     path = tmp_path / "d.pcapng"
     path.write_bytes(buf.getvalue())
     stats = captures.CaptureStats()
-    rows = [row for c in captures.read_pcap(path, stats=stats) for row in decode(c)]
+    chunks = list(captures.read_pcap(path, stats=stats))
+    rows = [row for c in chunks for row in decode(c)]
     assert rows == [w for _, _, w in FRAMES if isinstance(w, tuple)] and stats.records == len(FRAMES)
+    # each packet's length on the wire, from its block (what --summary adds up)
+    assert [b for c in chunks for b in c.column("bytes").to_pylist()] == [
+        len(f) for _, f, w in FRAMES if isinstance(w, tuple)]
 
 
 @settings(max_examples=200, deadline=None)
@@ -321,9 +325,9 @@ def test_the_pcapng_twins_agree(packets: list[tuple[int, bytes, int]], big: bool
         pos, lts, tks, got = start, [], [], []
         while True:
             r = scan(data, pos, big, lts, tks, 64)
-            got.append(r[:10])
+            got.append(r[:11])
             pos = r[0]
-            if r[10] == 2:
+            if r[11] == 2:
                 e = ">" if big else "<"
                 length = struct.unpack(f"{e}I", data[pos + 4:pos + 8])[0]
                 lts.append(struct.unpack(f"{e}H", data[pos + 8:pos + 10])[0])
@@ -345,7 +349,7 @@ def test_any_bytes_after_a_section_header_are_read_or_refused_alike(tail: bytes,
     for scan in SCANS_NG.values():
         try:
             r = scan(tail, 0, big, [1, 113], [1e-6, 1e-9], 64)
-            outcomes.append(("ok", r[0], r[1], r[10], *(x.tolist() for x in r[2:10])))
+            outcomes.append(("ok", r[0], r[1], r[11], *(x.tolist() for x in r[2:11])))
         except ValueError as e:
             outcomes.append(("error", str(e)))
     assert all(o == outcomes[0] for o in outcomes)
