@@ -1,10 +1,11 @@
 """Packet captures (tcpdump's pcap and Wireshark's pcapng files) as tables of flows.
 
-:func:`read_pcap` streams a capture (gzip-compressed or not) in chunks of packets: each
-chunk is a pyarrow Table with ``time`` (seconds), ``src`` and ``dst`` (16-byte addresses,
-IPv4 mapped into ``::ffff:0:0/96``, which :func:`kproxy_core.flows.classify` reads), ``sport``,
-``dport``, ``proto`` and ``bytes`` (the packet's length on the wire), in capture order.
-Frames are parsed in C (the compiled core's ``scan_pcap``, with its twin): Ethernet with any 802.1Q/802.1ad tags, Linux cooked captures
+:func:`read_pcap` streams a capture (gzip-compressed or not, or any stream through
+``stream``) in chunks of packets: each chunk is a pyarrow Table with ``time`` (seconds),
+``src`` and ``dst`` (16-byte addresses, IPv4 mapped into ``::ffff:0:0/96``, which
+:func:`kproxy_core.flows.classify` reads), ``sport``, ``dport``, ``proto`` and ``bytes`` (the
+packet's length on the wire), in capture order. Frames are parsed in C (the compiled core's
+``scan_pcap``, with its twin): Ethernet with any 802.1Q/802.1ad tags, Linux cooked captures
 (SLL and SLL2) and raw IP; IPv4 and IPv6 (extension headers walked); TCP, UDP and SCTP.
 Packets that cannot be a lookup are counted by reason (:data:`SKIPS`), never dropped
 silently: not IP (ARP, LLDP, ...), IP fragments (only an unfragmented packet carries both
