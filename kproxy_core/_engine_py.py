@@ -224,13 +224,15 @@ def _frame(p: bytes, linktype: int) -> tuple[int, bytes, bytes, int, int, int] |
 
 def scan_pcap(data: Any, pos: int, swapped: bool, nanos: bool, linktype: int, max_packets: int) -> tuple[Any, ...]:
     """The records of a classic pcap file from ``data[pos:]`` (see the compiled core's
-    ``scan_pcap``): ``(pos, n, time, src, dst, family, sport, dport, proto, length, skipped)``."""
+    ``scan_pcap``): ``(pos, n, time, src, dst, family, sport, dport, proto, length, skipped,
+    where)``."""
     raw = bytes(data)
     if pos < 0 or pos > len(raw) or max_packets < 0:
         raise ValueError("scan_pcap: pos or max_packets out of range")
     order: Literal["big", "little"] = "big" if swapped else "little"
     rows: list[tuple[float, int, bytes, bytes, int, int, int, int]] = []
     skipped = np.zeros(5, dtype=np.int64)
+    where = np.full((5, SKIP_EXAMPLES), -1, dtype=np.int64)
     records = 0
     while len(rows) < max_packets and pos + 16 <= len(raw):
         sec = int.from_bytes(raw[pos:pos + 4], order)
@@ -242,14 +244,23 @@ def scan_pcap(data: Any, pos: int, swapped: bool, nanos: bool, linktype: int, ma
             break
         got = _frame(raw[pos + 16:pos + 16 + incl], linktype)
         if isinstance(got, int):
-            skipped[got] += 1
+            _skip(skipped, where, got, records)
         else:
             fam, src, dst, sport, dport, proto = got
             rows.append((sec + frac * (1e-9 if nanos else 1e-6), fam, src, dst, sport, dport, proto,
                          int.from_bytes(raw[pos + 12:pos + 16], order)))
         records += 1
         pos += 16 + incl
-    return (pos, records, *_columns(rows), skipped)
+    return (pos, records, *_columns(rows), skipped, where)
+
+
+SKIP_EXAMPLES = 5  # skipped packets whose numbers a scan returns, per reason
+
+
+def _skip(skipped: np.ndarray, where: np.ndarray, reason: int, number: int) -> None:
+    if skipped[reason] < SKIP_EXAMPLES:
+        where[reason, skipped[reason]] = number
+    skipped[reason] += 1
 
 
 def _columns(rows: list[tuple[float, int, bytes, bytes, int, int, int, int]]) -> tuple[np.ndarray, ...]:
@@ -268,7 +279,8 @@ def _columns(rows: list[tuple[float, int, bytes, bytes, int, int, int, int]]) ->
 
 def scan_pcapng(data: Any, pos: int, swapped: bool, linktypes: Any, ticks: Any, max_packets: int) -> tuple[Any, ...]:
     """The blocks of one pcapng section from ``data[pos:]`` (see the compiled core's
-    ``scan_pcapng``): ``(pos, n, time, src, dst, family, sport, dport, proto, length, skipped, stop)``."""
+    ``scan_pcapng``): ``(pos, n, time, src, dst, family, sport, dport, proto, length, skipped,
+    where, stop)``."""
     raw = bytes(data)
     lts = [int(x) for x in linktypes]
     tks = [float(x) for x in ticks]
@@ -281,6 +293,7 @@ def scan_pcapng(data: Any, pos: int, swapped: bool, linktypes: Any, ticks: Any, 
 
     rows: list[tuple[float, int, bytes, bytes, int, int, int, int]] = []
     skipped = np.zeros(5, dtype=np.int64)
+    where = np.full((5, SKIP_EXAMPLES), -1, dtype=np.int64)
     records = stop = 0
     while len(rows) < max_packets and pos + 12 <= len(raw):
         btype, blen = u32(pos), u32(pos + 4)
@@ -317,13 +330,13 @@ def scan_pcapng(data: Any, pos: int, swapped: bool, linktypes: Any, ticks: Any, 
             got = (_frame(raw[data_at:data_at + caplen], lts[iface]) if lts[iface] in _LINKTYPES_READ
                    else _SKIP_LINKTYPE)
             if isinstance(got, int):
-                skipped[got] += 1
+                _skip(skipped, where, got, records)
             else:
                 fam, src, dst, sport, dport, proto = got
                 rows.append((ts * tks[iface], fam, src, dst, sport, dport, proto, wire))
             records += 1
         pos += blen
-    return (pos, records, *_columns(rows), skipped, stop)
+    return (pos, records, *_columns(rows), skipped, where, stop)
 
 
 def _int_list(x: Any, name: str) -> list[int]:

@@ -40,6 +40,7 @@ _MAGIC = {
 }
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 CHUNK_BYTES = 1 << 24
+EXAMPLES = 5  # packet numbers kept per reason
 
 
 class CaptureError(KproxyError):
@@ -48,10 +49,12 @@ class CaptureError(KproxyError):
 
 @dataclass
 class CaptureStats:
-    """Records read and packets skipped, by reason (:data:`SKIPS`)."""
+    """Records read and packets skipped, by reason (:data:`SKIPS`), with the numbers (from
+    1, in capture order) of the first few of each reason."""
 
     records: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def packets(self) -> int:
@@ -143,13 +146,16 @@ def _scanned(path: str | Path, r: _Reader, stats: CaptureStats, scan: Any, *args
     """``scan(r.pending, 0, *args)`` (either scanner): ``(pos, records, table or None, ...)``
     with whatever the scanner returns after its columns; the skipped packets counted."""
     try:
-        pos, n, t, src, dst, _fam, sport, dport, proto, length, skipped, *rest = scan(r.pending, 0, *args)
+        pos, n, t, src, dst, _fam, sport, dport, proto, length, skipped, where, *rest = scan(r.pending, 0, *args)
     except ValueError as e:
         raise CaptureError(f"{path}: {str(e).replace('at byte ', f'at byte {r.offset}+')}") from None
+    base = stats.records  # packets before this scan's first
     stats.records += n
-    for reason, count in zip(SKIPS, skipped.tolist(), strict=True):
+    for reason, count, first in zip(SKIPS, skipped.tolist(), where.tolist(), strict=True):
         if count:
             stats.skipped[reason] = stats.skipped.get(reason, 0) + count
+            seen = stats.examples.setdefault(reason, [])
+            seen.extend(base + 1 + k for k in first[:EXAMPLES - len(seen)] if k >= 0)
     return (pos, n, _table(t, src, dst, sport, dport, proto, length) if len(t) else None, *rest)
 
 

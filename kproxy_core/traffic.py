@@ -60,7 +60,8 @@ def read_tables(path: str, fmt: str | None = None, stats: ReadStats | None = Non
         finally:
             stats.records = before + cap.records
             for reason, n in cap.skipped.items():
-                stats.skip(reason, 0, n)
+                stats.skipped[reason] = stats.skipped.get(reason, 0) + n
+                stats.examples.setdefault(reason, []).extend(cap.examples.get(reason, []))
         return
     with open_input(path, stats) as f:
         if fmt in ("hubble", "vpc", "conntrack"):

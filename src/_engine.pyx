@@ -256,6 +256,7 @@ cdef enum:
     SKIP_OTHER_PROTOCOL = 3
     SKIP_LINKTYPE = 4
     N_SKIPS = 5
+    SKIP_EXAMPLES = 5
 
 cdef inline uint16_t _be16(const uint8_t *p) nogil:
     return (<uint16_t>p[0] << 8) | p[1]
@@ -363,6 +364,7 @@ cdef class _Kept:
     cdef uint8_t[::1] pr
     cdef uint32_t[::1] ln
     cdef int64_t[::1] skipped
+    cdef int64_t[:, ::1] where  # the first SKIP_EXAMPLES skipped packets' numbers, by reason
     cdef Py_ssize_t n, cap
 
     def __cinit__(self, Py_ssize_t cap):
@@ -372,19 +374,20 @@ cdef class _Kept:
                        np.zeros(cap, dtype=np.uint32))
         self.t, self.src, self.dst, self.fam, self.sp, self.dp, self.pr, self.ln = self.arrays
         self.skipped = np.zeros(N_SKIPS, dtype=np.int64)
+        self.where = np.full((N_SKIPS, SKIP_EXAMPLES), -1, dtype=np.int64)
         self.n = 0
         self.cap = cap
 
     cdef void add(self, const uint8_t *frame, Py_ssize_t caplen, uint32_t wire, int linktype,
-                  double when) noexcept nogil:
-        """Parse one frame (``wire`` bytes long on the wire): keep it (when there is room:
-        callers stop at ``cap``), or count it."""
+                  double when, Py_ssize_t number) noexcept nogil:
+        """Parse one frame (``wire`` bytes long on the wire; ``number``: the how-manieth of
+        this scan, from 0): keep it (when there is room: callers stop at ``cap``), or count it."""
         cdef uint16_t s16, d16
         cdef uint8_t p8
         cdef Py_ssize_t k = self.n
         cdef int got = _packet(frame, caplen, linktype, &self.src[k, 0], &self.dst[k, 0], &s16, &d16, &p8)
         if got < 0:
-            self.skipped[-1 - got] += 1
+            self.skip(-1 - got, number)
             return
         self.t[k] = when
         self.fam[k] = got
@@ -394,23 +397,28 @@ cdef class _Kept:
         self.ln[k] = wire
         self.n += 1
 
-    cdef void skip(self, int reason) noexcept nogil:
+    cdef void skip(self, int reason, Py_ssize_t number) noexcept nogil:
+        if self.skipped[reason] < SKIP_EXAMPLES:
+            self.where[reason, self.skipped[reason]] = number
         self.skipped[reason] += 1
 
     def columns(self):
-        """(time, src, dst, family, sport, dport, proto, length) of the packets kept, then skipped."""
-        return (*(a[:self.n] for a in self.arrays), np.asarray(self.skipped))
+        """(time, src, dst, family, sport, dport, proto, length) of the packets kept, then
+        the skipped ones' counts and first numbers, by reason."""
+        return (*(a[:self.n] for a in self.arrays), np.asarray(self.skipped), np.asarray(self.where))
 
 
 def scan_pcap(data, Py_ssize_t pos, bint swapped, bint nanos, int linktype, Py_ssize_t max_packets):
     """The records of a classic pcap file from ``data[pos:]`` (the file header already read):
     up to ``max_packets`` whole records, in C without the GIL. ``swapped``: the file is
     big-endian; ``nanos``: its timestamps are in nanoseconds. Returns ``(pos, n, time, src,
-    dst, family, sport, dport, proto, length, skipped)``: where the next record starts (a
+    dst, family, sport, dport, proto, length, skipped, where)``: where the next record starts (a
     record cut off at the end is left for the next call), the records read, and for each packet
     kept its time in seconds, addresses as (n, 16) uint8 (IPv4 mapped into ::ffff:0:0/96),
-    family 4 or 6, ports, protocol and length on the wire; ``skipped`` counts the others by reason (see
-    kproxy_core.captures.SKIPS). ValueError for a record longer than 256 KiB (not a pcap)."""
+    family 4 or 6, ports, protocol and length on the wire; ``skipped`` counts the others by
+    reason (see kproxy_core.captures.SKIPS), and ``where`` (reasons x SKIP_EXAMPLES) holds
+    the numbers of the first of them in this call (0: the record at ``pos``; -1: none).
+    ValueError for a record longer than 256 KiB (not a pcap)."""
     cdef const uint8_t[::1] buf = np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(1, np.uint8)
     cdef Py_ssize_t size = len(data)
     if pos < 0 or pos > size or max_packets < 0:
@@ -430,7 +438,7 @@ def scan_pcap(data, Py_ssize_t pos, bint swapped, bint nanos, int linktype, Py_s
             if pos + 16 + <Py_ssize_t>incl > size:
                 break
             kept.add(&buf[pos + 16], incl, _rd32(&buf[pos + 12], swapped), linktype,
-                     sec + frac * (1e-9 if nanos else 1e-6))
+                     sec + frac * (1e-9 if nanos else 1e-6), records)
             records += 1
             pos += 16 + incl
     if bad:
@@ -445,7 +453,7 @@ def scan_pcapng(data, Py_ssize_t pos, bint swapped, linktypes, ticks, Py_ssize_t
     off. ``swapped``: the section is big-endian; ``linktypes`` and ``ticks`` (seconds per
     timestamp unit) describe the section's interfaces so far (a link type not read gives
     SKIP_LINKTYPE). Returns ``(pos, n, time, src, dst, family, sport, dport, proto, length,
-    skipped, stop)``, as ``scan_pcap`` does, with ``stop`` 1 for a Section Header Block at ``pos``,
+    skipped, where, stop)``, as ``scan_pcap`` does, with ``stop`` 1 for a Section Header Block at ``pos``,
     2 for an Interface Description Block there, 0 otherwise. ValueError for a block whose
     length is not a multiple of 4, too small, over 16 MiB, or a packet of an interface not
     described."""
@@ -504,9 +512,9 @@ def scan_pcapng(data, Py_ssize_t pos, bint swapped, linktypes, ticks, Py_ssize_t
                     break
                 lt = lts[iface]
                 if lt == 1 or lt == 113 or lt == 276 or lt == 101 or lt == 12 or lt == 14 or lt == 228 or lt == 229:
-                    kept.add(&buf[data_at], caplen, wire, lt, ts * tks[iface])
+                    kept.add(&buf[data_at], caplen, wire, lt, ts * tks[iface], records)
                 else:
-                    kept.skip(SKIP_LINKTYPE)
+                    kept.skip(SKIP_LINKTYPE, records)
                 records += 1
             pos += blen
     if bad == 1:

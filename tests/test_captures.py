@@ -172,12 +172,20 @@ def test_chunks_and_gzip_change_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     frames = [f for _, f, _ in FRAMES] * 40
     whole = tmp_path / "c.pcap"
     whole.write_bytes(pcap(frames))
-    want = [row for c in captures.read_pcap(whole) for row in decode(c)]
+    stats = captures.CaptureStats()
+    want = [row for c in captures.read_pcap(whole, stats=stats) for row in decode(c)]
+    # the first packets skipped for each reason, numbered in the whole capture
+    n = len(FRAMES)
+    for reason in ("IP fragment", "truncated"):
+        where = [k * n + i for k in range(40) for i, (_, _, w) in enumerate(FRAMES, 1) if w == reason]
+        assert stats.examples[reason] == where[:captures.EXAMPLES]
     packed = tmp_path / "c.pcap.gz"
     packed.write_bytes(gzip.compress(whole.read_bytes()))
     monkeypatch.setattr(captures, "CHUNK_BYTES", 333)  # records cut across reads
-    chunks = list(captures.read_pcap(packed, chunk_packets=7))
+    small = captures.CaptureStats()
+    chunks = list(captures.read_pcap(packed, chunk_packets=7, stats=small))
     assert max(c.num_rows for c in chunks) <= 7 and [row for c in chunks for row in decode(c)] == want
+    assert small == stats  # the same counts and packet numbers, however the file is cut
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -240,7 +248,10 @@ def test_kproxy_classify_a_capture(tmp_path: Path) -> None:
                         "--packets", str(cap), "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("13 packets in the capture, 6 looked up\n"), r.stdout
-    assert "  skipped: IP fragment: 3\n" in r.stdout and "  skipped: truncated: 2\n" in r.stdout
+    # each reason with the numbers of its packets, in capture order from 1
+    for reason in ("IP fragment", "truncated", "not IP", "not TCP, UDP or SCTP"):
+        where = [i for i, (_, _, w) in enumerate(FRAMES, 1) if w == reason]
+        assert f"  skipped: {reason}: {len(where)} (packet {', '.join(map(str, where))})\n" in r.stdout, r.stdout
     rows = [__import__("json").loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["src"] == "10.0.0.9" and rows[0]["verdict"] == "DNAT" and rows[0]["endpoint_ip"] == "10.0.0.5"
     assert rows[3]["src"] == "fd00:10::9" and rows[3]["verdict"] == "PASS"
@@ -325,9 +336,9 @@ def test_the_pcapng_twins_agree(packets: list[tuple[int, bytes, int]], big: bool
         pos, lts, tks, got = start, [], [], []
         while True:
             r = scan(data, pos, big, lts, tks, 64)
-            got.append(r[:11])
+            got.append(r[:12])
             pos = r[0]
-            if r[11] == 2:
+            if r[12] == 2:
                 e = ">" if big else "<"
                 length = struct.unpack(f"{e}I", data[pos + 4:pos + 8])[0]
                 lts.append(struct.unpack(f"{e}H", data[pos + 8:pos + 10])[0])
@@ -349,7 +360,7 @@ def test_any_bytes_after_a_section_header_are_read_or_refused_alike(tail: bytes,
     for scan in SCANS_NG.values():
         try:
             r = scan(tail, 0, big, [1, 113], [1e-6, 1e-9], 64)
-            outcomes.append(("ok", r[0], r[1], r[11], *(x.tolist() for x in r[2:11])))
+            outcomes.append(("ok", r[0], r[1], r[12], *(x.tolist() for x in r[2:12])))
         except ValueError as e:
             outcomes.append(("error", str(e)))
     assert all(o == outcomes[0] for o in outcomes)
