@@ -274,11 +274,227 @@ def _parse_packet(path: str, lineno: int, row: dict[str, Any]) -> tuple[bool, by
     return (v6, src.packed if v6 else int(src), dst.packed if v6 else int(dst), ports[0], ports[1], proto)
 
 
-def _is_parquet(path: str) -> bool:
-    if path == "-" or not os.path.isfile(path):
-        return False
-    with open(path, "rb") as f:
-        return f.read(4) == b"PAR1"
+def _packet_files(args: argparse.Namespace) -> list[str]:
+    """--packets, each a file, - or a glob pattern, in order."""
+    import glob
+
+    out: list[str] = []
+    for spec in args.packets:
+        if spec == "-" or os.path.exists(spec) or not glob.has_magic(spec):
+            out.append(spec)
+            continue
+        found = sorted(glob.glob(spec))
+        if not found:
+            raise UsageError(f"--packets: {spec}: no file matches")
+        out.extend(found)
+    return out
+
+
+def _wants_tables(args: argparse.Namespace, files: list[str]) -> bool:
+    """The table path (pyarrow): any input but CSV/JSON 5-tuples, or an option only it has."""
+    if args.events or args.summary or args.format or args.dask or len(files) > 1:
+        return True
+    if args.out and os.path.splitext(args.out)[1].lower() in (".parquet", ".csv"):
+        return True
+    from .traffic import detect
+
+    try:
+        return detect(files[0]) not in ("csv", "jsonl")
+    except KproxyError:
+        return False  # the CSV/JSON reader names what is wrong
+
+
+def _classify_table(args: argparse.Namespace, engine: Engine, files: list[str]) -> int:
+    """Any traffic file in (kproxy_core.traffic), streamed by chunks through
+    kproxy_core.flows (or kproxy_core.events with --events); Parquet, JSON lines or CSV out
+    by the extension of --out; counts (and with --summary the summary) on stdout."""
+    from . import events as timed_mod
+    from . import flows, inputs, traffic
+
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise UsageError("--packets: this input needs pyarrow (pip install 'kproxy-core[flows]')") from None
+
+    out_path = args.out
+    ext = os.path.splitext(out_path)[1].lower() if out_path else ""
+    if out_path and ext not in (".parquet", ".jsonl", ".json", ".csv"):
+        raise UsageError(f"--out: {out_path}: the extension says the format: .parquet, .jsonl or .csv")
+    timeline = None
+    if args.events:
+        try:
+            timeline = timed_mod.read_events(args.events)
+        except timed_mod.EventsError as e:
+            raise UsageError(f"--events: {e}") from None
+    writer: Any = None
+    text_out: IO[str] | None = None
+    first_csv = True
+    stats = flows.Stats()
+    read = inputs.ReadStats()
+    timed = timed_mod.TimedStats()
+    summary = _Summary(args.top)
+    progress = inputs.Progress(read, sum(inputs.file_size(f) or 0 for f in files) or None,
+                               sys.stderr.isatty() and not args.no_progress)
+    try:
+        for path in files:
+            engine.clear_flows()  # flows are a file's own (one capture, one node's log)
+            fmt = args.format or traffic.detect(path)
+            tables = traffic.read_tables(path, fmt, read)
+            got_tables = (timed_mod.classify_timed(tables, engine, timeline, stats=stats, timed=timed)
+                          if timeline is not None else
+                          (flows.classify(t, engine, now=None if "time" in t.column_names else args.now, stats=stats)
+                           for t in tables))
+            for got in got_tables:
+                summary.add(got)
+                if ext in (".jsonl", ".json", ".csv"):
+                    got = _addresses_as_text(got)
+                if ext == ".parquet":
+                    if writer is None:
+                        writer = traffic.ParquetSink(out_path)
+                    writer.write(got)
+                elif ext in (".jsonl", ".json"):
+                    if text_out is None:
+                        text_out = open(out_path, "w")  # noqa: SIM115 - closed below
+                    for row in got.to_pylist():
+                        text_out.write(json.dumps(row) + "\n")
+                elif ext == ".csv":
+                    import pyarrow.csv as pcsv
+
+                    plain = got.cast(pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type)
+                                                else f for f in got.schema]))
+                    if text_out is None:
+                        text_out = open(out_path, "w")  # noqa: SIM115 - closed below
+                    buf = pa.BufferOutputStream()
+                    pcsv.write_csv(plain, buf, pcsv.WriteOptions(include_header=first_csv))
+                    first_csv = False
+                    text_out.write(buf.getvalue().to_pybytes().decode())
+                progress.update()
+    except (KproxyError, pa.ArrowInvalid) as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    finally:
+        if writer is not None:
+            writer.close()
+        if text_out is not None:
+            text_out.close()
+        progress.close()
+    if all((args.format or "") == "pcap" or _is_capture(f) for f in files):
+        print(f"{read.records} packets in the capture, {read.kept} looked up")
+        for line in read.lines("packet"):
+            print(f"  {line}")
+    elif read.skipped:
+        print(f"{read.records} records read, {read.kept} classified")
+        for line in read.lines("line"):
+            print(f"  {line}")
+    bad = sum(stats.bad.values())
+    print(f"{stats.records} records, {bad} bad")
+    for reason, n in sorted(stats.bad.items(), key=lambda kv: -kv[1]):
+        print(f"  bad: {reason}: {n}")
+    if timeline is not None:
+        print(f"{len(timeline)} changes in {args.events}: {timed.applied} applied, {timed.refused_count} refused, "
+              f"{timed.late} records older than a change already applied")
+        for why in timed.refused:
+            print(f"  refused: {why}")
+    for title, counter in (("verdict", Counter(stats.verdicts)), ("service", summary.per_service)):
+        print(f"\nby {title}")
+        width = max((len(k) for k in counter), default=0)
+        for k, v in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"  {k.ljust(width)}  {v:>10}  {100.0 * v / max(stats.records, 1):6.2f}%")
+    if args.summary:
+        summary.print(sys.stdout)
+    return 0
+
+
+class _Summary:
+    """Counts and bytes per service and verdict, the top talkers (sources) to each
+    service, and the records that met no service with their top destinations."""
+
+    def __init__(self, top: int) -> None:
+        self.top = top
+        self.per_service: Counter[str] = Counter()
+        self.by_service_verdict: dict[tuple[str, str], list[int]] = {}
+        self.talkers: dict[str, dict[Any, list[int]]] = {}
+        self.nowhere: dict[tuple[Any, Any, Any], list[int]] = {}
+        self.have_bytes = False
+
+    def add(self, t: Any) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        n = t.num_rows
+        if not n:
+            return
+        ns = t.column("namespace").cast(pa.string())
+        svc = t.column("service").cast(pa.string())
+        name = pc.if_else(pc.is_null(svc), pa.scalar("(none)"), pc.binary_join_element_wise(ns, svc, "/"))
+        verdict = pc.if_else(pc.is_null(t.column("verdict")), pa.scalar("(bad record)"),
+                             t.column("verdict").cast(pa.string()))
+        if "bytes" in t.column_names:
+            self.have_bytes = True
+            size = pc.fill_null(t.column("bytes").cast(pa.int64()), 0)
+        else:
+            size = pa.array(np.zeros(n, dtype=np.int64))
+        src = t.column("src")
+        if pa.types.is_fixed_size_binary(src.type) or pa.types.is_binary(src.type):
+            pass  # 16-byte addresses: shown as text at the end
+        else:
+            src = src.cast(pa.string())
+        g = pa.table({"svc": name, "verdict": verdict, "src": src, "bytes": size, "n": pa.array(np.ones(n, np.int64))})
+        for r in g.group_by(["svc", "verdict"]).aggregate([("n", "sum"), ("bytes", "sum")]).to_pylist():
+            acc = self.by_service_verdict.setdefault((r["svc"], r["verdict"]), [0, 0])
+            acc[0] += r["n_sum"]
+            acc[1] += r["bytes_sum"]
+            self.per_service[r["svc"]] += r["n_sum"]
+        for r in g.group_by(["svc", "src"]).aggregate([("n", "sum"), ("bytes", "sum")]).to_pylist():
+            acc = self.talkers.setdefault(r["svc"], {}).setdefault(r["src"], [0, 0])
+            acc[0] += r["n_sum"]
+            acc[1] += r["bytes_sum"]
+        none = pc.is_null(svc)
+        if pc.any(none).as_py():
+            miss = t.filter(none)
+            dst = miss.column("dst")
+            if not (pa.types.is_fixed_size_binary(dst.type) or pa.types.is_binary(dst.type)):
+                dst = dst.cast(pa.string())
+            h = pa.table({"dst": dst, "dport": miss.column("dport").cast(pa.string()),
+                          "proto": miss.column("proto").cast(pa.string()),
+                          "bytes": size.filter(none) if isinstance(size, pa.Array) else pc.filter(size, none),
+                          "n": pa.array(np.ones(miss.num_rows, np.int64))})
+            for r in h.group_by(["dst", "dport", "proto"]).aggregate([("n", "sum"), ("bytes", "sum")]).to_pylist():
+                acc = self.nowhere.setdefault((r["dst"], r["dport"], r["proto"]), [0, 0])
+                acc[0] += r["n_sum"]
+                acc[1] += r["bytes_sum"]
+
+    def print(self, out: IO[str]) -> None:
+        b = self.have_bytes
+        print("\nsummary: records" + (" and bytes" if b else "") + " per service and verdict", file=out)
+        for (svc, verdict), (n, size) in sorted(self.by_service_verdict.items(), key=lambda kv: (-kv[1][0], kv[0])):
+            print(f"  {svc}  {verdict}  {n}" + (f"  {size} bytes" if b else ""), file=out)
+        print(f"\nsummary: top {self.top} talkers to each service", file=out)
+        for svc in sorted(self.talkers, key=lambda k: -self.per_service[k]):
+            if svc == "(none)":
+                continue
+            print(f"  {svc}", file=out)
+            ranked = sorted(self.talkers[svc].items(), key=lambda kv: (-kv[1][0], str(kv[0])))[: self.top]
+            for src, (n, size) in ranked:
+                print(f"    {_text_address(src)}  {n}" + (f"  {size} bytes" if b else ""), file=out)
+        total = sum(v[0] for v in self.nowhere.values())
+        print(f"\nsummary: {total} records met no service; top {self.top} destinations", file=out)
+        ranked_dst = sorted(self.nowhere.items(), key=lambda kv: (-kv[1][0], str(kv[0])))[: self.top]
+        for (dst, dport, proto), (n, size) in ranked_dst:
+            print(f"  {_text_address(dst)} {dport}/{_proto_text(proto)}  {n}" + (f"  {size} bytes" if b else ""),
+                  file=out)
+
+
+def _text_address(a: Any) -> str:
+    if isinstance(a, bytes) and len(a) == 16:
+        import ipaddress
+
+        v6 = ipaddress.IPv6Address(a)
+        return str(v6.ipv4_mapped or v6)
+    return str(a)
+
+
+def _proto_text(p: Any) -> str:
+    return {"6": "TCP", "17": "UDP", "132": "SCTP"}.get(str(p), str(p).upper())
 
 
 def _is_capture(path: str) -> bool:
@@ -290,99 +506,6 @@ def _is_capture(path: str) -> bool:
         return is_capture(f.read(4))
 
 
-def _classify_table(args: argparse.Namespace, engine: Engine) -> int:
-    """Parquet or a packet capture in, streamed by batches through kproxy_core.flows;
-    Parquet, JSON lines or CSV out by the extension of --out; counts on stdout."""
-    from . import captures, flows
-
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise UsageError("--packets: reading Parquet or captures needs pyarrow (pip install 'kproxy-core[flows]')"
-                         ) from None
-
-    capture_stats = captures.CaptureStats()
-    if _is_parquet(args.packets):
-        try:
-            source = pq.ParquetFile(args.packets)
-        except (OSError, pa.ArrowException) as e:
-            raise UsageError(f"--packets: {args.packets}: {e}") from None
-        tables: Iterator[Any] = (pa.Table.from_batches([b]) for b in source.iter_batches(batch_size=1 << 18))
-        is_capture = False
-    else:
-        tables = captures.read_pcap(args.packets, stats=capture_stats)
-        is_capture = True
-    out_path = args.out
-    ext = os.path.splitext(out_path)[1].lower() if out_path else ""
-    if out_path and ext not in (".parquet", ".jsonl", ".json", ".csv"):
-        raise UsageError(f"--out: {out_path}: the extension says the format: .parquet, .jsonl or .csv")
-    writer: Any = None
-    text_out: IO[str] | None = None
-    stats = flows.Stats()
-    per_service: Counter[str] = Counter()
-    progress = sys.stderr.isatty() and not args.no_progress
-    try:
-        for table in tables:
-            # a capture's packets are looked up at their own time (the chunk's last), so flows
-            # and affinity expire as they would have; other inputs at --now
-            now = float(table.column("time")[-1].as_py()) if is_capture else args.now
-            try:
-                got = flows.classify(table, engine, now=now, stats=stats)
-            except flows.FlowError as e:
-                raise UsageError(f"--packets: {args.packets}: {e}") from None
-            if is_capture and ext in (".jsonl", ".json", ".csv"):
-                got = _addresses_as_text(got)
-            names = got.column("service").to_pylist()
-            per_service.update(n or "(none)" for n in names)
-            if ext == ".parquet":
-                if writer is None:
-                    writer = pq.ParquetWriter(out_path, got.schema)
-                writer.write_table(got)
-            elif ext in (".jsonl", ".json"):
-                if text_out is None:
-                    text_out = open(out_path, "w")  # noqa: SIM115 - closed below
-                for row in got.to_pylist():
-                    text_out.write(json.dumps(row) + "\n")
-            elif ext == ".csv":
-                import pyarrow.csv as pcsv
-
-                plain = got.cast(pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
-                                            for f in got.schema]))
-                if text_out is None:
-                    text_out = open(out_path, "w")  # noqa: SIM115 - closed below
-                    first = True
-                buf = pa.BufferOutputStream()
-                pcsv.write_csv(plain, buf, pcsv.WriteOptions(include_header=first))
-                first = False
-                text_out.write(buf.getvalue().to_pybytes().decode())
-            if progress:
-                print(f"\r{PROG}: classified {stats.records:,} records", end="", file=sys.stderr, flush=True)
-    except captures.CaptureError as e:
-        raise UsageError(str(e)) from None
-    finally:
-        if writer is not None:
-            writer.close()
-        if text_out is not None:
-            text_out.close()
-        if progress:
-            print(file=sys.stderr)
-    if is_capture:
-        print(f"{capture_stats.records} packets in the capture, {capture_stats.packets} looked up")
-        for reason, n in sorted(capture_stats.skipped.items(), key=lambda kv: -kv[1]):
-            print(f"  skipped: {reason}: {n}")
-    bad = sum(stats.bad.values())
-    print(f"{stats.records} records, {bad} bad")
-    for reason, n in sorted(stats.bad.items(), key=lambda kv: -kv[1]):
-        print(f"  bad: {reason}: {n}")
-    for title, counter in (("verdict", Counter(stats.verdicts)), ("service", per_service)):
-        print(f"\nby {title}")
-        width = max((len(k) for k in counter), default=0)
-        for k, v in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])):
-            print(f"  {k.ljust(width)}  {v:>10}  {100.0 * v / max(stats.records, 1):6.2f}%")
-    return 0
-
-
 def _addresses_as_text(table: Any) -> Any:
     """src and dst of a capture's table (16-byte, IPv4 mapped) as address strings."""
     import ipaddress
@@ -391,6 +514,8 @@ def _addresses_as_text(table: Any) -> Any:
 
     for name in ("src", "dst"):
         i = table.column_names.index(name)
+        if not pa.types.is_fixed_size_binary(table.schema.field(name).type):
+            continue
         text = []
         for raw in table.column(name).to_pylist():
             a = ipaddress.IPv6Address(raw)
@@ -399,12 +524,69 @@ def _addresses_as_text(table: Any) -> Any:
     return table
 
 
+def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        cluster_cidr=args.cluster_cidr, detect_local_mode=args.detect_local_mode, masquerade_all=args.masquerade_all,
+        nodeport_addresses=args.nodeport_addresses, localhost_nodeports=args.iptables_localhost_nodeports == "true",
+        stale_flows=args.stale_flows, pod_bridge_interface=args.pod_bridge_interface,
+        pod_interface_name_prefix=args.pod_interface_name_prefix,
+        local_addresses=[a for arg in args.local_address or () for a in arg.split(",") if a.strip()],
+    )
+
+
+def _classify_dask(args: argparse.Namespace, files: list[str]) -> int:
+    """--dask: one task per input file on the scheduler's workers, each writing its part
+    of a Parquet dataset (out/file=NAME/...)."""
+    try:
+        from . import dask as kdask
+    except ImportError as e:
+        raise UsageError(f"--dask needs dask and distributed (pip install 'kproxy-core[dask]'): {e}") from None
+    if not args.out:
+        raise UsageError("--dask: --out DIR names the Parquet dataset to write")
+    cluster = _load(args.files)
+    node = args.node if args.node is not None else cluster.first_node
+    seed = 0 if args.seed is None else args.seed
+    try:
+        client = kdask.connect(args.dask)
+    except (OSError, ValueError, TimeoutError) as e:
+        raise UsageError(f"--dask: {args.dask}: {e}") from None
+    try:
+        result = kdask.classify_files(files, args.out, cluster, client=client, fmt=args.format, events=args.events,
+                                      seed=seed, node=node, **_engine_options(args))
+    except KproxyError as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    finally:
+        client.close()  # type: ignore[no-untyped-call]
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    else:
+        per_file: dict[str, Any] = result.get("files", {})
+        print(f"{result.get('records', 0)} records in {len(per_file)} files on {args.dask}, written to {args.out}")
+        for name, f in sorted(per_file.items()):
+            state = f"error: {f['error']}" if f.get("error") else f"{f.get('records', 0)} records"
+            print(f"  {name}: {state}")
+            for reason, n in sorted((f.get("skipped") or {}).items(), key=lambda kv: -kv[1]):
+                print(f"    skipped: {reason}: {n}")
+        print("\nby verdict")
+        verdicts = result.get("verdicts", {})
+        width = max((len(k) for k in verdicts), default=0)
+        for k, v in sorted(verdicts.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"  {k.ljust(width)}  {v:>10}")
+    for why in result.get("errors", []):
+        print(f"{PROG}: error: {why}", file=sys.stderr)
+    return 1 if result.get("errors") else 0
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
+    files = _packet_files(args)
+    if args.dask:
+        return _classify_dask(args, files)
     cluster = _load(args.files)
     engine = _engine(args, cluster)
     _warn(cluster, engine)
-    if _is_parquet(args.packets) or _is_capture(args.packets):
-        return _classify_table(args, engine)
+    if _wants_tables(args, files):
+        return _classify_table(args, engine, files)
+    args.packets = files[0]
     names = [s.name for s in engine.service_ports]
     per_service: Counter[str] = Counter()
     per_frontend: Counter[str] = Counter()
@@ -856,9 +1038,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("classify", help="count packets of a CSV/JSONL file by service, frontend, verdict")
     _add_cluster(c)
-    c.add_argument("--packets", required=True, metavar="FILE",
-                   help="CSV with header src,sport,dst,dport,proto or JSONL (.gz is fine; - for stdin); or, with "
-                   "pyarrow (the flows extra), Parquet with those columns or a pcap/pcapng capture (.gz too)")
+    c.add_argument("--packets", required=True, metavar="FILE", action="append",
+                   help="traffic: CSV with header src,sport,dst,dport,proto or JSONL (- for stdin); with pyarrow (the "
+                   "flows extra) also a pcap/pcapng capture, Parquet, Hubble JSON (hubble observe -o jsonpb), AWS VPC "
+                   "Flow Logs, conntrack -L text; gzip or zstd; the format found by content. Repeatable, and a "
+                   "quoted glob pattern reads every file it matches (flows start afresh in each file)")
+    c.add_argument("--format", choices=["pcap", "parquet", "hubble", "vpc", "conntrack", "csv", "jsonl"],
+                   help="the input format, when finding it by content is not wanted")
+    c.add_argument("--events", metavar="FILE",
+                   help="a recorded watch stream (kubectl get endpointslices,services -A --watch -o json "
+                        "--output-watch-events): each record is decided by the cluster of its own time")
+    c.add_argument("--summary", action="store_true",
+                   help="also print records (and bytes) per service and verdict, the top talkers to each service "
+                        "and the records that met no service")
+    c.add_argument("--top", type=int, default=5, metavar="N", help="talkers and destinations in the summary")
+    c.add_argument("--dask", metavar="SCHEDULER",
+                   help="classify the files on Dask: tcp://HOST:8786 or local:N (N worker processes); --out is then "
+                        "a directory, a Parquet dataset partitioned by input file (the dask extra)")
     c.add_argument("--json", action="store_true", help="print one JSON line per packet instead of counts")
     c.add_argument("--out", metavar="FILE", help="also write one record per packet to FILE (JSON lines; for "
                    "Parquet and capture input .parquet, .jsonl or .csv by the extension)")
