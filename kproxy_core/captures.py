@@ -91,19 +91,30 @@ def _table(t: Any, src: Any, dst: Any, sport: Any, dport: Any, proto: Any, lengt
 
 
 class _Reader:
-    """The bytes of a file, read ahead in blocks, consumed from the front."""
+    """The bytes of a file, read ahead in blocks, consumed from the front. ``pending`` is a
+    view into one of two buffers, used in turn: a block is read straight after what is
+    left of the last (no copy of the block, nothing consumed is copied)."""
 
     def __init__(self, f: IO[bytes], first: bytes) -> None:
         self.f = f
-        self.pending = first
+        self.pending: bytes | memoryview = first
         self.offset = 0  # of pending[0] in the file
         self.eof = False
+        self.buffers = [bytearray(), bytearray()]
 
     def fill(self) -> None:
-        if not self.eof and len(self.pending) < CHUNK_BYTES:
-            more = self.f.read(CHUNK_BYTES)
-            self.eof = not more
-            self.pending += more
+        if self.eof or len(self.pending) >= CHUNK_BYTES:
+            return
+        rest = len(self.pending)
+        buf = self.buffers[0]
+        self.buffers.reverse()  # the next fill writes the other one: pending may view this one
+        if len(buf) < rest + CHUNK_BYTES:
+            buf.extend(bytes(rest + CHUNK_BYTES - len(buf)))
+        buf[:rest] = self.pending
+        view = memoryview(buf)
+        got = self.f.readinto(view[rest:rest + CHUNK_BYTES])  # type: ignore[attr-defined]
+        self.eof = not got
+        self.pending = view[:rest + (got or 0)]
 
     def take(self, n: int) -> None:
         self.pending = self.pending[n:]
@@ -207,7 +218,7 @@ def _read_pcapng(path: str | Path, r: _Reader, scan: Any, chunk_packets: int, st
                 if len(p) < length:
                     raise CaptureError(f"{path}: the interface block at byte {r.offset} is cut off")
             linktypes.append(int.from_bytes(p[8:10], order))
-            ticks.append(_tsresol(p[16:length - 4], order))
+            ticks.append(_tsresol(bytes(p[16:length - 4]), order))
             r.take(length)
         elif stop == 0 and n == 0 and _stuck(path, r):
             return

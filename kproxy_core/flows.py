@@ -169,6 +169,9 @@ def _protos(arr: Any) -> tuple[np.ndarray, np.ndarray]:
     pa = _pa()
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
+    if arr.null_count == 0 and pa.types.is_uint8(arr.type):  # numbers, as captures give them
+        values = arr.to_numpy()
+        return values, (values == 6) | (values == 17) | (values == 132)
     if pa.types.is_integer(arr.type):
         values = arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     elif pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
@@ -234,53 +237,45 @@ def _answer(t: Any, engine: Engine, track: bool, now: float | np.ndarray | None,
             if bad is not None:
                 errors[bad] = code
 
-    verdict = np.full(n, -1, dtype=np.int8)
-    service = np.full(n, -1, dtype=np.int32)
-    frontend = np.zeros(n, dtype=np.int8)
-    ep_port = np.zeros(n, dtype=np.int32)
-    masq = np.zeros(n, dtype=bool)
-    ep4 = np.zeros(n, dtype=np.uint32)
-    ep6 = np.zeros((n, 16), dtype=np.uint8)
     good = errors == 0
     all_good = bool(good.all())
-    for fam in (4, 6):
-        if all_good and n and sf[0] == fam and (sf == fam).all():  # every record: no gather
-            idx = np.arange(n)
-            args = (dport.astype(np.uint16, copy=False), proto.astype(np.uint8, copy=False),
-                    None if sport is None else sport.astype(np.uint16, copy=False))
-            clock = now
-        else:
+    fams = [fam for fam in (4, 6) if (sf == fam).any()] if n else []
+    if all_good and len(fams) == 1:  # one family, nothing bad: the lookup's own arrays, no scatter
+        fam = fams[0]
+        args = (dport.astype(np.uint16, copy=False), proto.astype(np.uint8, copy=False),
+                None if sport is None else sport.astype(np.uint16, copy=False))
+        out = (engine.lookup_batch(s4, d4, *args, now=now, track=track) if fam == 4 else
+               engine.lookup_batch6(s6, d6, *args, now=now, track=track))
+        verdict, service, frontend = out["verdict"], out["service"], out["frontend"]
+        ep_port, masq = out["ep_port"], out["masq"]
+        ep4 = out["ep_ip"] if fam == 4 else np.zeros(n, dtype=np.uint32)
+        ep6 = out["ep_ip"] if fam == 6 else np.zeros((n, 16), dtype=np.uint8)
+    else:
+        verdict = np.full(n, -1, dtype=np.int8)
+        service = np.full(n, -1, dtype=np.int32)
+        frontend = np.zeros(n, dtype=np.int8)
+        ep_port = np.zeros(n, dtype=np.int32)
+        masq = np.zeros(n, dtype=bool)
+        ep4 = np.zeros(n, dtype=np.uint32)
+        ep6 = np.zeros((n, 16), dtype=np.uint8)
+        for fam in fams:
             idx = np.flatnonzero(good & (sf == fam))
             if not len(idx):
                 continue
             args = (dport[idx].astype(np.uint16), proto[idx].astype(np.uint8),
                     None if sport is None else sport[idx].astype(np.uint16))
             clock = now[idx] if isinstance(now, np.ndarray) else now
-        whole = len(idx) == n
-        if fam == 4:
-            out = engine.lookup_batch(s4 if whole else s4[idx], d4 if whole else d4[idx], *args, now=clock,
-                                      track=track)
-            if whole:
-                ep4 = out["ep_ip"]
-            else:
+            if fam == 4:
+                out = engine.lookup_batch(s4[idx], d4[idx], *args, now=clock, track=track)
                 ep4[idx] = out["ep_ip"]
-        else:
-            out = engine.lookup_batch6(s6 if whole else s6[idx], d6 if whole else d6[idx], *args, now=clock,
-                                       track=track)
-            if whole:
-                ep6 = out["ep_ip"]
             else:
+                out = engine.lookup_batch6(s6[idx], d6[idx], *args, now=clock, track=track)
                 ep6[idx] = out["ep_ip"]
-        if whole:  # every record of one family: no scatter
-            verdict, service, frontend = (out["verdict"].astype(np.int8), out["service"].astype(np.int32),
-                                          out["frontend"].astype(np.int8))
-            ep_port, masq = out["ep_port"].astype(np.int32), out["masq"].astype(bool)
-            continue
-        verdict[idx] = out["verdict"]
-        service[idx] = out["service"]
-        frontend[idx] = out["frontend"]
-        ep_port[idx] = out["ep_port"]
-        masq[idx] = out["masq"]
+            verdict[idx] = out["verdict"]
+            service[idx] = out["service"]
+            frontend[idx] = out["frontend"]
+            ep_port[idx] = out["ep_port"]
+            masq[idx] = out["masq"]
 
     dnat = verdict == 1
     words = _words(engine)
@@ -317,6 +312,7 @@ class _Vocab:
     def __init__(self, words: list[str]) -> None:
         first: dict[str, int] = {}
         self.remap = np.array([first.setdefault(w, len(first)) for w in words or [""]], dtype=np.int32)
+        self.identity = len(first) == len(self.remap)  # every word once: codes are indices already
         self.array = _pa().array(list(first), type=_pa().string())
 
 
@@ -332,7 +328,9 @@ def _dict_column(codes: np.ndarray, vocab: _Vocab, validity: Any) -> Any:
     ``validity`` bitmap says. Codes under a null may be anything from -1 up (-1 reads the
     last word, which the null hides)."""
     pa = _pa()
-    indices = vocab.remap[codes]
+    # codes as they are when they are the indices already (-1 under a null is never read)
+    as_is = vocab.identity and codes.dtype == np.int32 and codes.flags.c_contiguous
+    indices = codes if as_is else vocab.remap[codes]
     arr = pa.Array.from_buffers(pa.int32(), len(indices), [validity, pa.py_buffer(indices)])
     return pa.DictionaryArray.from_arrays(arr, vocab.array, safe=False)
 
