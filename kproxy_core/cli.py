@@ -280,9 +280,11 @@ def _packet_files(args: argparse.Namespace) -> list[str]:
 
     out: list[str] = []
     for spec in args.packets:
-        if spec == "-" or os.path.exists(spec) or not glob.has_magic(spec):
+        if spec == "-" or os.path.exists(spec):
             out.append(spec)
             continue
+        if not glob.has_magic(spec):
+            raise UsageError(f"--packets: {spec}: no such file")
         found = sorted(glob.glob(spec))
         if not found:
             raise UsageError(f"--packets: {spec}: no file matches")
@@ -548,7 +550,9 @@ def _classify_dask(args: argparse.Namespace, files: list[str]) -> int:
     seed = 0 if args.seed is None else args.seed
     try:
         client = kdask.connect(args.dask)
-    except (OSError, ValueError, TimeoutError) as e:
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    except (OSError, TimeoutError) as e:
         raise UsageError(f"--dask: {args.dask}: {e}") from None
     try:
         result = kdask.classify_files(files, args.out, cluster, client=client, fmt=args.format, events=args.events,

@@ -193,3 +193,19 @@ def test_dask_over_files_writes_a_dataset_with_the_single_process_answers(tmp_pa
         mine = got.filter(pa.compute.equal(got.column("file"), f"part-{k}.csv"))
         assert mine.column("endpoint_ip").cast(pa.string()).to_pylist() == want.column("endpoint_ip").to_pylist()
         assert mine.column("verdict").cast(pa.string()).to_pylist() == want.column("verdict").to_pylist()
+
+
+def test_bad_command_lines_are_one_line(tmp_path: Path) -> None:
+    cl = cluster_file(tmp_path)
+    r = kproxy("-f", str(cl), "--packets", str(tmp_path / "nothere.csv"))
+    missing = tmp_path / "nothere.csv"
+    assert r.returncode == 2 and r.stderr.strip() == f"kproxy: error: --packets: {missing}: no such file"
+    (tmp_path / "a.csv").write_text("src,sport,dst,dport,proto\n10.1.0.1,1,172.30.0.10,80,TCP\n")
+    r = kproxy("-f", str(cl), "--packets", str(tmp_path / "a.csv"), "--dask", "local:0", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2
+    assert r.stderr.strip() == "kproxy: error: --dask local:0: local:N, N a number of workers (1 or more)"
+    r = kproxy("-f", str(cl), "--packets", str(tmp_path / "a.csv"), "--format", "pcap")
+    assert r.returncode == 2 and r.stderr.strip().endswith("a.csv: not a pcap or pcapng capture (magic 7372632c)")
+    r = kproxy("-f", str(cl), "--packets", str(cl), "--summary")
+    assert r.returncode == 2 and "cluster.yaml: not a format this reads" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
