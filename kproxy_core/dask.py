@@ -68,7 +68,7 @@ import numpy as np
 from .engine import Engine
 from .errors import KproxyError, ManifestError
 from .events import Replayer, TimedStats, Timeline, classify_timed, read_events
-from .flows import ADDED, REQUIRED, FlowError, Stats, fill_times, times_of
+from .flows import ADDED, REQUIRED, FlowError, Stats, check_columns, fill_times, times_of
 from .flows import classify as classify_table
 from .model import Cluster
 
@@ -439,13 +439,7 @@ def classify(ddf: dd.DataFrame, cluster: Any, *, events: Timeline | str | os.Pat
     if not isinstance(ddf, dd.DataFrame):
         raise TypeError(f"kproxy_core.dask.classify: a dask DataFrame, not {type(ddf).__name__}")
     meta = ddf._meta
-    missing = [c for c in REQUIRED if c not in meta.columns]
-    if missing:
-        raise FlowError(f"classify: the table has no column {', '.join(missing)} (needs {', '.join(REQUIRED)}"
-                        ", and sport optionally)")
-    clash = [c for c in ADDED if c in meta.columns]
-    if clash:
-        raise FlowError(f"classify: the table already has the column(s) {', '.join(clash)} this adds")
+    check_columns(list(meta.columns))
     if events is not None and "time" not in meta.columns:
         raise FlowError("classify: time-aware classification needs a time column")
     spec = _spec(cluster, events, seed, engine_options)

@@ -325,6 +325,27 @@ def _drop_addresses(families: dict[str, np.ndarray], drop: Callable[[np.ndarray,
     drop(src != dst, "addresses of different families")
 
 
+def _kept_addresses(u8: np.ndarray, spans: dict[str, tuple[np.ndarray, np.ndarray]], n: int, sel: np.ndarray,
+                    keep: np.ndarray, drop: Callable[[np.ndarray, str], None]) -> tuple[Any, Any, np.ndarray] | None:
+    """The source and destination address columns (``spans``: the byte ranges of the two,
+    in that order, of the records ``sel`` of ``n``) of the records that stay once those
+    with a bad address are dropped, and which records those are (None: no record stays)."""
+    pa = _pa()
+    addrs: dict[str, Any] = {}
+    families = {}
+    for name, (s, e) in spans.items():
+        addrs[name] = _strings(u8, s, e)
+        families[name] = np.zeros(n, dtype=np.uint8)
+        families[name][sel] = _families(addrs[name])
+    _drop_addresses(families, drop)
+    good = keep[sel]
+    sel = sel[good]
+    if not len(sel):
+        return None
+    src, dst = (a.filter(pa.array(good)) for a in addrs.values())
+    return src, dst, sel
+
+
 def _skip(stats: ReadStats, reason: str, numbers: Any) -> None:
     """Count the records of these line numbers as skipped for ``reason``."""
     n = len(numbers)
@@ -520,19 +541,11 @@ def _vpc_rows(scan: _Scan, rows: np.ndarray, fields: tuple[str, ...], headed: bo
         ports[name], ok = _digits(scan.win, *span[name], 5)
         drop(~ok | (ports[name] > 65535), f"{name}: not a port")
     sel = np.flatnonzero(keep)
-    addrs: dict[str, Any] = {}
-    families = {}
-    for name in ("srcaddr", "dstaddr"):
-        s, e = span[name]
-        addrs[name] = _strings(u8, s[sel], e[sel])
-        families[name] = np.zeros(len(rows), dtype=np.uint8)
-        families[name][sel] = _families(addrs[name])
-    _drop_addresses(families, drop)
-    good = keep[sel]
-    sel = sel[good]
-    if not len(sel):
+    got = _kept_addresses(u8, {n: (span[n][0][sel], span[n][1][sel]) for n in ("srcaddr", "dstaddr")},
+                          len(rows), sel, keep, drop)
+    if got is None:
         return None
-    src, dst = (addrs[n].filter(pa.array(good)) for n in ("srcaddr", "dstaddr"))
+    src, dst, sel = got
     if "start" in span:
         start, ok = _digits(scan.win, span["start"][0][sel], span["start"][1][sel], 18)
         when = pa.array(start.astype(np.float64), pa.float64(), mask=None if ok.all() else ~ok)
@@ -735,19 +748,10 @@ def _ct_rows(scan: _Scan, rows: np.ndarray, stats: ReadStats) -> Any:
     dport, ok = _digits(scan.win, *valued(first["dport"]), 5)
     drop(~ok | (dport > 65535), "dport: not a port")
     sel = np.flatnonzero(keep)
-    addrs: dict[str, Any] = {}
-    families = {}
-    for name in ("src", "dst"):
-        s, e = valued(first[name][sel])
-        addrs[name] = _strings(u8, s, e)
-        families[name] = np.zeros(len(rows), dtype=np.uint8)
-        families[name][sel] = _families(addrs[name])
-    _drop_addresses(families, drop)
-    good = keep[sel]
-    sel = sel[good]
-    if not len(sel):
+    got = _kept_addresses(u8, {n: valued(first[n][sel]) for n in ("src", "dst")}, len(rows), sel, keep, drop)
+    if got is None:
         return None
-    src, dst = (addrs[n].filter(pa.array(good)) for n in ("src", "dst"))
+    src, dst, sel = got
     take = {k: v[sel] for k, v in first.items()}
     rtake = {k: v[sel] for k, v in second.items()}
     rok = reply_ok[sel]

@@ -87,13 +87,7 @@ def classify(table: Any, engine: Engine, *, track: bool = True, now: float | np.
         t = table
     else:
         raise FlowError(f"classify: a pyarrow Table or a pandas DataFrame, not {type(table).__name__}")
-    missing = [c for c in REQUIRED if c not in t.column_names]
-    if missing:
-        raise FlowError(f"classify: the table has no column {', '.join(missing)} (needs {', '.join(REQUIRED)}"
-                        ", and sport optionally)")
-    clash = [c for c in ADDED if c in t.column_names]
-    if clash:
-        raise FlowError(f"classify: the table already has the column(s) {', '.join(clash)} this adds")
+    check_columns(t.column_names)
     if now is None and "time" in t.column_names:
         now = fill_times(times_of(t))
     out = t
@@ -104,6 +98,17 @@ def classify(table: Any, engine: Engine, *, track: bool = True, now: float | np.
     if isinstance(table, pa.RecordBatch):
         return out.combine_chunks().to_batches()[0] if out.num_rows else pa.RecordBatch.from_pylist([], out.schema)
     return out
+
+
+def check_columns(names: Any) -> None:
+    """FlowError unless the column names hold every one classify needs and none it adds."""
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise FlowError(f"classify: the table has no column {', '.join(missing)} (needs {', '.join(REQUIRED)}"
+                        ", and sport optionally)")
+    clash = [c for c in ADDED if c in names]
+    if clash:
+        raise FlowError(f"classify: the table already has the column(s) {', '.join(clash)} this adds")
 
 
 def _column(t: Any, name: str) -> Any:
