@@ -7,6 +7,7 @@ or ``Engine(..., impl="python")`` selects the twin.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import ipaddress
 import os
@@ -107,6 +108,7 @@ class _FIRST:
 
 
 FIRST_NODE: Final = _FIRST()
+APPLY_LOG = 4096  # applies whose recomputed Services Engine.changed_since can name
 
 
 class Engine:
@@ -187,6 +189,11 @@ class Engine:
         self.service_ports: list[ServicePortInfo] = []
         self._names_loaded = 0  # how many of service_ports' names the core has
         self._derived: dict[str, Any] = {}  # plans, tables, warnings: built on demand
+        # what each apply recomputed, for what follows the engine's state piece by piece
+        # (kproxy_core.flows' dictionaries): see changed_since
+        self.generation = 0
+        self._applied: collections.deque[tuple[int, tuple[tuple[str, str], ...], bool]] = collections.deque(
+            maxlen=APPLY_LOG)
         with gc_paused():  # millions of objects, no cycles: a collection would walk them all
             self._build_all()
 
@@ -355,6 +362,8 @@ class Engine:
                 del self.service_ports[n:]
                 raise
             after = sum(len(st.entries) for st in self._states.values())
+            self.generation += 1
+            self._applied.append((self.generation, tuple(keys), full))
             return ApplyResult(
                 services=tuple(f"{ns}/{n}" for ns, n in keys),
                 ports_before=before,
@@ -362,6 +371,22 @@ class Engine:
                 flows_dropped=dropped,
                 full=full,
             )
+
+    def changed_since(self, generation: int) -> set[tuple[str, str]] | None:
+        """The (namespace, name) of every Service an apply recomputed after ``generation``
+        (``self.generation`` then), or None when that is not known: an apply recomputed
+        everything, or the log of the last APPLY_LOG applies does not reach back."""
+        if generation == self.generation:
+            return set()
+        if generation < 0 or not self._applied or self._applied[0][0] > generation + 1:
+            return None
+        out: set[tuple[str, str]] = set()
+        for gen, keys, full in self._applied:
+            if gen > generation:
+                if full:
+                    return None
+                out.update(keys)
+        return out
 
     def _update(self, changes: Any) -> tuple[list[tuple[str, str]], int]:
         registry = self.plugins.registry

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -291,14 +291,13 @@ def _answer(t: Any, engine: Engine, track: bool, now: float | np.ndarray | None,
         cols[name] = _dict_column(service, words.services[name], no_service)
     cols["frontend"] = _dict_column(frontend, words.frontends, _validity(frontend == 0))
     ep_code, known = words.endpoint_codes(ep4, ep6, sf, dnat)
-    endpoints = words.endpoints
     stale = np.flatnonzero(dnat & ~known)
-    if len(stale):  # flows kept to endpoints the cluster no longer has (TCP, as conntrack)
-        ep_code, endpoints = words.with_gone(engine, stale, ep_code, ep4, ep6, sf)
-        known[stale] = True
-    for name in ("endpoint_ip", "endpoint_node", "endpoint_pod"):
-        vocab, have = endpoints[name]
-        cols[name] = _dict_column(ep_code, vocab, _validity(~dnat | ~known | ~have[ep_code]))
+    if len(stale):  # flows kept to endpoints the dictionaries never had (TCP, as conntrack)
+        words.add_addresses(ep4[stale], ep6[stale], sf[stale])
+        ep_code, known = words.endpoint_codes(ep4, ep6, sf, dnat)
+    gone = ~dnat | ~known
+    for name, vocab in (("endpoint_ip", words.ip), ("endpoint_node", words.node), ("endpoint_pod", words.pod)):
+        cols[name] = _dict_column(ep_code, vocab, _validity(gone | ~vocab.known[ep_code]))
     cols["endpoint_port"] = pa.array(ep_port, type=pa.uint16(), mask=~dnat)
     cols["masquerade"] = pa.array(masq, type=pa.bool_(), mask=verdict < 0)
     cols["error"] = _dict_column(errors, _Vocab(reasons), _validity(errors == 0))
@@ -328,7 +327,7 @@ def _validity(null: np.ndarray) -> Any:
     return _pa().py_buffer(np.packbits(~null, bitorder="little"))
 
 
-def _dict_column(codes: np.ndarray, vocab: _Vocab, validity: Any) -> Any:
+def _dict_column(codes: np.ndarray, vocab: _Vocab | _Growing, validity: Any) -> Any:
     """A dictionary-encoded string column: the word of ``codes[i]``, null where the
     ``validity`` bitmap says. Codes under a null may be anything from -1 up (-1 reads the
     last word, which the null hides)."""
@@ -340,101 +339,212 @@ def _dict_column(codes: np.ndarray, vocab: _Vocab, validity: Any) -> Any:
     return pa.DictionaryArray.from_arrays(arr, vocab.array, safe=False)
 
 
-class _Words:
-    """The dictionaries of one engine state (kept until its next ``apply``): verdicts,
-    frontends, the service ports' names and every endpoint address of the cluster's
-    EndpointSlices with its node and pod, sorted for a vectorised search."""
+class _Growing:
+    """A dictionary column's words that only grow: the word of each code (codes are
+    assigned outside, from 0 up, and may change word), each word once in ``array``, which
+    grows by the words new since it was last made (a copy of the old buffers, no
+    re-encoding of the words)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, identity: bool = False) -> None:
+        self.first: dict[str, int] = {}
+        self.words: list[str] = []
+        self.codes = 0
+        self._remap = np.zeros(64, dtype=np.int32)
+        self._known = np.zeros(64, dtype=bool)
+        self.identity = identity  # every code its own word, set in order: codes are the indices
+        self._array: Any = None
+        self._made = 0
+
+    def set(self, code: int, word: str | None) -> None:
+        if code >= len(self._remap):
+            size = max(2 * len(self._remap), code + 1)
+            self._remap = np.resize(self._remap, size)
+            self._known = np.concatenate([self._known, np.zeros(size - len(self._known), dtype=bool)])
+        self.codes = max(self.codes, code + 1)
+        if word is None:
+            self._known[code] = False
+            return
+        at = self.first.get(word)
+        if at is None:
+            at = self.first[word] = len(self.words)
+            self.words.append(word)
+        self._remap[code] = at
+        self._known[code] = True
+        self.identity = self.identity and at == code
+
+    @property
+    def remap(self) -> np.ndarray:
+        return self._remap[:max(self.codes, 1)]
+
+    @property
+    def known(self) -> np.ndarray:
+        return self._known[:max(self.codes, 1)]
+
+    @property
+    def array(self) -> Any:
+        pa = _pa()
+        if self._array is None or self._made < len(self.words):
+            new = pa.array(self.words[self._made:] if self._array is not None else self.words or [""],
+                           type=pa.string())
+            self._array = new if self._array is None else pa.concat_arrays([self._array, new])
+            self._made = len(self.words)
+        return self._array
+
+
+class _Words:
+    """The dictionaries of classify's string answers for one engine: verdicts, frontends,
+    the service ports' names, and every endpoint address the engine's EndpointSlices have
+    had, with its node and pod. They are kept with the engine and brought up to date after
+    each ``apply`` by reading only the EndpointSlices of the Services it recomputed
+    (``Engine.changed_since``), so a change costs what it touched. Codes never change: an
+    address keeps its code, and its node and pod, after it leaves the cluster (a TCP flow
+    may still go there, as conntrack keeps it)."""
+
+    def __init__(self) -> None:
         self.verdicts = _Vocab(list(VERDICT_NAMES))
         self.frontends = _Vocab([f or "" for f in FRONTEND_NAMES])
-        infos = engine.service_ports
-        self.services = {
-            "namespace": _Vocab([i.namespace for i in infos]),
-            "service": _Vocab([i.service for i in infos]),
-            "port_name": _Vocab([i.port_name for i in infos]),
-        }
-        owners: dict[str, tuple[str | None, str | None]] = {}
-        for sl in engine.cluster.slices.values():
+        self.services = {name: _Growing() for name in ("namespace", "service", "port_name")}
+        self.n_services = 0
+        self.ip, self.node, self.pod = _Growing(identity=True), _Growing(), _Growing()
+        self.code: dict[str, int] = {}  # endpoint address text -> code
+        self.lo4 = 0
+        self.dense4: np.ndarray | None = np.zeros(0, dtype=np.int32)  # address - lo4 -> code (-1: none)
+        self.keys4 = np.zeros(0, dtype=np.uint32)  # sorted, with codes4, when no dense table fits
+        self.codes4 = np.zeros(0, dtype=np.int64)
+        self.keys6 = np.zeros(0, dtype=np.dtype((np.void, 16)))
+        self.codes6 = np.zeros(0, dtype=np.int64)
+        self.generation = -1
+
+    def sync(self, engine: Engine) -> None:
+        """Read what the engine's applies changed since the last sync."""
+        if engine.generation == self.generation:
+            return
+        changed = engine.changed_since(self.generation)
+        cluster = engine.cluster
+        slices = (cluster.slices.values() if changed is None else
+                  [sl for ns, name in sorted(changed) for sl in cluster.slices_for(ns, name)])
+        new4: list[tuple[int, int]] = []
+        new6: list[tuple[bytes, int]] = []
+        for sl in slices:
             for ep in sl.endpoints:
                 pod = ep.target.split(" ", 1)[1] if ep.target and ep.target.startswith("Pod ") else None
                 for ip in ep.addresses:
-                    owners.setdefault(ip, (ep.node_name, pod))
-        v4 = sorted((int(ipaddress.IPv4Address(ip)), ip) for ip in owners if ":" not in ip)
-        v6 = sorted((ipaddress.IPv6Address(ip).packed, ip) for ip in owners if ":" in ip)
-        self.keys4 = np.array([k for k, _ in v4], dtype=np.uint32)
-        # IPv4 endpoints usually sit in one pod range: a direct table from address to index
-        # (-1: none) beats a binary search when that range is small enough
-        self.dense4: np.ndarray | None = None
-        if len(self.keys4) and int(self.keys4[-1]) - int(self.keys4[0]) < DENSE_SPAN:
-            self.dense4 = np.full(int(self.keys4[-1]) - int(self.keys4[0]) + 1, -1, dtype=np.int32)
-            self.dense4[self.keys4.astype(np.int64) - int(self.keys4[0])] = np.arange(len(self.keys4), dtype=np.int32)
-        self.keys6 = np.array([k for k, _ in v6], dtype=np.dtype((np.void, 16)))
-        self.texts = [ip for _, ip in v4] + [ip for _, ip in v6]
-        self.endpoints = self._vocabs(self.texts, owners)
-        # who an address belonged to, kept across updates for the flows that outlive it
-        past = _PAST.setdefault(engine, {})
-        past.update(owners)
+                    code = self._code(ip, new4, new6)
+                    self.node.set(code, ep.node_name)
+                    self.pod.set(code, pod)
+        self._index(new4, new6)
+        for i in range(self.n_services, len(engine.service_ports)):
+            info = engine.service_ports[i]
+            for name, word in (("namespace", info.namespace), ("service", info.service),
+                               ("port_name", info.port_name)):
+                self.services[name].set(i, word)
+        self.n_services = len(engine.service_ports)
+        self.generation = engine.generation
 
-    @staticmethod
-    def _vocabs(texts: list[str], owners: Mapping[str, tuple[str | None, str | None]]
-                ) -> dict[str, tuple[_Vocab, np.ndarray]]:
-        nodes = [owners.get(ip, (None, None))[0] for ip in texts]
-        pods = [owners.get(ip, (None, None))[1] for ip in texts]
-        return {
-            "endpoint_ip": (_Vocab(texts), np.ones(max(len(texts), 1), dtype=bool)),
-            "endpoint_node": (_Vocab([x or "" for x in nodes]), np.array([x is not None for x in nodes] or [False])),
-            "endpoint_pod": (_Vocab([x or "" for x in pods]), np.array([x is not None for x in pods] or [False])),
-        }
+    def _code(self, ip: str, new4: list[tuple[int, int]], new6: list[tuple[bytes, int]]) -> int:
+        code = self.code.get(ip)
+        if code is None:
+            code = self.code[ip] = len(self.code)
+            self.ip.set(code, ip)
+            if ":" in ip:
+                new6.append((ipaddress.IPv6Address(ip).packed, code))
+            else:
+                new4.append((int(ipaddress.IPv4Address(ip)), code))
+        return code
 
-    def with_gone(self, engine: Engine, rows: np.ndarray, codes: np.ndarray, ep4: np.ndarray, ep6: np.ndarray,
-                  fam: np.ndarray) -> tuple[np.ndarray, dict[str, tuple[_Vocab, np.ndarray]]]:
-        """Codes and dictionaries that also name the endpoints of ``rows``, which the
-        cluster no longer has (their node and pod from when it had them)."""
-        texts = [str(ipaddress.IPv4Address(int(ep4[i]))) if fam[i] == 4 else
-                 str(ipaddress.IPv6Address(bytes(ep6[i]))) for i in rows.tolist()]
-        extra = sorted(set(texts))
-        at = {w: len(self.texts) + k for k, w in enumerate(extra)}
-        codes = codes.copy()
-        codes[rows] = [at[t] for t in texts]
-        return codes, self._vocabs(self.texts + extra, _PAST.get(engine, {}))
+    def _index(self, new4: list[tuple[int, int]], new6: list[tuple[bytes, int]]) -> None:
+        """Put new addresses in the lookup tables: IPv4 in a direct table over their range
+        while it spans at most DENSE_SPAN (one pod range, usually), else sorted arrays."""
+        if new4:
+            a = np.array([k for k, _ in new4], dtype=np.int64)
+            c = np.array([v for _, v in new4], dtype=np.int64)
+            dense = self.dense4
+            if dense is not None:
+                lo = min(int(a.min()), self.lo4) if len(dense) else int(a.min())
+                hi = max(int(a.max()), self.lo4 + len(dense) - 1) if len(dense) else int(a.max())
+                if hi - lo < DENSE_SPAN:
+                    if lo != self.lo4 or hi - lo + 1 != len(dense):  # a wider range: the old one moved in
+                        grown = np.full(hi - lo + 1, -1, dtype=np.int32)
+                        grown[self.lo4 - lo:self.lo4 - lo + len(dense)] = dense
+                        dense, self.lo4 = grown, lo
+                        self.dense4 = dense
+                    dense[a - lo] = c
+                    a = a[:0]
+                else:  # too wide: every address so far to the sorted arrays
+                    have = np.flatnonzero(dense >= 0)
+                    a = np.concatenate([have + self.lo4, a])
+                    c = np.concatenate([dense[have].astype(np.int64), c])
+                    self.dense4 = None
+            if len(a):
+                self.keys4, self.codes4 = _insert_sorted(self.keys4, self.codes4, a.astype(np.uint32), c)
+        if new6:
+            self.keys6, self.codes6 = _insert_sorted(
+                self.keys6, self.codes6, np.array([k for k, _ in new6], dtype=self.keys6.dtype),
+                np.array([v for _, v in new6], dtype=np.int64))
+
+    def add_addresses(self, ep4: np.ndarray, ep6: np.ndarray, fam: np.ndarray) -> None:
+        """Give codes to endpoint addresses never seen (no node or pod known)."""
+        new4: list[tuple[int, int]] = []
+        new6: list[tuple[bytes, int]] = []
+        for a in sorted(set(ep4[fam == 4].tolist())):
+            ip = str(ipaddress.IPv4Address(a))
+            if ip not in self.code:
+                self.node.set(self._code(ip, new4, new6), None)
+        for raw in sorted({bytes(r) for r in ep6[fam == 6]}):
+            ip = str(ipaddress.IPv6Address(raw))
+            if ip not in self.code:
+                self.node.set(self._code(ip, new4, new6), None)
+        for code in range(self.pod.codes, len(self.code)):
+            self.pod.set(code, None)
+        self._index(new4, new6)
 
     def endpoint_codes(self, ep4: np.ndarray, ep6: np.ndarray, fam: np.ndarray,
                        dnat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each DNAT record's endpoint as an index into the cluster's endpoints, and
-        whether it was found there (a flow's endpoint always is, unless the table is stale)."""
+        """Each DNAT record's endpoint as its code, and whether it has one."""
         codes = np.zeros(len(ep4), dtype=np.int64)
         known = np.zeros(len(ep4), dtype=bool)
         dense = self.dense4
-        if dense is not None:  # IPv4 through the direct table, IPv6 below
+        if dense is not None and len(dense):  # IPv4 through the direct table, IPv6 below
             sel = dnat & (fam == 4)
-            offset = ep4.astype(np.int64) - int(self.keys4[0])
+            offset = ep4.astype(np.int64) - self.lo4
             inside = sel & (offset >= 0) & (offset < len(dense))
             got = np.where(inside, dense[np.where(inside, offset, 0)], -1)
             known = got >= 0
             codes = np.maximum(got, 0).astype(np.int64)
-        for keys, values, sel_idx, base in (
-            (self.keys4 if dense is None else self.keys4[:0], ep4, np.flatnonzero(dnat & (fam == 4)), 0),
-            (self.keys6, np.ascontiguousarray(ep6).view(np.dtype((np.void, 16))).ravel(),
-             np.flatnonzero(dnat & (fam == 6)), len(self.keys4)),
-        ):
+        sorted_tables: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = [
+            (self.keys6, self.codes6, np.ascontiguousarray(ep6).view(np.dtype((np.void, 16))).ravel(), 6)]
+        if dense is None:
+            sorted_tables.append((self.keys4, self.codes4, ep4, 4))
+        for keys, values, want_all, f in sorted_tables:
+            sel_idx = np.flatnonzero(dnat & (fam == f))
             if not len(sel_idx) or not len(keys):
                 continue
-            want = values[sel_idx]
+            want = want_all[sel_idx]
             pos = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
             hit = keys[pos] == want
-            codes[sel_idx] = np.where(hit, pos + base, 0)
+            codes[sel_idx] = np.where(hit, values[pos], 0)
             known[sel_idx] = hit
         return codes, known
 
 
-_PAST: weakref.WeakKeyDictionary[Any, dict[str, tuple[str | None, str | None]]] = weakref.WeakKeyDictionary()
+def _insert_sorted(keys: np.ndarray, codes: np.ndarray, new: np.ndarray,
+                   new_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``keys`` (and their ``codes``) with new keys put in place: a sort of the new
+    ones and one move of the old, not a sort of all."""
+    order = np.argsort(new, kind="stable")
+    new, new_codes = new[order], new_codes[order]
+    at = np.searchsorted(keys, new)
+    return np.insert(keys, at, new), np.insert(codes, at, new_codes)
+
+
+_WORDS: weakref.WeakKeyDictionary[Any, _Words] = weakref.WeakKeyDictionary()
 
 
 def _words(engine: Engine) -> _Words:
-    got: _Words | None = engine._derived.get("flows")
+    got = _WORDS.get(engine)
     if got is None:
-        got = engine._derived["flows"] = _Words(engine)
+        got = _WORDS[engine] = _Words()
+    got.sync(engine)
     return got
 
 

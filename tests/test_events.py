@@ -206,3 +206,16 @@ def test_classify_takes_each_records_time_column() -> None:
     n = len(clients)
     assert got[:n] == got[n:2 * n]  # 5 s later: still affine
     assert got[:n] != got[2 * n:]  # 40 s later the affinity (10 s) has expired for every client
+
+
+@pytest.mark.parametrize("impl", ["compiled", "python"])
+def test_changed_since_names_what_each_apply_recomputed(impl: str) -> None:
+    """What classify's dictionaries follow: only the Services an apply recomputed are read again."""
+    eng = engine(impl)
+    start = eng.generation
+    eng.apply([endpoint_change(T0, ["10.0.0.9"])["object"]])
+    assert eng.changed_since(start) == {("ns", "web")} and eng.changed_since(eng.generation) == set()
+    eng.apply([node("n2", "192.168.0.3")])  # a Node: everything recomputed
+    assert eng.changed_since(start) is None and eng.changed_since(-1) is None
+    got = flows.classify(flows_table([(T0, "10.1.0.1", 1, 80, "TCP")]), eng)
+    assert got.column("endpoint_ip").to_pylist() == ["10.0.0.9"]

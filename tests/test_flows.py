@@ -163,7 +163,7 @@ def test_the_endpoint_search_without_the_direct_table(monkeypatch: pytest.Monkey
     monkeypatch.setattr(flows, "DENSE_SPAN", 0)  # IPv4 endpoints found by binary search instead
     eng = engine()
     got = flows.classify(pa.table(cols), eng, track=False)
-    assert eng._derived["flows"].dense4 is None
+    assert flows._words(eng).dense4 is None
     assert got_rows(got) == want and got.column("endpoint_node").null_count < got.num_rows
 
 
