@@ -160,10 +160,21 @@ def _vpc_v2_record(tokens: list[str]) -> bool:
 # --------------------------------------------------------------------------- reading blocks
 
 
-def _blocks(f: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
+def _blocks(f: IO[bytes], stats: ReadStats) -> Iterator[tuple[int, bytes]]:
     """The stream as blocks of whole lines: ``(number of the first line, bytes)``, every line
     ending in a newline (one is added to a last line without). A line longer than
-    :data:`MAX_LINE` comes alone as ``(its number, None)``, its bytes dropped as they arrive."""
+    :data:`MAX_LINE` is counted in ``stats`` as a record skipped (:data:`LONG_LINE`), its
+    bytes dropped as they arrive."""
+    for number, block in _cut(f):
+        if block is None:
+            stats.records += 1
+            stats.skip(LONG_LINE, number)
+        else:
+            yield number, block
+
+
+def _cut(f: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
+    """:func:`_blocks`, with a line too long as ``(its number, None)``."""
     number, rest, dropping = 1, b"", False
     while True:
         data = f.read(BLOCK)
@@ -446,11 +457,7 @@ def read_vpc(f: IO[bytes], stats: ReadStats, chunk: int = 1 << 16) -> Iterator[A
     1 MiB``. InputError when the first line is a header without the fields a lookup needs."""
     out = _Chunks(chunk)
     state: tuple[tuple[str, ...], bool] | None = None  # the fields, and whether a header named them
-    for first, block in _blocks(f):
-        if block is None:
-            stats.records += 1
-            stats.skip(LONG_LINE, first)
-            continue
+    for first, block in _blocks(f, stats):
         scan = _Scan(block, first)
         lines = np.flatnonzero(scan.count > 0)
         heads: dict[int, tuple[str, ...]] = {}
@@ -591,11 +598,7 @@ def read_conntrack(f: IO[bytes], stats: ReadStats, chunk: int = 1 << 16) -> Iter
     ``addresses of different families``, ``not a conntrack entry``, ``not UTF-8``, ``line
     longer than 1 MiB``."""
     out = _Chunks(chunk)
-    for first, block in _blocks(f):
-        if block is None:
-            stats.records += 1
-            stats.skip(LONG_LINE, first)
-            continue
+    for first, block in _blocks(f, stats):
         scan = _Scan(block, first)
         lines = np.flatnonzero(scan.count > 0)
         tool = lines[scan.word(scan.tfirst[lines], b"conntrack")] if len(lines) else lines
@@ -851,11 +854,7 @@ def read_hubble(f: IO[bytes], stats: ReadStats, chunk: int = 1 << 16) -> Iterato
     (ICMPv4)``, ``sport: not a port``, ``src: not an IP address``, ``addresses of different
     families``, ``line longer than 1 MiB``."""
     out = _Chunks(chunk)
-    for first, block in _blocks(f):
-        if block is None:
-            stats.records += 1
-            stats.skip(LONG_LINE, first)
-            continue
+    for first, block in _blocks(f, stats):
         cols: tuple[list[Any], ...] = tuple([] for _ in range(12))
         adds = tuple(c.append for c in cols)
         for i, raw in enumerate(block.split(b"\n")[:-1]):

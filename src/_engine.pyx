@@ -166,18 +166,25 @@ cdef extern from "string.h" nogil:
     const void *memchr(const void *s, int c, size_t n)
 
 
+cdef object _validity(object validity, Py_ssize_t n, str wrong):
+    """``validity`` as n contiguous bytes (a one-byte stand-in when None: nothing is read
+    then), or ValueError(``wrong``)."""
+    if validity is None:
+        return np.ones(1, dtype=np.uint8)
+    ok = np.ascontiguousarray(validity, dtype=np.uint8)
+    if ok.shape[0] != n:
+        raise ValueError(wrong)
+    return ok
+
+
 def split_mapped(raw, validity=None):
     """Families and IPv4 addresses of (n, 16) uint8 addresses, IPv4 mapped into
     ``::ffff:0:0/96`` (what kproxy_core.captures writes): family 4 and the address for a
     mapped one, 6 for any other, 0 where ``validity`` is False. Returns ``(family, v4)``."""
     cdef const uint8_t[:, ::1] a = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, 16)
     cdef Py_ssize_t n = a.shape[0], i
-    cdef const uint8_t[::1] ok
+    cdef const uint8_t[::1] ok = _validity(validity, n, "split_mapped: validity must hold one entry per address")
     cdef bint has_valid = validity is not None
-    if has_valid:
-        ok = np.ascontiguousarray(validity, dtype=np.uint8)
-        if ok.shape[0] != n:
-            raise ValueError("split_mapped: validity must hold one entry per address")
     family_arr = np.zeros(n, dtype=np.uint8)
     v4_arr = np.zeros(n, dtype=np.uint32)
     cdef uint8_t[::1] fam = family_arr
@@ -207,12 +214,8 @@ def parse_ips(offsets, data, validity=None):
     cdef Py_ssize_t n = off.shape[0] - 1, size = len(data), i
     if n < 0:
         raise ValueError("parse_ips: offsets must hold n + 1 entries")
-    cdef const uint8_t[::1] ok
+    cdef const uint8_t[::1] ok = _validity(validity, n, "parse_ips: validity must hold one entry per string")
     cdef bint has_valid = validity is not None
-    if has_valid:
-        ok = np.ascontiguousarray(validity, dtype=np.uint8)
-        if ok.shape[0] != n:
-            raise ValueError("parse_ips: validity must hold one entry per string")
     for i in range(n):
         if off[i] < 0 or off[i + 1] < off[i] or off[i + 1] > size:
             raise ValueError(f"parse_ips: offsets[{i}:{i + 2}] = {off[i]}, {off[i + 1]} do not fit {size} bytes")
