@@ -292,8 +292,9 @@ def _packet_files(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _wants_tables(args: argparse.Namespace, files: list[str]) -> bool:
-    """The table path (pyarrow): any input but CSV/JSON 5-tuples, or an option only it has."""
+def _wants_tables(args: argparse.Namespace, files: list[str], found: dict[str, str]) -> bool:
+    """The table path (pyarrow): any input but CSV/JSON 5-tuples, or an option only it has.
+    The format found for the one file, if it was looked at, goes into ``found``."""
     if args.events or args.summary or args.format or args.dask or len(files) > 1:
         return True
     if args.out and os.path.splitext(args.out)[1].lower() in (".parquet", ".csv"):
@@ -301,15 +302,18 @@ def _wants_tables(args: argparse.Namespace, files: list[str]) -> bool:
     from .traffic import detect
 
     try:
-        return detect(files[0]) not in ("csv", "jsonl")
+        found[files[0]] = detect(files[0])
     except KproxyError:
         return False  # the CSV/JSON reader names what is wrong
+    return found[files[0]] not in ("csv", "jsonl")
 
 
-def _classify_table(args: argparse.Namespace, engine: Engine, files: list[str]) -> int:
+def _classify_table(args: argparse.Namespace, engine: Engine, files: list[str],
+                    found: dict[str, str]) -> int:
     """Any traffic file in (kproxy_core.traffic), streamed by chunks through
     kproxy_core.flows (or kproxy_core.events with --events); Parquet, JSON lines or CSV out
-    by the extension of --out; counts (and with --summary the summary) on stdout."""
+    by the extension of --out; counts (and with --summary the summary) on stdout. ``found``:
+    formats already found, by file."""
     from . import events as timed_mod
     from . import flows, inputs, traffic
 
@@ -335,12 +339,14 @@ def _classify_table(args: argparse.Namespace, engine: Engine, files: list[str]) 
     read = inputs.ReadStats()
     timed = timed_mod.TimedStats()
     summary = _Summary(args.top)
+    formats: set[str] = set()
     progress = inputs.Progress(read, sum(inputs.file_size(f) or 0 for f in files) or None,
                                sys.stderr.isatty() and not args.no_progress)
     try:
         for path in files:
             engine.clear_flows()  # flows are a file's own (one capture, one node's log)
-            fmt = args.format or traffic.detect(path)
+            fmt = args.format or found.get(path) or traffic.detect(path)
+            formats.add(fmt)
             tables = traffic.read_tables(path, fmt, read)
             got_tables = (timed_mod.classify_timed(tables, engine, timeline, stats=stats, timed=timed)
                           if timeline is not None else
@@ -379,7 +385,7 @@ def _classify_table(args: argparse.Namespace, engine: Engine, files: list[str]) 
         if text_out is not None:
             text_out.close()
         progress.close()
-    if all((args.format or "") == "pcap" or _is_capture(f) for f in files):
+    if formats == {"pcap"}:
         print(f"{read.records} packets in the capture, {read.kept} looked up")
         for line in read.lines("packet"):
             print(f"  {line}")
@@ -499,15 +505,6 @@ def _proto_text(p: Any) -> str:
     return {"6": "TCP", "17": "UDP", "132": "SCTP"}.get(str(p), str(p).upper())
 
 
-def _is_capture(path: str) -> bool:
-    if path == "-" or not os.path.isfile(path):
-        return False
-    from .captures import _open, is_capture
-
-    with _open(path) as f:
-        return is_capture(f.read(4))
-
-
 def _addresses_as_text(table: Any) -> Any:
     """src and dst of a capture's table (16-byte, IPv4 mapped) as address strings."""
     import ipaddress
@@ -588,8 +585,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
     cluster = _load(args.files)
     engine = _engine(args, cluster)
     _warn(cluster, engine)
-    if _wants_tables(args, files):
-        return _classify_table(args, engine, files)
+    found: dict[str, str] = {}
+    if _wants_tables(args, files, found):
+        return _classify_table(args, engine, files, found)
     args.packets = files[0]
     names = [s.name for s in engine.service_ports]
     per_service: Counter[str] = Counter()
