@@ -41,6 +41,9 @@ def _add_cluster(p: argparse.ArgumentParser, required: bool = True) -> None:
         "-f", "--filename", dest="files", action="append", required=required, metavar="CLUSTER",
         help="manifests: a file, a directory or - for stdin (repeatable)",
     )
+    p.add_argument("--all-problems", action="store_true",
+                   help=f"print every error and warning about the input (default: the first {MAX_LINES} of each, "
+                        "then how many more)")
 
 
 def _add_engine(p: argparse.ArgumentParser) -> None:
@@ -94,9 +97,24 @@ def _engine(args: argparse.Namespace, cluster: Cluster) -> Engine:
     )
 
 
+MAX_LINES = 10  # errors or warnings printed about one input before a count of the rest
+_all_problems = False  # --all-problems
+
+
+def _print_lines(level: str, lines: Sequence[str], noun: str) -> None:
+    """Every line when asked for, else the first MAX_LINES and how many more (a dump
+    with one systematic problem would otherwise print it hundreds of times)."""
+    shown = lines if _all_problems or len(lines) <= MAX_LINES else lines[:MAX_LINES]
+    for line in shown:
+        print(f"{PROG}: {level}: {line}", file=sys.stderr)
+    if len(shown) < len(lines):
+        more = len(lines) - len(shown)
+        print(f"{PROG}: {level}: ... and {more} more {noun}{'s' if more != 1 else ''} "
+              "(--all-problems prints every one)", file=sys.stderr)
+
+
 def _warn(cluster: Cluster, engine: Engine | None = None) -> None:
-    for w in (engine.warnings if engine else cluster.warnings):
-        print(f"{PROG}: warning: {w}", file=sys.stderr)
+    _print_lines("warning", engine.warnings if engine else cluster.warnings, "warning")
 
 
 # --------------------------------------------------------------------------- trace
@@ -1124,11 +1142,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    global _all_problems
+    _all_problems = bool(getattr(args, "all_problems", False))
     try:
         return int(args.func(args))
     except (ManifestError, UsageError) as e:
-        for line in str(e).splitlines() or [type(e).__name__]:
-            print(f"{PROG}: error: {line}", file=sys.stderr)
+        _print_lines("error", str(e).splitlines() or [type(e).__name__], "problem")
         return 2
     except PluginError as e:  # not the input's fault: a plugin failed
         print(f"{PROG}: error: {e}", file=sys.stderr)

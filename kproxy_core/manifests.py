@@ -73,6 +73,7 @@ SKIP_MIRROR_LABEL = "endpointslice.kubernetes.io/skip-mirror"
 # resourcelock.LeaderElectionRecordAnnotationKey: such Endpoints are never mirrored.
 LEADER_ANNOTATION = "control-plane.alpha.kubernetes.io/leader"
 ZONE_LABEL = "topology.kubernetes.io/zone"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
 LEGACY_ZONE_LABEL = "failure-domain.beta.kubernetes.io/zone"
 # kube-controller-manager --mirroring-max-endpoints-per-subset default.
 MIRRORING_MAX_ENDPOINTS_PER_SUBSET = 1000
@@ -183,6 +184,10 @@ def _read_objects(sources: tuple[Any, ...]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _read_path(path: Path, name: str, out: list[tuple[str, dict[str, Any]]], problems: list[str]) -> None:
+    if not name.strip():
+        # Path("") is the current directory: never walk it by accident
+        problems.append(f"{_q(name)}: an empty path (give a file, a directory, or - for standard input)")
+        return
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.name.lower().endswith(_MANIFEST_SUFFIXES) and p.is_file())
         for p in files:
@@ -270,7 +275,20 @@ def _flatten(origin: str, doc: Any, out: list[tuple[str, dict[str, Any]]], probl
         if not isinstance(items, list):
             problems.append(f"{origin}: items: must be a list, not {_what(items)}")
             return
+        # A typed list (ServiceList, NodeList, ...) as the API server returns it: the items
+        # carry no apiVersion/kind. Like apimachinery's unstructured list decoding, an item
+        # with neither gets the list's apiVersion and its kind minus "List".
+        item_kind = kind[: -len("List")]
+        list_api = doc.get("apiVersion")
         for j, item in enumerate(items):
+            if (
+                item_kind
+                and isinstance(item, Mapping)
+                and not item.get("kind")
+                and not item.get("apiVersion")
+                and "object" not in item
+            ):
+                item = {"apiVersion": list_api, "kind": item_kind, **item}
             _flatten(f"{origin}.items[{j}]", item, out, problems)
         return
     out.append((origin, doc if type(doc) is dict else dict(doc)))
@@ -349,6 +367,8 @@ def _apply_objects(
     for ws in b.object_warnings.values():
         warnings.extend(ws)
     warnings.extend(cross_warnings)
+    if b.read_beta_slices:
+        warnings.append(BETA_SLICE_NOTE)
 
     cluster = Cluster(
         services=b.services.result(),
@@ -428,6 +448,7 @@ class _Builder:
         self._plain_seen: set[ObjectKey] = set()
         # plugins that read objects as other objects (kproxy_read_object): asked only if any
         self._readers = bool(plugins.hook.kproxy_read_object.get_hookimpls())
+        self.read_beta_slices = False  # a discovery.k8s.io/v1beta1 EndpointSlice was read
 
     def feed(self, origin: str, obj: Mapping[str, Any], problems: list[str]) -> None:
         deleting = False
@@ -463,12 +484,11 @@ class _Builder:
         api, kind, namespace, name, meta = ident
         if self._readers and via is None and self._read_by_plugin(origin, obj, deleting, is_event, problems, ident):
             return
+        if kind == "EndpointSlice" and api == _SLICE_API_BETA:
+            obj = _slice_from_v1beta1(obj)
+            api = _SLICE_API
+            self.read_beta_slices = True
         if (api, kind) not in _READ_KINDS:
-            if kind == "EndpointSlice" and api == _SLICE_API_BETA and not deleting:
-                self.object_warnings[("skipped", namespace, name)] = [
-                    f"EndpointSlice {namespace}/{name}: apiVersion: {api} is not read by "
-                    f"kube-proxy (only {_SLICE_API}); skipped"
-                ]
             return
         key: ObjectKey = (kind, namespace, name)
         self.touched.add(key)
@@ -590,6 +610,42 @@ class _Builder:
                 nodes.add(name)
             # any other kind was read by a plugin as the objects above (also touched)
         return ChangeSet(frozenset(services), frozenset(nodes), bool(nodes), cidrs)
+
+
+BETA_SLICE_NOTE = (
+    f"EndpointSlice: apiVersion {_SLICE_API_BETA} is read as the API server converts it to {_SLICE_API}: "
+    'each endpoint\'s topology["topology.kubernetes.io/zone"] becomes its zone, and without a nodeName '
+    'its topology["kubernetes.io/hostname"] becomes the nodeName (where kube-proxy looked before that field existed)'
+)
+
+
+def _slice_from_v1beta1(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A ``discovery.k8s.io/v1beta1`` EndpointSlice in its v1 form.
+
+    The two versions differ only in where an endpoint's node and zone live. The API
+    server's conversion (pkg/apis/discovery/v1beta1/conversion.go) moves
+    ``topology["topology.kubernetes.io/zone"]`` into ``zone`` and keeps ``nodeName``;
+    slices written before the ``nodeName`` field existed (Kubernetes 1.19/1.20) name the
+    node only as ``topology["kubernetes.io/hostname"]``, which kube-proxy then read for
+    locality, so that value becomes ``nodeName`` when the field is absent. Anything
+    malformed is left as it is, for the v1 checks to report.
+    """
+    endpoints = obj.get("endpoints")
+    if type(endpoints) is not list:
+        return obj
+    converted: list[Any] = []
+    for e in endpoints:
+        topology = e.get("topology") if isinstance(e, Mapping) else None
+        if isinstance(e, Mapping) and isinstance(topology, Mapping):
+            e = dict(e)
+            zone = topology.get(ZONE_LABEL)
+            if e.get("zone") is None and zone is not None:
+                e["zone"] = zone
+            host = topology.get(HOSTNAME_LABEL)
+            if e.get("nodeName") is None and host is not None:
+                e["nodeName"] = host
+        converted.append(e)
+    return {**obj, "endpoints": converted}
 
 
 def _identify(

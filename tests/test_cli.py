@@ -97,6 +97,32 @@ def test_bad_manifest_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
+
+def test_many_problems_are_summarised(tmp_path: Path) -> None:
+    # a dump with one systematic problem printed it once per object (84 lines for 03)
+    docs = [
+        f"apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\n"
+        f"spec:\n  clusterIP: 10.96.0.{i + 1}\n  ports:\n  - {{name: a, port: 70000}}\n"
+        for i in range(25)
+    ]
+    (tmp_path / "bad.yaml").write_text("---\n".join(docs))
+    r = run("rules", "-f", str(tmp_path / "bad.yaml"))
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 11, r.stderr
+    assert lines[0] == "kproxy: error: Service default/s0: spec.ports[0].port: 70000 is not a valid port"
+    assert lines[-1] == "kproxy: error: ... and 15 more problems (--all-problems prints every one)"
+    r = run("rules", "-f", str(tmp_path / "bad.yaml"), "--all-problems")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 25
+    # warnings the same way: 25 orphan slices
+    (tmp_path / "orphans.yaml").write_text("---\n".join(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n"
+        f"metadata: {{name: o{i}, namespace: default, labels: {{kubernetes.io/service-name: gone}}}}\n"
+        "endpoints: []\nports: []\n" for i in range(25)))
+    r = run("rules", "-f", str(tmp_path / "orphans.yaml"))
+    lines = r.stderr.splitlines()
+    assert r.returncode == 0 and len(lines) == 11 and lines[-1].startswith("kproxy: warning: ... and 15 more warnings")
+
+
 PACKETS = [
     ("100.96.1.5", 40000, "100.68.181.31", 80, "TCP"),
     ("203.0.113.9", 40001, "172.20.40.11", 30379, "TCP"),

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from kproxy_core.errors import ManifestError
 from kproxy_core.manifests import (
+    BETA_SLICE_NOTE,
     ChangeSet,
     apply_objects,
     cluster_from_objects,
@@ -752,15 +753,68 @@ def test_slice_warnings() -> None:
     assert cluster.slices[("default", "unlabelled")].service_name == ""
 
 
-def test_v1beta1_slice_is_skipped_with_warning() -> None:
-    beta = eps()
+def test_v1beta1_slice_is_read_as_v1_with_one_warning() -> None:
+    topo = {"kubernetes.io/hostname": "n2", "topology.kubernetes.io/zone": "z1", "topology.kubernetes.io/region": "r"}
+    beta = eps(endpoints=[
+        {"addresses": ["10.0.1.1"], "conditions": {"ready": True}, "topology": topo},
+        # the nodeName field wins over the topology hostname; a zone field over the topology zone
+        {"addresses": ["10.0.1.2"], "conditions": {"ready": False}, "nodeName": "n3", "zone": "z9",
+         "topology": topo, "hints": {"forZones": [{"name": "z1"}]}},
+        {"addresses": ["10.0.1.3"]},
+    ])
     beta["apiVersion"] = "discovery.k8s.io/v1beta1"
-    cluster = cluster_from_objects([svc(), beta])
-    assert cluster.slices == {}
-    assert cluster.warnings == (
-        "EndpointSlice default/web-abc: apiVersion: discovery.k8s.io/v1beta1 is not read by "
-        "kube-proxy (only discovery.k8s.io/v1); skipped",
-    )
+    other = eps(name="web-def", endpoints=[{"addresses": ["10.0.1.4"], "topology": topo}])
+    other["apiVersion"] = "discovery.k8s.io/v1beta1"
+    cluster = cluster_from_objects([svc(), beta, other])
+    e = cluster.slices[("default", "web-abc")].endpoints
+    assert [(x.addresses, x.node_name, x.zone, x.ready) for x in e] == [
+        (("10.0.1.1",), "n2", "z1", True),
+        (("10.0.1.2",), "n3", "z9", False),
+        (("10.0.1.3",), None, None, True),
+    ]
+    assert e[1].zone_hints == ("z1",)
+    assert cluster.slices[("default", "web-def")].endpoints[0].node_name == "n2"
+    # one line for the whole input, not one per slice
+    assert cluster.warnings == (BETA_SLICE_NOTE,)
+
+
+def test_v1beta1_slice_errors_name_the_slice() -> None:
+    beta = eps(endpoints=[{"addresses": ["10.0.1.1"], "topology": {"kubernetes.io/hostname": 7}}])
+    beta["apiVersion"] = "discovery.k8s.io/v1beta1"
+    with pytest.raises(ManifestError, match=r"^EndpointSlice default/web-abc: endpoints\[0\]\.nodeName: 7"):
+        cluster_from_objects([svc(), beta])
+
+
+def test_typed_list_items_take_the_list_kind() -> None:
+    # kubectl cluster-info dump / the API server: items of a typed list carry no apiVersion/kind
+    service = svc()
+    del service["apiVersion"], service["kind"]
+    nodes = {"apiVersion": "v1", "kind": "NodeList",
+             "items": [{"metadata": {"name": "n1"}, "status": {"addresses": [{"type": "InternalIP",
+                                                                                "address": "192.168.0.1"}]}}]}
+    doc = {"apiVersion": "v1", "kind": "ServiceList", "metadata": {}, "items": [service]}
+    events = {"apiVersion": "v1", "kind": "EventList", "items": [{"metadata": {"name": "e1"}}]}
+    cluster = cluster_from_objects(read_objects(doc, nodes, events))
+    assert list(cluster.services) == [("default", "web")]
+    assert list(cluster.nodes) == ["n1"]
+    # an item that names its own kind keeps it; one with only one of the two is not guessed
+    half = svc(name="half")
+    del half["kind"]
+    with pytest.raises(ManifestError, match=r"items\[0\]: kind: required"):
+        read_and_build({"apiVersion": "v1", "kind": "ServiceList", "items": [half]})
+
+
+def read_and_build(*docs: Any) -> Cluster:
+    return cluster_from_objects(read_objects(*docs))
+
+
+@pytest.mark.parametrize("path", ["", " "])
+def test_an_empty_path_is_an_error_not_the_current_directory(path: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "svc.yaml").write_text(yaml.safe_dump(svc()))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ManifestError, match="an empty path"):
+        read_objects(path)
 
 
 # ----------------------------------------------------------------------------- Endpoints
