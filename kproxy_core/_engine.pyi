@@ -82,9 +82,9 @@ class Core:
     (other protocols: 30 s). ``stale_flows`` says which flows a load or update drops
     when their endpoint left their service: ``"udp"`` the UDP ones only, as kube-proxy's
     conntrack cleanup (TCP and SCTP flows keep their endpoint until they time out),
-    ``"all"`` every one. Raises ValueError for a capacity below 1, timeouts that are not
-    three positive numbers or another ``stale_flows``, MemoryError for tables too large
-    to allocate.
+    ``"all"`` every one. Raises ValueError for a seed or capacity that is not an integer, a
+    capacity below 1, timeouts that are not three positive numbers (infinity: never) or
+    another ``stale_flows``, MemoryError for tables too large to allocate.
     """
 
     def __init__(
@@ -125,8 +125,8 @@ class Core:
 
         ``src``/``dst``: addresses as text or int (both of one family); ``proto``:
         "TCP"/"UDP"/"SCTP" (or lower case) or 6/17/132; ports: ints 0-65535; ``now``:
-        seconds (None: the wall clock). Bad addresses, ports, protocols or mixed
-        families raise PacketError.
+        seconds, a finite real number (None: the wall clock). Bad addresses, ports,
+        protocols, times or mixed families raise PacketError.
         """
 
     def lookup_batch(
@@ -147,8 +147,9 @@ class Core:
         Engine facade converts; the core does not): ``src``/``dst`` uint32, ``dport``
         and ``sport`` uint16 (``sport`` None: all 0), ``proto`` uint8; anything else
         raises PacketError. ``now``: the clock for flow and affinity timeouts, one
-        number for the batch (None: the wall clock) or each packet's own time (a float64
-        array of n finite times; PacketError otherwise). Each row gets verdict, service
+        finite number for the batch (None: the wall clock) or each packet's own time (a
+        float64 array of n finite times; PacketError otherwise, naming the first bad
+        index). Each row gets verdict, service
         (index, -1 for none), frontend, ep_ip, ep_port (0 unless DNAT) and masq.
         """
 

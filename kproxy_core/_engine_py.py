@@ -17,6 +17,7 @@ Flow bucket: (h >> 16) & (buckets - 1), tag h & 0xffff (0 -> 1); 8 slots per buc
 from __future__ import annotations
 
 import ipaddress
+import math
 import operator
 import socket
 import threading
@@ -712,15 +713,10 @@ class Core:
         timeouts: Sequence[float] = (86400.0, 30.0, 432000.0),
         stale_flows: str = "udp",
     ) -> None:
-        if flow_capacity < 1 or affinity_capacity < 1:
-            raise ValueError("table capacities must be positive")
-        if len(timeouts) != 3 or any(not (t > 0) for t in timeouts):
-            raise ValueError("timeouts must be three positive numbers (TCP, UDP, SCTP)")
-        if stale_flows not in STALE_FLOWS:
-            raise ValueError(f"stale_flows must be one of {', '.join(STALE_FLOWS)}, not {stale_flows!r}")
+        self.seed, flow_capacity, affinity_capacity, t = check_options(
+            seed, flow_capacity, affinity_capacity, timeouts, stale_flows)
         self.stale_udp_only = stale_flows == "udp"
-        self.seed = seed & M64
-        self.timeouts = {6: float(timeouts[0]), 17: float(timeouts[1]), 132: float(timeouts[2])}
+        self.timeouts = {6: t[0], 17: t[1], 132: t[2]}
         self.flows = (_Bucketed(flow_capacity), _Bucketed(flow_capacity))
         self.aff = (_Bucketed(affinity_capacity), _Bucketed(affinity_capacity))
         self.fam: tuple[_Family | None, _Family | None] = (None, None)
@@ -849,7 +845,7 @@ class Core:
         p = _proto(proto)
         _check_port(dport, "dport")
         _check_port(sport, "sport")
-        t = time.time() if now is None else float(now)
+        t = clock(now)
         with self._lock:
             verdict, svc, fe, ep_i, masq = self._decide(
                 v6, s_addr, d_addr, int(sport), int(dport), p, t, track
@@ -1068,18 +1064,82 @@ def batch_columns(
     )
 
 
+def clock(now: Any) -> float:
+    """``now`` as seconds for flow and affinity timeouts: None is the wall clock; else a
+    real number (int, float or a numpy scalar, negative ones too) that is finite. Anything
+    else raises PacketError naming ``now`` (NaN and infinities once went through, and made
+    every flow expire or live forever)."""
+    if now is None:
+        return time.time()
+    if isinstance(now, str | bytes | bytearray | bool) or (isinstance(now, np.ndarray) and now.ndim):
+        raise PacketError(f"now: {_brief(now)} is not a number of seconds")
+    try:
+        t = float(now)
+    except (TypeError, ValueError, OverflowError):
+        raise PacketError(f"now: {_brief(now)} is not a number of seconds") from None
+    if not math.isfinite(t):
+        raise PacketError(f"now: {t!r} is not a finite number of seconds")
+    return t
+
+
+def _brief(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def batch_times(now: Any, n: int) -> tuple[float, np.ndarray | None]:
     """A batch's clock: one time for every packet (a number of seconds; None: the wall
-    clock), or each packet's own (a float64 array of n finite times), for flow and
-    affinity timeouts. Returns (the one time, or 0.0; the array or None)."""
-    if isinstance(now, np.ndarray):
+    clock; see :func:`clock`), or each packet's own (a float64 array of n finite times), for
+    flow and affinity timeouts. Returns (the one time, or 0.0; the array or None). Anything
+    else raises PacketError naming ``now`` (for a time that is not finite, its index)."""
+    if isinstance(now, np.ndarray) and now.ndim:
         if now.dtype != np.float64 or now.shape != (n,):
             raise PacketError(f"now: expected a number or a float64 array of shape ({n},), "
                               f"got {now.dtype} {now.shape}")
-        if n and not np.isfinite(now).all():
-            raise PacketError("now: every time must be finite")
+        if n:
+            bad = np.flatnonzero(~np.isfinite(now))
+            if len(bad):
+                i = int(bad[0])
+                raise PacketError(f"now[{i}]: {float(now[i])!r} is not a finite number of seconds")
         return 0.0, now
-    return (time.time() if now is None else float(now)), None
+    if isinstance(now, list | tuple):
+        raise PacketError(f"now: expected a number or a float64 array of shape ({n},), got a {type(now).__name__}")
+    return clock(now), None
+
+
+def check_options(seed: Any, flow_capacity: Any, affinity_capacity: Any, timeouts: Any,
+                  stale_flows: Any) -> tuple[int, int, int, tuple[float, float, float]]:
+    """A Core's options, checked (ValueError naming the option): ``seed`` an integer (taken
+    mod 2**64), capacities integers >= 1, ``timeouts`` three positive numbers (infinity:
+    never), ``stale_flows`` one of :data:`STALE_FLOWS`. Returns the seed, the capacities and
+    the timeouts as floats."""
+    try:
+        if isinstance(seed, bool):
+            raise TypeError
+        seed = operator.index(seed) & M64
+    except TypeError:
+        raise ValueError(f"seed must be an integer, not {_brief(seed)}") from None
+    caps = []
+    for name, cap in (("flow_capacity", flow_capacity), ("affinity_capacity", affinity_capacity)):
+        try:
+            if isinstance(cap, bool):
+                raise TypeError
+            v = operator.index(cap)
+        except TypeError:
+            raise ValueError(f"{name} must be an integer, not {_brief(cap)}") from None
+        if v < 1:
+            raise ValueError(f"table capacities must be positive ({name} {v})")
+        caps.append(v)
+    try:
+        got = [float(t) for t in timeouts if not isinstance(t, str | bytes | bool)]
+        ok = len(got) == len(timeouts) == 3 and all(t > 0 for t in got)  # NaN is not > 0
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"timeouts must be three positive numbers (TCP, UDP, SCTP), not {_brief(timeouts)}")
+    if not isinstance(stale_flows, str) or stale_flows not in STALE_FLOWS:
+        raise ValueError(f"stale_flows must be one of {', '.join(STALE_FLOWS)}, not {stale_flows!r}")
+    return seed, caps[0], caps[1], (got[0], got[1], got[2])
 
 
 def _column(x: Any, name: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:

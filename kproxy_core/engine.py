@@ -143,8 +143,14 @@ class Engine:
         local_addresses: str | Sequence[str] | None = None,
         stale_flows: str = "udp",
     ) -> None:
-        if mode not in ("iptables", "nftables"):
+        if not isinstance(mode, str) or mode not in ("iptables", "nftables"):
             raise ValueError(f"mode must be 'iptables' or 'nftables', not {mode!r}")
+        _check_texts(cluster_cidr=cluster_cidr, nodeport_addresses=nodeport_addresses,
+                     service_cidrs=service_cidrs, local_addresses=local_addresses)
+        _check_texts(False, detect_local_mode=detect_local_mode, pod_bridge_interface=pod_bridge_interface,
+                     pod_interface_name_prefix=pod_interface_name_prefix)
+        if node is not None and not isinstance(node, str | _FIRST):
+            raise ValueError(f"node must be a node's name or None, not {node!r}")
         if isinstance(node, _FIRST):
             node = cluster.first_node
         self.cluster = indexed(cluster)  # apply builds on its indexes
@@ -175,11 +181,13 @@ class Engine:
             for fam in FAMILIES
         }
         t = dict(DEFAULT_TIMEOUTS)
+        if timeouts is not None and (not isinstance(timeouts, Mapping) or set(timeouts) - set(DEFAULT_TIMEOUTS)):
+            raise ValueError(f"timeouts must map TCP, UDP and SCTP to seconds, not {timeouts!r}")
         t.update(timeouts or {})
         self._impl = core_module(impl)
         self.compiled = self._impl is not _engine_py
         self._core = self._impl.Core(
-            self.seed & ((1 << 64) - 1), flow_capacity, affinity_capacity,
+            self.seed, flow_capacity, affinity_capacity,
             (t["TCP"], t["UDP"], t["SCTP"]), stale_flows,
         )
         self.stale_flows = stale_flows
@@ -695,6 +703,18 @@ def deep_size(root: object) -> int:
     return total
 
 
+def _check_texts(lists: bool = True, **options: Any) -> None:
+    """Options that are None, a string or (``lists``) a list or tuple of strings: ValueError
+    naming the option otherwise (an int once failed deep in the planning as a TypeError)."""
+    for name, value in options.items():
+        if value is None or isinstance(value, str):
+            continue
+        if lists and isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            continue
+        what = "a string or a list of strings" if lists else "a string"
+        raise ValueError(f"{name} must be {what}, not {value!r}")
+
+
 def _columns(v6: bool, src: Any, dst: Any, dport: Any, proto: Any, sport: Any) -> tuple[Any, ...]:
     addr_dtype = np.uint8 if v6 else np.uint32
     s = _as(src, addr_dtype, "src")
@@ -714,7 +734,12 @@ def _columns(v6: bool, src: Any, dst: Any, dport: Any, proto: Any, sport: Any) -
 
 
 def _as(x: Any, dtype: Any, name: str) -> npt.NDArray[Any]:
-    a = np.asarray(x)
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise PacketError(f"{name}: not an array ({e})") from None
+    if a.ndim == 0:  # len() of it was a TypeError
+        raise PacketError(f"{name}: expected an array of packets, got a scalar")
     if a.dtype == dtype and a.flags.c_contiguous:
         return a
     if a.dtype.kind not in "ui":

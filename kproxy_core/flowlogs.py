@@ -423,8 +423,12 @@ def _flow_table(numbers: np.ndarray, src: Any, dst: Any, sport: np.ndarray, dpor
 
 
 def _ints(values: np.ndarray, ok: np.ndarray, typ: Any) -> Any:
+    """An integer column of type ``typ``, null where not ``ok`` or where the number does not fit
+    the type (a 10-digit conntrack timeout was an ArrowInvalid for its int32 column: fuzzing)."""
     pa = _pa()
-    return pa.array(values, typ, mask=None if ok.all() else ~ok)
+    info = np.iinfo(typ.to_pandas_dtype())
+    ok = ok & (values >= info.min) & (values <= info.max)
+    return pa.array(np.where(ok, values, 0), typ, mask=None if ok.all() else ~ok)
 
 
 # --------------------------------------------------------------------------- AWS VPC Flow Logs

@@ -237,7 +237,7 @@ def _parse_yaml(name: str, text: str, out: list[tuple[str, dict[str, Any]]], pro
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problems.append(f"{name}: {where}{e.problem or e.context or 'invalid YAML'}")
     except (yaml.YAMLError, RecursionError) as e:
-        problems.append(f"{name}: {e}")
+        problems.append(f"{name}: {' '.join(str(e).split())}")  # a ReaderError's text spans lines
 
 
 def _parse_json(name: str, text: str, out: list[tuple[str, dict[str, Any]]], problems: list[str]) -> None:
@@ -685,6 +685,10 @@ def _identify(
     if not isinstance(name, str):
         problems.append(f"{who}: metadata.name: {_q(name)} must be a string")
         return None
+    if not _OBJECT_NAME.fullmatch(name):  # a newline or quote here broke the rule text (fuzzing)
+        problems.append(f"{who}: metadata.name: {_q(name)} is not an object name (DNS subdomain: "
+                        "letters, digits, '-' and '.', at most 253)")
+        return None
     namespace = ""
     if kind not in _CLUSTER_SCOPED:
         ns = meta.get("namespace")
@@ -695,7 +699,17 @@ def _identify(
         else:
             problems.append(f"{kind} at {origin}: metadata.namespace: {_q(ns)} must be a string")
             return None
+        if not _OBJECT_NAME.fullmatch(namespace):
+            problems.append(f"{kind} at {origin}: metadata.namespace: {_q(namespace)} is not a namespace name "
+                            "(letters, digits, '-' and '.', at most 253)")
+            return None
     return api, kind, namespace, name, meta
+
+
+# Kubernetes object names are DNS subdomains (lower case; upper case and '_' are let through
+# here, as before): never whitespace, quotes, slashes or control characters, which would
+# end up inside rule comments and DNS names
+_OBJECT_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9_])?", re.ASCII)
 
 
 # --------------------------------------------------------------------------- Service
@@ -940,6 +954,8 @@ def _service_ports(ctx: _Ctx, raw_ports: Any, stype: str) -> tuple[ServicePort, 
         name = p.get("name")
         if type(name) is not str:
             name = _str(ctx, name, f"spec.ports[{i}].name")
+        if name and not _OBJECT_NAME.fullmatch(name):  # it goes into rule comments (fuzzing: a newline did)
+            ctx.error(f"spec.ports[{i}].name", f"{_q(name)} is not a port name (letters, digits and '-')")
         if name:
             other = names.setdefault(name, i)
             if other != i:

@@ -178,8 +178,7 @@ def trace_packet(
     engine: TracedEngine, src: str, dst: str, dport: int, proto: str | int, sport: int, now: float | None
 ) -> Trace:
     decision = engine._core.lookup(src, dst, dport, proto, sport, now, 2)
-    s_ip = ipaddress.ip_address(str(src))
-    d_ip = ipaddress.ip_address(str(dst))
+    s_ip, d_ip = _address(src), _address(dst)
     fam: Family = "IPv4" if s_ip.version == 4 else "IPv6"
     proto_name = PROTO_NAMES[proto] if isinstance(proto, int) else proto.upper()
     if proto_name not in ("TCP", "UDP", "SCTP"):
@@ -259,13 +258,23 @@ def trace_name(
     and AAAA for IPv6, with the pod's search path and ndots:5; then trace the packet to the
     first address. A name without an address (an ExternalName's CNAME out of the cluster,
     NXDOMAIN) is explained instead."""
+    from ._engine_py import _check_port, _proto, clock
     from .dns import resolve_as_pod
 
     try:
-        v6 = ipaddress.ip_address(str(src)).version == 6
+        v6 = _address(src).version == 6
     except ValueError:
         raise PacketError(f"source {src!r} is not an IP address") from None
-    ns = namespace or _namespace_of(engine, str(ipaddress.ip_address(str(src)))) or "default"
+    # what the lookup would refuse, refused before resolving (a name without an address
+    # never reaches it: a bad protocol was a KeyError there)
+    number = _proto(proto)
+    _check_port(dport, "dport")
+    _check_port(sport, "sport")
+    if now is not None:
+        clock(now)
+    if namespace is not None and not isinstance(namespace, str):
+        raise PacketError(f"namespace must be a namespace's name, not {namespace!r}")
+    ns = namespace or _namespace_of(engine, str(_address(src))) or "default"
     try:
         walk = resolve_as_pod(engine.dns_zone(), name, "AAAA" if v6 else "A", ns)
     except ValueError as e:
@@ -283,9 +292,9 @@ def trace_name(
         t.packet["dst_name"] = ans.name
         t.steps[:0] = steps
         return t
-    proto_name = PROTO_NAMES[proto] if isinstance(proto, int) else str(proto).upper()
+    proto_name = PROTO_NAMES[number]
     t = Trace(
-        packet={"src": str(src), "sport": sport, "dst": ans.name, "dport": dport, "proto": proto_name,
+        packet={"src": str(_address(src)), "sport": sport, "dst": ans.name, "dport": dport, "proto": proto_name,
                 "dst_name": ans.name},
         node=engine.node,
         family="IPv6" if v6 else "IPv4",
@@ -298,6 +307,11 @@ def trace_name(
         t.steps += [str(x) for x in engine.plugins.registry.call(svc.type, "trace_steps", svc, None, None)]
     t.steps.append("no cluster address to send the packet to: kube-proxy never sees it")
     return t
+
+
+def _address(x: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as the core reads it: text, or an int (``str(int)`` is no address)."""
+    return ipaddress.ip_address(x if isinstance(x, str | int) else str(x))
 
 
 def _namespace_of(engine: TracedEngine, ip: str) -> str | None:

@@ -98,6 +98,7 @@ def _read_csv(path: str, f: IO[bytes], stats: ReadStats, chunk: int) -> Iterator
     import pyarrow.csv as pcsv
 
     def bad_row(row: Any) -> str:
+        stats.records += 1  # a record too, as every reader counts it (kept = records - skipped)
         stats.skip(f"{row.actual_columns} fields, the header has {row.expected_columns}", row.number or 0)
         return "skip"
 
@@ -110,7 +111,10 @@ def _read_csv(path: str, f: IO[bytes], stats: ReadStats, chunk: int) -> Iterator
         )
     except pa.ArrowException as e:
         raise InputError(f"{path}: not CSV: {e}") from None
-    names = [c.strip().lower() for c in reader.schema.names]
+    try:
+        names = [c.strip().lower() for c in reader.schema.names]
+    except UnicodeDecodeError:  # pyarrow decodes the header's names only here
+        raise InputError(f"{path}: line 1: the CSV header is not UTF-8") from None
     missing = [c for c in ("src", "dst", "dport", "proto") if c not in names]
     if missing:
         raise InputError(f"{path}: line 1: the CSV header lacks {', '.join(missing)}")

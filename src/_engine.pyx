@@ -34,6 +34,7 @@ from cpython.pythread cimport (
 )
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdint cimport uintptr_t
+from libc.math cimport isfinite
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
@@ -47,11 +48,12 @@ from kproxy_core._engine_py import (
     AFFINITY_SALT,
     PROTO_IN,
     SLOTS,
-    STALE_FLOWS,
     _check_port,
     _parse_pair,
     batch_times,
+    check_options,
     check_ports,
+    clock,
     _proto,
     batch_columns,
     check_tables,
@@ -1090,9 +1092,14 @@ cdef inline int _track(object track) except -1:
 
 
 cdef inline double _now(object now) except? -1.0:
+    cdef double t
     if now is None:
         return _time()
-    return float(now)
+    if type(now) is float:
+        t = <double>now
+        if isfinite(t):
+            return t
+    return clock(now)  # the twin's check: PacketError naming now
 
 
 cdef uint64_t _nbuckets(object capacity) except 0:
@@ -1143,20 +1150,16 @@ cdef class Core:
         cdef kp_state st
         cdef int i, status = KP_OK
         memset(&st, 0, sizeof(st))
-        if flow_capacity < 1 or affinity_capacity < 1:
-            raise ValueError("table capacities must be positive")
-        if len(timeouts) != 3 or any(not (t > 0) for t in timeouts):
-            raise ValueError("timeouts must be three positive numbers (TCP, UDP, SCTP)")
-        if stale_flows not in STALE_FLOWS:
-            raise ValueError(f"stale_flows must be one of {', '.join(STALE_FLOWS)}, not {stale_flows!r}")
+        seed, flow_capacity, affinity_capacity, t = check_options(
+            seed, flow_capacity, affinity_capacity, timeouts, stale_flows)
         st.stale_udp_only = stale_flows == "udp"
-        st.seed = seed & M64
+        st.seed = seed
         st.aseed = st.seed + <uint64_t>0x9E3779B97F4A7C15
         for i in range(256):
             st.timeout[i] = 30.0
-        st.timeout[6] = float(timeouts[0])
-        st.timeout[17] = float(timeouts[1])
-        st.timeout[132] = float(timeouts[2])
+        st.timeout[6] = t[0]
+        st.timeout[17] = t[1]
+        st.timeout[132] = t[2]
         nbf = _nbuckets(flow_capacity)
         nba = _nbuckets(affinity_capacity)
         status = kp_table_init(&st.flows[0], nbf, sizeof(kp_flow4))

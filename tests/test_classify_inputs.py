@@ -209,3 +209,16 @@ def test_bad_command_lines_are_one_line(tmp_path: Path) -> None:
     r = kproxy("-f", str(cl), "--packets", str(cl), "--summary")
     assert r.returncode == 2 and "cluster.yaml: not a format this reads" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_csv_rows_skipped_are_records_and_a_bad_header_is_an_input_error(tmp_path: Path) -> None:
+    # bug (fuzzing): a CSV row with too many fields was skipped but not counted as a record (kept came out one short);
+    # a header that is not UTF-8 escaped as UnicodeDecodeError
+    f = tmp_path / "flows.csv"
+    f.write_text("src,sport,dst,dport,proto\n10.1.0.1,1,172.30.0.10,80,TCP\n10.1.0.2,2,172.30.0.10,80,TCP,extra\n")
+    stats = traffic.ReadStats()
+    rows = sum(t.num_rows for t in traffic.read_tables(str(f), "csv", stats))
+    assert (rows, stats.records, stats.kept, stats.skipped) == (1, 2, 1, {"6 fields, the header has 5": 1})
+    f.write_bytes(b"\xd4src,dst,dport,proto\n1,2,3,4\n")
+    with pytest.raises(traffic.InputError, match=r"line 1: the CSV header is not UTF-8$"):
+        list(traffic.read_tables(str(f), "csv"))

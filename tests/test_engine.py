@@ -378,3 +378,79 @@ def test_trace_plans_a_port_again_after_apply(make_engine: Callable[..., kp.Engi
     assert {c["endpoint"] for c in after.candidates} == {"10.0.1.1:8080", "10.0.1.2:8080", "10.0.1.3:8080"}
     assert [p.spn for p in engine.plans["IPv4"].ports] == ["default/web:http"]
     assert len(engine.plans["IPv4"].ports[0].endpoints) == 3
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), "abc", "12", [1.0], b"1", True,
+                                 np.array([1.0, 2.0])])
+def test_a_clock_that_is_no_finite_number_is_refused(make_engine: Callable[..., kp.Engine], bad: Any) -> None:
+    # bug (fuzzing): now=NaN/inf reached the flow table (flows expired at once or lived forever); "abc": ValueError
+    engine = make_engine(web(2), node=NODE)
+    cols = (np.array([0x0A000001], np.uint32), np.array([0x0A60000A], np.uint32), np.array([80], np.uint16),
+            np.array([6], np.uint8))
+    with pytest.raises(kp.PacketError, match=r"^now: "):
+        engine.lookup("10.0.0.1", "10.96.0.10", 80, now=bad)
+    with pytest.raises(kp.PacketError, match=r"^now: "):
+        engine.trace("10.0.0.1", "10.96.0.10", 80, now=bad)
+    with pytest.raises(kp.PacketError, match=r"^now: "):
+        engine.lookup_batch(*cols, now=bad)
+    assert engine.flow_count == 0
+    # negative and huge finite times are times
+    assert engine.lookup("10.0.0.1", "10.96.0.10", 80, now=-5.0).verdict == "DNAT"
+    assert engine.lookup_batch(*cols, now=1e300)["verdict"].tolist() == [1]
+
+
+def test_a_per_packet_clock_names_its_first_bad_time(make_engine: Callable[..., kp.Engine]) -> None:
+    # bug (fuzzing): a NaN in the per-packet now array was refused without saying where
+    engine = make_engine(web(2), node=NODE)
+    n = 4
+    cols = (np.full(n, 0x0A000001, np.uint32), np.full(n, 0x0A60000A, np.uint32), np.full(n, 80, np.uint16),
+            np.full(n, 6, np.uint8))
+    times = np.arange(n, dtype=np.float64)
+    times[2], times[3] = np.nan, np.inf
+    with pytest.raises(kp.PacketError, match=r"^now\[2\]: nan is not a finite number of seconds$"):
+        engine.lookup_batch(*cols, now=times)
+    with pytest.raises(kp.PacketError, match=r"^now: expected a number or a float64 array of shape \(4,\), got a list"):
+        engine.lookup_batch(*cols, now=[0.0] * n)
+    assert engine.flow_count == 0
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("flow_capacity", "64", "flow_capacity must be an integer"),
+    ("flow_capacity", 2.5, "flow_capacity must be an integer"),
+    ("affinity_capacity", float("nan"), "affinity_capacity must be an integer"),
+    ("flow_capacity", 0, "table capacities must be positive"),
+    ("timeouts", {"TCP": "10"}, "timeouts must be three positive numbers"),
+    ("timeouts", {"TCP": 1 << 2000}, "timeouts must be three positive numbers"),
+    ("timeouts", {"ICMP": 5.0}, "timeouts must map TCP, UDP and SCTP"),
+    ("seed", 1.5, "seed must be an integer"),
+    ("stale_flows", None, "stale_flows must be one of"),
+    ("nodeport_addresses", 7, "nodeport_addresses must be a string or a list of strings"),
+    ("cluster_cidr", 5, "cluster_cidr must be a string or a list of strings"),
+])
+def test_bad_options_are_one_value_error(impl: str, option: str, value: Any, message: str) -> None:
+    # bug (fuzzing): options of the wrong type escaped as TypeError or OverflowError from deep inside
+    cluster = kp.Cluster.from_objects(web(2))
+    with pytest.raises(ValueError, match=message):
+        kp.Engine(cluster, node=NODE, impl=impl, **{option: value})
+
+
+@pytest.mark.parametrize("capacity", [1 << 40, 1 << 70])
+def test_a_capacity_too_large_is_a_memory_error(impl: str, capacity: int) -> None:
+    cluster = kp.Cluster.from_objects(web(2))
+    with pytest.raises(MemoryError, match="too large"):
+        kp.Engine(cluster, node=NODE, impl=impl, flow_capacity=capacity)
+
+
+def test_columns_that_are_scalars_and_traces_of_int_addresses(make_engine: Callable[..., kp.Engine]) -> None:
+    # bug (fuzzing): a 0-d column was a TypeError (len() of unsized object); trace(int, int) a ValueError; a name
+    # traced with protocol True a KeyError
+    engine = make_engine(web(2), node=NODE)
+    with pytest.raises(kp.PacketError, match=r"^src: expected an array of packets, got a scalar"):
+        engine.lookup_batch(np.uint32(1), [1], [80], [6])
+    t = engine.trace(0x0A000001, 0x0A60000A, 80, "TCP", now=1.0)
+    assert t.packet["src"] == "10.0.0.1" and t.verdict == "DNAT"
+    for proto in (True, -6, "ICMP"):
+        with pytest.raises(kp.PacketError, match="protocol"):
+            engine.trace("10.0.0.1", "nothing.default", 80, proto)
+    with pytest.raises(kp.PacketError, match="namespace"):
+        engine.trace("10.0.0.1", "web", 80, "TCP", namespace=5)  # type: ignore[arg-type]

@@ -182,6 +182,16 @@ def test_conntrack_tool_messages_and_garbage() -> None:
     assert flowlogs.sniff(data.split(b"\n")[0] + b"\n") == "conntrack"  # only the summary: an empty table
 
 
+def test_a_conntrack_number_too_big_for_its_column_is_null() -> None:
+    # bug (fuzzing): a 10-digit timeout raised ArrowInvalid (the ct_timeout column is int32)
+    data = (b"tcp      6 3285487516 ESTABLISHED src=10.0.0.1 dst=10.96.0.10 sport=1000 dport=80 "
+            b"src=10.0.1.5 dst=10.0.0.1 sport=8080 dport=1000 [ASSURED] mark=0 use=1\n"
+            b"tcp      6 431999 ESTABLISHED src=10.0.0.2 dst=10.96.0.10 sport=1001 dport=80 "
+            b"src=10.0.1.5 dst=10.0.0.2 sport=8080 dport=1001 [ASSURED] mark=0 use=1\n")
+    table, stats, _ = read(flowlogs.read_conntrack, data)
+    assert stats.kept == 2 and table.column("ct_timeout").to_pylist() == [None, 431999]
+
+
 # the kernel: a node namespace with kube-proxy's kind of DNAT, a client and an endpoint
 NAT_RULES = """
 table ip kpt-flowlogs {

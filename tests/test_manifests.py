@@ -1356,3 +1356,30 @@ def test_yaml_only_types_are_reported_not_raised(tmp_path: Path) -> None:
         "Service default/web: spec.ports: must be a list, not a set",
         "Service default/web: spec.externalName: \"b'hi'\" must be a string",
     )
+
+
+def test_a_yaml_reader_error_is_one_line(tmp_path: Path) -> None:
+    # bug (fuzzing): a control character made a ManifestError line span two lines ('\n  in "<unicode string>"')
+    f = tmp_path / "bad.yaml"
+    f.write_bytes(b"\x0c\x01kind: Node\n")
+    with pytest.raises(ManifestError) as info:
+        load(f)
+    assert len(info.value.problems) == 1 and "\n" not in info.value.problems[0]
+    assert "control characters are not allowed" in info.value.problems[0]
+
+
+@pytest.mark.parametrize("field", ["name", "namespace"])
+@pytest.mark.parametrize("bad", ["a\nb", 'we"b', "a b", "x/y", "é", "-a", "a" * 254])
+def test_names_that_are_no_object_names_are_refused(field: str, bad: str) -> None:
+    # bug (fuzzing): a namespace holding a newline loaded, and broke the iptables rule text (iptables-save failed)
+    obj = svc()
+    obj["metadata"][field] = bad
+    with pytest.raises(ManifestError, match=rf"metadata\.{field}: .* is not a"):
+        cluster_from_objects([obj])
+
+
+def test_a_port_name_that_is_no_name_is_refused() -> None:
+    # bug (fuzzing): a Service port named with a newline loaded, and broke the iptables rule text (iptables-save failed)
+    obj = svc(ports=[{"name": "we\x01\nb", "port": 80}])
+    with pytest.raises(ManifestError, match=r"spec\.ports\[0\]\.name: .* is not a port name"):
+        cluster_from_objects([obj])
