@@ -1,5 +1,6 @@
 """Build the compiled core, ``kproxy_core._engine``, from src/ (metadata: pyproject.toml)."""
 
+import os
 import sys
 
 from setuptools import Extension, setup
@@ -13,6 +14,15 @@ except ImportError:  # pragma: no cover - build isolation installs Cython (pypro
     )
 
 extra = ["/O2"] if sys.platform == "win32" else ["-O3", "-fno-strict-aliasing"]
+link = []
+# KPROXY_SANITIZE=address,undefined: a sanitizer build for tools/sanitize.sh (UB aborts, no recovery)
+sanitize = os.environ.get("KPROXY_SANITIZE", "").strip()
+if sanitize and sys.platform != "win32":
+    flags = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g", "-O1"]
+    if "undefined" in sanitize.split(","):
+        flags.append("-fno-sanitize-recover=undefined")
+    extra = ["-fno-strict-aliasing", *flags]
+    link = flags
 
 extensions = [
     Extension(
@@ -21,6 +31,7 @@ extensions = [
         include_dirs=["src"],
         depends=["src/kp_core.h", "src/kp_core.pxd"],
         extra_compile_args=extra,
+        extra_link_args=link,
     )
 ]
 
