@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server", choices=["cli", "thread"], default="cli",
                    help="how the server runs: a `kproxy dns serve` subprocess (default) or a thread of this process")
     p.add_argument("--server-cache", type=int, default=None, metavar="N",
-                   help="the server's --cache: how many answers without records it keeps (default: the server's; 0: none)")
+                   help="the server's --cache: answers without records it keeps (default: the server's; 0: none)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
