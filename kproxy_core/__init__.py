@@ -24,10 +24,12 @@ from .envvars import container_env, format_env, service_env
 from .errors import (
     EngineError,
     KproxyError,
+    KproxyWarning,
     ManifestError,
     NodeNotFoundError,
     PacketError,
     PluginError,
+    PluginWarning,
     ServiceNotFoundError,
 )
 from .hookspecs import hookimpl
@@ -88,5 +90,7 @@ __all__ = [
     "NodeNotFoundError",
     "PacketError",
     "PluginError",
+    "PluginWarning",
+    "KproxyWarning",
     "ServiceNotFoundError",
 ]

@@ -520,6 +520,8 @@ def build_zone(
     serial: int | None = None,
 ) -> Zone:
     """The cluster zone for ``cluster``: the core's records and the Service-type plugins'."""
+    if registry is None and cluster.plugins is not None:  # the manager the cluster was loaded with
+        registry = cluster.plugins.registry
     if registry is None:
         from .plugins import get_plugin_manager
 

@@ -156,6 +156,8 @@ class Engine:
         self.cluster = indexed(cluster)  # apply builds on its indexes
         self.node = node
         self.mode = mode
+        if plugins is None:  # the manager the cluster was loaded with, else the shared default
+            plugins = cluster.plugins
         if plugins is None:
             from .plugins import get_plugin_manager
 

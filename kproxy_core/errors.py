@@ -47,3 +47,13 @@ class EngineError(KproxyError, RuntimeError):
 class PluginError(KproxyError, RuntimeError):
     """A plugin failed: loading it, a hook it implements, or a Service type handler it
     registered. The message names the plugin and the hook (or handler method)."""
+
+
+class KproxyWarning(UserWarning):
+    """Root of the warnings kproxy-core issues with :func:`warnings.warn`."""
+
+
+class PluginWarning(KproxyWarning):
+    """A plugin works, but not as its author may think: a function named like a hook
+    without ``@hookimpl`` (never called), or two plugins answering the same firstresult
+    hook for one service port (the first in asking order wins)."""

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .model import Service, ServicePort
-    from .plantypes import EndpointInfo
+    from .model import Cluster, Service, ServicePort
+    from .plantypes import EndpointInfo, NodeView
     from .selectors import Selector
     from .servicetypes import Report, ServiceTypeRegistry
 
@@ -91,30 +91,46 @@ def kproxy_validate_service(service: Service, report: Report) -> None:
 
 
 @hookspec(firstresult=True)
-def kproxy_endpoint_selector(service: Service, port: ServicePort, family: str) -> Selector | None:
+def kproxy_endpoint_selector(
+    service: Service, port: ServicePort, family: str, node: NodeView | None, cluster: Cluster
+) -> Selector | None:
     """Choose how new connections to one service port pick an endpoint.
 
-    Called while the plan is built, once per service port and IP family (``"IPv4"`` or
-    ``"IPv6"``). Return a :class:`kproxy_core.selectors.Selector` (kind ``random``,
-    ``weighted``, ``round-robin``, ``source-hash`` or ``maglev``, with its table size and
-    seed), or None to leave the choice to the next plugin. firstresult: the first
-    non-None answer wins; the bundled ``annotations`` plugin answers last, from the
-    ``kproxy-core.io/selector`` annotation. Nobody answering means kube-proxy's uniform
-    random choice.
+    Called while the plan is built, once per service port and IP family, and again
+    whenever the engine plans that port anew (after an ``apply`` that touches it, for a
+    trace or a whole plan): answer the same for the same arguments. ``service`` is the
+    :class:`kproxy_core.model.Service`, ``port`` the :class:`kproxy_core.model.ServicePort`
+    being planned, ``family`` ``"IPv4"`` or ``"IPv6"``, ``node`` the
+    :class:`kproxy_core.plantypes.NodeView` the plan is for (None for an off-cluster
+    observer), ``cluster`` the :class:`kproxy_core.model.Cluster` (read Nodes from it: a
+    Node change replans every port, another Service's change does not replan this one).
+    Return a :class:`kproxy_core.selectors.Selector` (kind ``random``, ``weighted``,
+    ``round-robin``, ``source-hash`` or ``maglev``, with its table size and seed), or None
+    to leave the choice to the next plugin. firstresult, in the manager's asking order
+    (:mod:`kproxy_core.plugins`); the bundled ``annotations`` plugin answers last, from
+    the ``kproxy-core.io/selector`` annotation. Nobody answering means kube-proxy's
+    uniform random choice. Any other return value is a PluginError naming the plugin.
     """
 
 
 @hookspec(firstresult=True)
 def kproxy_endpoint_weights(
-    service: Service, port: ServicePort, endpoints: Sequence[EndpointInfo]
+    service: Service,
+    port: ServicePort,
+    endpoints: Sequence[EndpointInfo],
+    family: str,
+    node: NodeView | None,
+    cluster: Cluster,
 ) -> Sequence[int] | None:
     """Weigh the endpoints of one service port.
 
-    Called while the plan is built, once per service port and IP family, with every
-    endpoint of the port in kube-proxy's order (:class:`kproxy_core.plantypes.EndpointInfo`:
-    ``ip``, ``port``, ``node``, ``zone``, ``target`` (the pod name), readiness). Return one
-    integer weight (0 ... 1,000,000) per endpoint, in the same order, or None to leave
-    it to the next plugin. Weight 0 takes an endpoint out of every pool. firstresult;
-    the bundled ``annotations`` plugin answers last, from ``kproxy-core.io/weights``.
-    Weights with the ``random`` selector make it ``weighted``.
+    Called when ``kproxy_endpoint_selector`` is, with the same ``service``, ``port``,
+    ``family``, ``node`` and ``cluster``, and every endpoint of the port in kube-proxy's
+    order (:class:`kproxy_core.plantypes.EndpointInfo`: ``ip``, ``port``, ``ready``,
+    ``serving``, ``terminating``, ``node``, ``zone``, ``local``, ``zone_hints``,
+    ``node_hints``, ``target``). Return one integer weight (0 ... 1,000,000) per
+    endpoint, in the same order, or None to leave it to the next plugin. Weight 0 takes
+    an endpoint out of every pool. firstresult; the bundled ``annotations`` plugin
+    answers last, from ``kproxy-core.io/weights``. Weights with the ``random`` selector
+    make it ``weighted``. Any other return value is a PluginError naming the plugin.
     """

@@ -149,7 +149,8 @@ def read_objects(*sources: Any) -> list[tuple[str, dict[str, Any]]]:
 
     A source is a path (a file, or a directory searched recursively for ``*.yaml``,
     ``*.yml`` and ``*.json`` in sorted order), ``"-"`` for standard input, a mapping
-    (one object) or an iterable of mappings. ``kind: List`` and every ``kind: *List``
+    (one object), or an iterable of mappings and paths (``load(["a.yaml", "b.yaml"])``
+    reads like ``load("a.yaml", "b.yaml")``). ``kind: List`` and every ``kind: *List``
     are flattened into their ``items``; empty documents are skipped. ``origin`` names
     the document (``cluster.yaml#3``, ``cluster.yaml#0.items[2]``, ``<stdin>#0``,
     ``<dict 0>``). Unreadable files, syntax errors and documents that are not mappings
@@ -174,6 +175,12 @@ def _read_objects(sources: tuple[Any, ...]) -> list[tuple[str, dict[str, Any]]]:
                 _read_path(Path(src), str(src), out, problems)
         elif isinstance(src, Iterable) and not isinstance(src, bytes | bytearray):
             for item in src:
+                if isinstance(item, str | os.PathLike):  # a list of paths: load(["a.yaml", "b.yaml"])
+                    if isinstance(item, str) and item == "-":
+                        _read_stdin(out, problems)
+                    else:
+                        _read_path(Path(item), str(item), out, problems)
+                    continue
                 _flatten(f"<dict {counter}>", item, out, problems)
                 counter += 1
         else:
@@ -381,6 +388,7 @@ def _apply_objects(
         slice_index=slice_index,
         ip_index=ip_index,
         nodeport_index=np_index,
+        plugins=plugins,
     )
     return cluster, b.changes(base) if want_changes else ChangeSet()
 

@@ -270,6 +270,8 @@ class Cluster:
     ip_index: Mapping[str, tuple[str, str]] | None = field(default=None, compare=False, repr=False)
     nodeport_index: Mapping[tuple[int, str], tuple[tuple[str, str], int]] | None = field(
         default=None, compare=False, repr=False)
+    # the plugin manager the cluster was loaded with: an Engine given none uses it
+    plugins: Any = field(default=None, compare=False, repr=False)
 
     def service_cidrs_for(self, family: Family) -> tuple[str, ...]:
         """Every ServiceCIDR's CIDR of one family, in name order (nftables' cluster-ips-check)."""

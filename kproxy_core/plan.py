@@ -16,7 +16,8 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Literal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
 
 from .addresses import Family, IPNetwork, parse_cidr
 from .chains import (
@@ -34,11 +35,12 @@ from .chains import (
     nft_nat_chain,
     service_port_name,
 )
-from .errors import ManifestError, NodeNotFoundError
+from .errors import ManifestError, NodeNotFoundError, PluginError
 from .model import Cluster, Node, Service, ServicePort
 from .plantypes import BUILTIN_FRONTEND_KINDS, FrontendKind, Pool
 from .plantypes import EndpointInfo as EndpointInfo  # the plan's data, importable from here as before
 from .plantypes import Frontend as Frontend
+from .plantypes import NodeView as NodeView
 from .plantypes import PlanPort as PlanPort
 from .selectors import DEFAULT_SELECTOR, MAX_WEIGHT, Selector, uniform_weights
 from .servicetypes import FrontendSpec
@@ -121,6 +123,7 @@ class ProxyConfig:
     node: str | None = None
     node_ips: tuple[str, ...] = ()
     node_zone: str | None = None
+    node_view: NodeView | None = field(default=None, compare=False, repr=False)  # what the planning hooks see
     detector: LocalDetector = field(default_factory=LocalDetector)
     masquerade_all: bool = False
     nodeport_cidrs: tuple[str, ...] = ()  # this family's --nodeport-addresses; () = match all
@@ -361,6 +364,14 @@ def plan_port(
     registry = pm.registry
     handler = registry.get(svc.type)
     if handler is None:  # loaded with other plugins than the engine's
+        other = getattr(cluster, "plugins", None)
+        if other is not None and other is not pm and svc.type in other.registry:
+            raise ManifestError(
+                f"Service {svc.ref}: spec.type: {svc.type!r} is not a Service type of the engine's plugin manager "
+                f"({', '.join(registry.names())}), but the Cluster was loaded with another manager that has it "
+                f"(from plugin {other.registry.owner(svc.type)}): give the Engine that manager, or no plugins= "
+                "at all (an Engine defaults to its Cluster's manager)"
+            )
         raise ManifestError(
             f"Service {svc.ref}: spec.type: {svc.type!r} is not a known Service type "
             f"({', '.join(registry.names())}; plugins add others)"
@@ -378,8 +389,8 @@ def plan_port(
     external_local = accessible_type and svc.external_traffic_policy == "Local"
     internal_local = svc.internal_traffic_policy == "Local"
     hc = int(registry.call(svc.type, "health_check_node_port", svc)) if external_local else 0
-    every, selector = endpoint_selection(
-        svc, sp, _endpoints_for(cluster, svc, sp, cfg.family, cfg.node), cfg.family, pm
+    every, selector, selector_by, weights_by = endpoint_selection(
+        svc, sp, _endpoints_for(cluster, svc, sp, cfg.family, cfg.node), cfg.family, pm, cfg.node_view, cluster
     )
     eps = [e for e in every if e.weight > 0]
 
@@ -444,6 +455,8 @@ def plan_port(
         selector=selector,
         service_type=svc.type,
         extra_frontends=tuple(extra),
+        selector_by=selector_by,
+        weights_by=weights_by,
     )
 
 
@@ -501,40 +514,79 @@ def endpoint_selection(
     eps: list[EndpointInfo],
     family: Family = "IPv4",
     plugins: KproxyPluginManager | None = None,
-) -> tuple[list[EndpointInfo], Selector]:
+    node: NodeView | None = None,
+    cluster: Cluster | None = None,
+) -> tuple[list[EndpointInfo], Selector, str, str]:
     """The selector of one service port and its endpoints with their weights, from the
     ``kproxy_endpoint_selector`` and ``kproxy_endpoint_weights`` hooks (the bundled
-    annotations plugin answers last).
+    annotations plugin answers last), and the plugins that supplied each (``""``: none).
 
-    Weights with the ``random`` selector make it ``weighted``. A bad answer raises
-    ManifestError naming the Service and the hook.
+    Every implementation is asked, in the manager's asking order; the first answer wins,
+    and when another plugin answered too, a :class:`PluginWarning` says so once. Weights
+    with the ``random`` selector make it ``weighted``. An answer of the wrong type is a
+    PluginError naming the plugin, the hook, the Service port and what was expected.
     """
     if plugins is None:
         from .plugins import get_plugin_manager
 
         plugins = get_plugin_manager()
-    who = f"Service {svc.ref}: port {sp.name or sp.port}"
-    try:
-        selector = plugins.call_hook("kproxy_endpoint_selector", service=svc, port=sp, family=family)
-        weights = plugins.call_hook("kproxy_endpoint_weights", service=svc, port=sp, endpoints=tuple(eps))
-    except ValueError as e:  # the annotations plugin words its own errors
-        raise ManifestError(str(e)) from None
-    if selector is not None and not isinstance(selector, Selector):
-        raise ManifestError(f"{who}: kproxy_endpoint_selector returned {selector!r}, not a Selector")
-    if weights is not None:
-        weights = list(weights)
-        if len(weights) != len(eps) or not all(
+    if cluster is None:
+        cluster = Cluster()
+    where = f"Service {svc.ref} port {sp.name or sp.port} ({family})"
+    args: dict[str, Any] = dict(service=svc, port=sp, family=family, node=node, cluster=cluster)
+    selectors = plugins.answers("kproxy_endpoint_selector", context=where, **args)
+    weighers = plugins.answers("kproxy_endpoint_weights", context=where, endpoints=tuple(eps), **args)
+    selector_by = weights_by = ""
+    selector: Selector | None = None
+    if selectors:
+        selector_by, selector = selectors[0]
+        if not isinstance(selector, Selector):
+            raise PluginError(
+                f"plugin {selector_by}: hook kproxy_endpoint_selector returned {_short(selector)} for {where}; "
+                "expected a kproxy_core.Selector (e.g. Selector(\"round-robin\")) or None"
+            )
+        _warn_conflict(plugins, "kproxy_endpoint_selector", selectors, where)
+    if weighers:
+        weights_by, got = weighers[0]
+        weights = list(got) if isinstance(got, Sequence) and not isinstance(got, str | bytes) else None
+        if weights is None or len(weights) != len(eps) or not all(
             isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= MAX_WEIGHT for w in weights
         ):
-            raise ManifestError(
-                f"{who}: kproxy_endpoint_weights must return {len(eps)} integers between 0 and {MAX_WEIGHT}, "
-                f"not {weights!r}"
+            raise PluginError(
+                f"plugin {weights_by}: hook kproxy_endpoint_weights returned {_short(got)} for {where}; "
+                f"expected a list of {len(eps)} int{'s' if len(eps) != 1 else ''} from 0 to {MAX_WEIGHT}, "
+                "one per endpoint in the order given, or None"
             )
+        _warn_conflict(plugins, "kproxy_endpoint_weights", weighers, where)
         eps = [replace(e, weight=w) for e, w in zip(eps, weights, strict=True)]
     selector = selector or DEFAULT_SELECTOR
     if selector.kind == "random" and not uniform_weights([e.weight for e in eps if e.weight > 0]):
         selector = replace(selector, kind="weighted")
-    return eps, selector
+    return eps, selector, selector_by, weights_by
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return f"{text[:60]}... ({type(value).__name__})" if len(text) > 60 else f"{text} ({type(value).__name__})"
+
+
+def _warn_conflict(plugins: KproxyPluginManager, hook: str, answers: list[tuple[str, Any]], where: str) -> None:
+    """Say once per hook and set of plugins that more than one answered."""
+    names = tuple(name for name, _ in answers)
+    if len(names) < 2:
+        return
+    others = ", ".join(names[1:])
+    plugins.warn_once(
+        hook, names,
+        f"plugins {', '.join(names)} all answer {hook} for {where} (and maybe more ports): "
+        f"{names[0]} wins, being asked first; {others} {'is' if len(names) == 2 else 'are'} ignored. "
+        f"Set kproxy_priority on the plugin that should win, or disable one (KPROXY_DISABLE_PLUGINS)",
+    )
+
+
+def node_view(node: Node) -> NodeView:
+    """What the planning hooks see of a Node."""
+    return NodeView(node.name, node.zone, MappingProxyType(dict(node.labels)), tuple(node.addresses))
 
 
 def make_config(
@@ -619,6 +671,7 @@ def make_config(
         node=node,
         node_ips=node_ips,
         node_zone=node_obj.zone if node_obj else None,
+        node_view=node_view(node_obj) if node_obj else None,
         detector=detector,
         masquerade_all=masquerade_all,
         nodeport_cidrs=np_cidrs,

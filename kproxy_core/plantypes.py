@@ -9,8 +9,10 @@ manager or a renderer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
+from types import MappingProxyType
 from typing import Literal
 
 from .addresses import join_host_port
@@ -27,7 +29,46 @@ Pool = Literal["cluster", "local"]
 
 
 @dataclass(frozen=True, slots=True)
+class NodeView:
+    """The node a plan is for, as the planning hooks see it (read-only).
+
+    ``name``; ``zone``: its ``topology.kubernetes.io/zone`` label (None without one);
+    ``labels``: every label (a read-only mapping); ``addresses``: ``(type, IP)`` pairs of
+    ``status.addresses`` with an IP value (``("InternalIP", "10.0.0.1")``), in order.
+    The hooks get None instead of a NodeView for an off-cluster observer (``node=None``).
+    """
+
+    name: str
+    zone: str | None = None
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    addresses: tuple[tuple[str, str], ...] = ()
+
+    def ips(self, family: str | None = None) -> tuple[str, ...]:
+        """The node's IP addresses, optionally of one family (``"IPv4"``/``"IPv6"``), in order."""
+        out: list[str] = []
+        for _, ip in self.addresses:
+            if ip not in out and (family is None or (":" in ip) == (family == "IPv6")):
+                out.append(ip)
+        return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointInfo:
+    """One endpoint of a service port, as kube-proxy's endpoints map holds it.
+
+    ``ip``, ``port``: the address traffic is DNATed to. ``ready``, ``serving``,
+    ``terminating``: the EndpointSlice conditions (a missing ``serving`` follows
+    ``ready``). ``node``: the ``nodeName`` of the endpoint (None when the slice says
+    none); ``zone``: its ``zone`` field. ``local``: ``node`` is the node the plan is for
+    (what ``externalTrafficPolicy: Local`` and ``internalTrafficPolicy: Local`` keep).
+    ``zone_hints``, ``node_hints``: the topology hints (``hints.forZones``,
+    ``hints.forNodes``) that ``trafficDistribution`` and topology-aware routing use.
+    ``target``: the ``targetRef`` as ``"Kind namespace/name"`` (``"Pod default/web-1"``),
+    or None. ``weight``: the selector weight given by ``kproxy_endpoint_weights`` (1 when
+    nobody weighs; 0 takes the endpoint out of every pool). ``endpoint``: ``"IP:port"``
+    (``"[IPv6]:port"``).
+    """
+
     ip: str
     port: int
     ready: bool
@@ -99,6 +140,8 @@ class PlanPort:
     selector: Selector = DEFAULT_SELECTOR  # how a new connection picks from a pool
     service_type: str = "ClusterIP"
     extra_frontends: tuple[Frontend, ...] = ()  # plugin frontends other than LoadBalancer IPs
+    selector_by: str = ""  # the plugin whose kproxy_endpoint_selector answer is the selector ("": none)
+    weights_by: str = ""  # the plugin whose kproxy_endpoint_weights answer gave the weights ("": none)
 
     @property
     def internal_frontends(self) -> tuple[Frontend, ...]:

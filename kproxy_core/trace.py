@@ -389,6 +389,18 @@ def _source_steps(cfg: ProxyConfig, src: str, from_pod: bool, from_local: bool) 
     return what
 
 
+def _suppliers(pp: PlanPort) -> str:
+    """Which plugin gave the selector and which the weights (kproxy_endpoint_selector,
+    kproxy_endpoint_weights)."""
+    sel = f"selector {pp.selector.kind} from plugin {pp.selector_by}" if pp.selector_by else (
+        "no plugin chose a selector")
+    if pp.weights_by:
+        ws = f"weights {':'.join(str(e.weight) for e in pp.endpoints)} from plugin {pp.weights_by}"
+    else:
+        ws = "no plugin gave weights"
+    return f"plugins: {sel}; {ws}"
+
+
 def _explain_pool(
     t: Trace, pp: PlanPort, w: Walk, decision: Any, engine: TracedEngine, src: str, now: float | None
 ) -> None:
@@ -440,6 +452,8 @@ def _explain_pool(
         t.steps.append("no ready local endpoint: falling back to serving, terminating local endpoints")
     if pp.topology_mode and w.pool == "cluster":
         t.steps.append(f"topology hints in use ({pp.topology_mode}): only hinted endpoints")
+    if (pp.selector_by or pp.weights_by) and n:
+        t.steps.append(_suppliers(pp))
     if sel.kind != "random" and n:
         origin = sel.origin
         if sel.kind == "weighted" and origin == DEFAULT_SELECTOR.origin:

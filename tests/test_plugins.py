@@ -4,6 +4,7 @@ separate example distribution: test_example_plugin.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -201,6 +202,8 @@ def test_register_twice_is_refused_unless_replacing() -> None:
         make_plugin_manager([BoxPlugin(), Again()], entry_points=False)
 
     class Replace:
+        kproxy_priority = 1  # asked before BoxPlugin, so it registers after it
+
         @kp.hookimpl
         def kproxy_register_service_types(self, registry: ServiceTypeRegistry) -> None:
             registry.register(BoxType("external"), replace=True)
@@ -371,7 +374,9 @@ def test_plugins_answer_before_the_annotations() -> None:
     pm = make_plugin_manager([Chooser("source-hash")], entry_points=False)
     objs = cluster_objs()
     objs[1]["metadata"]["annotations"] = {"kproxy-core.io/selector": "round-robin"}
-    e = kp.Engine(kp.Cluster.from_objects(objs, plugins=pm), node=NODE, plugins=pm)
+    with pytest.warns(kp.PluginWarning, match=r"^plugins Chooser, annotations all answer kproxy_endpoint_selector "
+                      r"for Service ns/web port http \(IPv4\) .*: Chooser wins"):
+        e = kp.Engine(kp.Cluster.from_objects(objs, plugins=pm), node=NODE, plugins=pm)
     assert e.plans["IPv4"].ports[0].selector.kind == "source-hash"
     e2 = kp.Engine(kp.Cluster.from_objects(objs), node=NODE)  # annotations alone
     assert e2.plans["IPv4"].ports[0].selector.kind == "round-robin"
@@ -391,8 +396,12 @@ def test_a_subset_of_hook_arguments_is_enough() -> None:
 @pytest.mark.parametrize("weights", [[1, 2], [1, 2, -1], [1, 2, "3"], [1, 2, 2_000_000]])
 def test_bad_weights_are_an_error_naming_the_service(weights: list[Any]) -> None:
     pm = make_plugin_manager([Chooser("random", weights)], entry_points=False)
-    with pytest.raises(kp.ManifestError, match=r"^Service ns/web: port http: kproxy_endpoint_weights must return 3 "):
+    with pytest.raises(kp.PluginError) as e:
         kp.Engine(kp.Cluster.from_objects(cluster_objs(), plugins=pm), node=NODE, plugins=pm)
+    assert str(e.value) == (
+        f"plugin Chooser: hook kproxy_endpoint_weights returned {weights!r} (list) for Service ns/web port http "
+        "(IPv4); expected a list of 3 ints from 0 to 1000000, one per endpoint in the order given, or None"
+    )
 
 
 def test_bad_selector_is_an_error_naming_the_service() -> None:
@@ -402,8 +411,12 @@ def test_bad_selector_is_an_error_naming_the_service() -> None:
             return "maglev"
 
     pm = make_plugin_manager([Wrong()], entry_points=False)
-    with pytest.raises(kp.ManifestError, match=r"^Service ns/web: port http: kproxy_endpoint_selector returned"):
+    with pytest.raises(kp.PluginError) as e:
         kp.Engine(kp.Cluster.from_objects(cluster_objs(), plugins=pm), node=NODE, plugins=pm)
+    assert str(e.value) == (
+        "plugin Wrong: hook kproxy_endpoint_selector returned 'maglev' (str) for Service ns/web port http (IPv4); "
+        'expected a kproxy_core.Selector (e.g. Selector("round-robin")) or None'
+    )
 
 
 def test_hook_exception_names_plugin_and_hook() -> None:
@@ -416,7 +429,8 @@ def test_hook_exception_names_plugin_and_hook() -> None:
     with pytest.raises(kp.PluginError) as e:
         kp.Engine(kp.Cluster.from_objects(cluster_objs(), plugins=pm), node=NODE, plugins=pm)
     assert str(e.value) == (
-        "plugin Failing: hook kproxy_endpoint_weights failed: ZeroDivisionError: integer division or modulo by zero"
+        "plugin Failing: hook kproxy_endpoint_weights failed for Service ns/web port http (IPv4): "
+        "ZeroDivisionError: integer division or modulo by zero"
     )
 
 
@@ -452,12 +466,37 @@ def test_cli_lists_plugins_and_exits_1_on_plugin_failure(tmp_path: Path) -> None
                        capture_output=True, text=True, cwd=root, env=env, timeout=60)
     assert r.returncode == 1
     assert r.stderr.strip() == (
-        "kproxy: error: plugin crash: hook kproxy_endpoint_selector failed: RuntimeError: crashed on default/mynginx"
+        "kproxy: error: plugin crash: hook kproxy_endpoint_selector failed for Service default/mynginx port 80 "
+        "(IPv4): RuntimeError: crashed on default/mynginx"
     )
 
 
 def test_engine_refuses_a_type_its_plugins_do_not_know() -> None:
     pm = make_plugin_manager([BoxPlugin()], entry_points=False)
     cluster = kp.Cluster.from_objects(box_objs(), plugins=pm)
-    with pytest.raises(kp.ManifestError, match=r"^Service ns/web: spec.type: 'Box' is not a known Service type"):
+    with pytest.raises(kp.ManifestError) as e:
         kp.Engine(cluster, node=NODE, plugins=make_plugin_manager(entry_points=False))
+    assert str(e.value) == (
+        "Service ns/web: spec.type: 'Box' is not a Service type of the engine's plugin manager (ClusterIP, NodePort, "
+        "LoadBalancer, ExternalName), but the Cluster was loaded with another manager that has it (from plugin "
+        "BoxPlugin): give the Engine that manager, or no plugins= at all (an Engine defaults to its Cluster's manager)"
+    )
+    # a Cluster built without the type's plugin at all: the plain message
+    objs = box_objs()
+    objs[1]["spec"]["type"] = "ClusterIP"
+    plain = kp.Cluster.from_objects(objs, plugins=pm)
+    changed = dict(plain.services)
+    changed[("ns", "web")] = dataclasses.replace(changed[("ns", "web")], type="Nope")
+    with pytest.raises(kp.ManifestError, match=r"^Service ns/web: spec.type: 'Nope' is not a known Service type "
+                                               r"\(ClusterIP, NodePort, LoadBalancer, ExternalName, Box; plugins"):
+        kp.Engine(dataclasses.replace(plain, services=changed), node=NODE)
+
+
+def test_an_engine_defaults_to_the_manager_its_cluster_was_loaded_with() -> None:
+    pm = make_plugin_manager([BoxPlugin()], entry_points=False)
+    engine = kp.Engine(kp.Cluster.from_objects(box_objs(), plugins=pm), node=NODE)
+    assert engine.plugins is pm
+    assert engine.lookup("10.0.0.7", "192.0.2.10", 80).frontend == "Box"
+    engine.apply([box_objs("192.0.2.11")[1]])  # the applied cluster keeps the manager
+    assert engine.cluster.plugins is pm and engine.lookup("10.0.0.7", "192.0.2.11", 80).frontend == "Box"
+    assert kp.Engine(engine.cluster, node=NODE).plugins is pm

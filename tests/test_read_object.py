@@ -130,11 +130,18 @@ def test_the_first_plugin_that_answers_reads_the_object() -> None:
         def kproxy_read_object(self, obj: Any, report: Any) -> Any:
             return [] if obj.get("kind") == "StaticRoute" else None
 
-    # pluggy asks the last registered first
-    pm = make_plugin_manager([Routes(), Skip()], entry_points=False)
+    # the asking order is the plugins' names (Routes before Skip), whatever the registration order
+    for plugins in ([Routes(), Skip()], [Skip(), Routes()]):
+        pm = make_plugin_manager(plugins, entry_points=False)
+        assert pm.implementers("kproxy_read_object") == ["Routes", "Skip"]
+        assert kp.Cluster.from_objects([route("db", "10.96.5.5", ["10.1.0.7"])], plugins=pm).services
+
+    class LateSkip(Skip):
+        kproxy_priority = 5  # a higher priority is asked first
+
+    pm = make_plugin_manager([Routes(), LateSkip()], entry_points=False)
+    assert pm.implementers("kproxy_read_object") == ["LateSkip", "Routes"]
     assert not kp.Cluster.from_objects([route("db", "10.96.5.5", ["10.1.0.7"])], plugins=pm).services
-    pm = make_plugin_manager([Skip(), Routes()], entry_points=False)
-    assert kp.Cluster.from_objects([route("db", "10.96.5.5", ["10.1.0.7"])], plugins=pm).services
 
 
 def test_known_kinds_can_be_read_differently() -> None:

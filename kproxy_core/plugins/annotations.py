@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kproxy_core.errors import ManifestError
 from kproxy_core.hookspecs import hookimpl
 from kproxy_core.model import Service, ServicePort
 from kproxy_core.plan import EndpointInfo
@@ -33,17 +34,23 @@ def kproxy_validate_service(service: Service, report: Report) -> None:
             return
 
 
+def _read(service: Service, port: ServicePort) -> tuple[Selector | None, dict[str, int]]:
+    try:
+        return selector_from_annotations(service.annotations, port.name, f"Service {service.ref}")
+    except ValueError as e:  # the annotation is wrong: bad input, worded by selectors
+        raise ManifestError(str(e)) from None
+
+
 @hookimpl(trylast=True)
-def kproxy_endpoint_selector(service: Service, port: ServicePort, family: str) -> Selector | None:
-    selector, _ = selector_from_annotations(service.annotations, port.name, f"Service {service.ref}")
-    return selector
+def kproxy_endpoint_selector(service: Service, port: ServicePort) -> Selector | None:
+    return _read(service, port)[0]
 
 
 @hookimpl(trylast=True)
 def kproxy_endpoint_weights(
     service: Service, port: ServicePort, endpoints: Sequence[EndpointInfo]
 ) -> Sequence[int] | None:
-    _, weights = selector_from_annotations(service.annotations, port.name, f"Service {service.ref}")
+    weights = _read(service, port)[1]
     if not weights:
         return None
     # a targetRef is kept as "Kind namespace/name"; the annotation names the pod
