@@ -36,6 +36,7 @@ from .hookspecs import hookimpl
 from .manifests import load
 from .model import Cluster, Endpoint, EndpointPort, EndpointSlice, Node, Service, ServicePort
 from .plan import PlanPort, ProxyConfig, ProxyPlan
+from .plantypes import EndpointInfo, NodeView
 from .selectors import Selector
 from .servicetypes import FrontendSpec, RuleText, ServiceType, ServiceTypeRegistry
 from .trace import Trace
@@ -63,6 +64,8 @@ __all__ = [
     "ServicePort",
     "load",
     # plan
+    "EndpointInfo",
+    "NodeView",
     "PlanPort",
     "ProxyConfig",
     "ProxyPlan",

@@ -13,16 +13,18 @@ import io
 import json
 import os
 import sys
+import traceback
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from importlib import resources
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 import numpy as np
 
 from .addresses import join_host_port, split_host_port
 from .engine import FRONTEND_NAMES, VERDICT_NAMES, Engine
-from .errors import KproxyError, ManifestError, PluginError
+from .errors import KproxyError, KproxyWarning, ManifestError, PluginError
 from .manifests import load
 from .model import PROTO_NUMBERS, Cluster
 
@@ -876,30 +878,51 @@ def _bench_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from .plugins import get_plugin_manager
+    """Every plugin in asking order, the order each hook asks, the Service types, and the
+    plugins that failed to load (with the reason) or were disabled. Exit 1 when one failed."""
+    from .plugins import FIRSTRESULT, HOOKS, make_plugin_manager
 
-    pm = get_plugin_manager()
+    pm = make_plugin_manager(keep_going=True)  # a broken plugin must not hide the others
     dists = {id(plugin): f"{dist.project_name} {dist.version}" for plugin, dist in pm.list_plugin_distinfo()}
     plugins: list[dict[str, Any]] = []
-    for name, plugin in pm.list_name_plugin():
+    for name in pm.asking_names():
+        plugin = pm.get_plugin(name)
         hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or ())
         where = getattr(plugin, "__name__", type(plugin).__name__)
-        plugins.append({"name": name, "module": where, "distribution": dists.get(id(plugin)), "hooks": hooks})
+        plugins.append({"name": name, "module": where, "distribution": dists.get(id(plugin)),
+                        "priority": pm.priority(name), "hooks": hooks})
+    order = {h: pm.implementers(h) for h in HOOKS if pm.implementers(h)}
     registry = pm.registry
     types = [
         {"type": t, "plugin": registry.owner(t), "handler": type(registry.get(t)).__qualname__}
         for t in registry.names()
     ]
+    failed = [{"name": f.name, "where": f.where, "reason": f.reason, "message": f.message()} for f in pm.failed]
     if args.json:
-        print(json.dumps({"plugins": plugins, "service_types": types}, indent=2))
-        return 0
-    print("plugins")
+        print(json.dumps({"plugins": plugins, "asking_order": order, "service_types": types, "failed": failed,
+                          "disabled": list(pm.disabled)}, indent=2))
+        return 1 if failed else 0
+    print("plugins (in asking order: priority, then name)")
     for p in plugins:
         dist = f" ({p['distribution']})" if p["distribution"] else ""
-        print(f"  {p['name']:<14} {p['module']}{dist}: {', '.join(p['hooks'])}")
+        print(f"  {p['name']:<14} {p['module']}{dist}, priority {p['priority']}: {', '.join(p['hooks'])}")
+    print("hooks (who is asked, in order; tryfirst/trylast included)")
+    for hook, names in order.items():
+        how = "first answer wins" if hook in FIRSTRESULT else "every one"
+        print(f"  {hook:<30} {' > '.join(names)} ({how})")
     print("service types")
     for t in types:
         print(f"  {t['type']:<14} {t['plugin']:<14} {t['handler']}")
+    if pm.disabled:
+        print(f"disabled (KPROXY_DISABLE_PLUGINS): {', '.join(pm.disabled)}")
+    if failed:
+        print("failed to load")
+        for f in pm.failed:
+            print(f"  {f.name:<14} {f.where}: {f.reason}")
+        print(f"{PROG}: error: {len(failed)} plugin{'s' if len(failed) > 1 else ''} failed to load; "
+              f"KPROXY_DISABLE_PLUGINS={','.join(f.name for f in pm.failed)} runs without "
+              f"{'them' if len(failed) > 1 else 'it'}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -1037,6 +1060,9 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--traceback", action="store_true",
+                   help="on a plugin failure, print the full traceback too (anywhere on the line; or "
+                        "KPROXY_TRACEBACK=1)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", help="the article cluster: trace an in-cluster and an internet packet")
@@ -1139,18 +1165,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+TRACEBACK_ENV = "KPROXY_TRACEBACK"
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """kproxy-core's own warnings as ``kproxy: warning: ...``; others as Python prints them."""
+    if issubclass(category, KproxyWarning):
+        print(f"{PROG}: warning: {message}", file=sys.stderr)
+    else:  # pragma: no cover - a library's warning
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --traceback may stand anywhere on the line (before or after the command)
+    show_tb = "--traceback" in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--traceback"]
     parser = build_parser()
     args = parser.parse_args(argv)
     global _all_problems
     _all_problems = bool(getattr(args, "all_problems", False))
+    warnings.showwarning = _show_warning
     try:
         return int(args.func(args))
     except (ManifestError, UsageError) as e:
+        if show_tb:
+            traceback.print_exc()
         _print_lines("error", str(e).splitlines() or [type(e).__name__], "problem")
         return 2
     except PluginError as e:  # not the input's fault: a plugin failed
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        if show_tb:
+            traceback.print_exc()
+        hint = "" if show_tb or e.__cause__ is None else " (--traceback or KPROXY_TRACEBACK=1 shows where)"
+        print(f"{PROG}: error: {e}{hint}", file=sys.stderr)
         return 1
     except KproxyError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -209,7 +209,7 @@ class KproxyPluginManager(pluggy.PluginManager):
 
     def plugin_names(self) -> list[str]:
         """Registered plugin names, in registration order."""
-        return [name for name, _ in self.list_name_plugin()]
+        return [name for name, plugin in self.list_name_plugin() if plugin is not None]  # None: blocked
 
     def asking_names(self) -> list[str]:
         """Registered plugin names in asking order (before ``tryfirst``/``trylast``, which
@@ -274,15 +274,28 @@ def make_plugin_manager(
     for impl in reversed(pm.asking_order("kproxy_register_service_types")):
         with pm.registry.registering_for(impl.plugin_name):
             try:
-                impl.function(registry=pm.registry)
-            except PluginError:
-                raise
-            except Exception as e:
-                raise PluginError(
-                    f"plugin {impl.plugin_name}: hook kproxy_register_service_types failed: "
-                    f"{type(e).__name__}: {e}"
-                ) from e
+                try:
+                    impl.function(registry=pm.registry)
+                except PluginError:
+                    raise
+                except Exception as e:
+                    raise PluginError(
+                        f"plugin {impl.plugin_name}: hook kproxy_register_service_types failed: "
+                        f"{type(e).__name__}: {e}"
+                    ) from e
+            except PluginError as e:
+                if not keep_going:
+                    raise
+                pm.failed += (PluginFailure(impl.plugin_name, _where(pm, impl.plugin),
+                                            str(e).removeprefix(f"plugin {impl.plugin_name}: ")),)
     return pm
+
+
+def _where(pm: KproxyPluginManager, plugin: object) -> str:
+    for p, dist in pm.list_plugin_distinfo():
+        if p is plugin:
+            return f"{getattr(plugin, '__name__', type(plugin).__name__)} from {dist.project_name} {dist.version}"
+    return getattr(plugin, "__name__", type(plugin).__name__)
 
 
 def _register(pm: KproxyPluginManager, plugin: object, name: str | None, priority: int | None = None) -> None:
