@@ -8,9 +8,13 @@ the manager and the entry-point group.
 Hooks are grouped by when they run. Arguments are add-only across versions: a hook
 implementation may accept any subset of a spec's parameters (pluggy passes only those it
 names), so a plugin keeps working when a later version adds one. Every call of a plugin
-runs while the plan is built, never per packet: a plugin chooses and parameterises, the
-compiled core executes. An exception raised in a hook becomes a
-:class:`kproxy_core.errors.PluginError` naming the plugin and the hook.
+runs while manifests are loaded or the plan is built, never per packet: a plugin chooses
+and parameterises, the compiled core executes. Plugins are asked in the manager's
+documented order (``tryfirst``, plain, ``trylast``; then ``kproxy_priority``; then the
+name: :mod:`kproxy_core.plugins`), whatever the install order. An exception raised in a
+hook, or an answer of the wrong type, becomes a :class:`kproxy_core.errors.PluginError`
+naming the plugin, the hook and what was being read or planned; a
+:class:`kproxy_core.errors.ManifestError` raised in a hook is bad input and passes as it is.
 
 docs/plugins.md has one section per hook with a runnable example.
 """
@@ -68,7 +72,7 @@ def kproxy_read_object(obj: Mapping[str, Any], report: Report) -> Sequence[Mappi
     is not passed to this hook again. ``report.error(field, message)`` rejects the object
     with one line naming it (``<Kind> <namespace>/<name>: <field>: <message>``);
     ``report.warn`` accepts it with a warning. firstresult: the first plugin that returns
-    a list reads the object. Multi-Cluster Services reads ``ServiceImport`` objects this
+    a list, in the asking order, reads the object. Multi-Cluster Services reads ``ServiceImport`` objects this
     way, as the Service kube-proxy is given for each.
     """
 

@@ -550,7 +550,7 @@ class _Builder:
         _, kind, namespace, name, _ = ident
         key: ObjectKey = (kind, namespace, name)
         ctx = _Ctx(_who(*key))
-        got = self.plugins.call_hook("kproxy_read_object", obj=obj, report=ctx)
+        got = self.plugins.call_hook("kproxy_read_object", context=ctx.who, obj=obj, report=ctx)
         if got is None and not ctx.errors and not ctx.warnings:
             return False
         self.touched.add(key)
@@ -845,7 +845,7 @@ def _plugin_checks(ctx: _Ctx, svc: Service, plugins: KproxyPluginManager) -> Non
             if sp.node_port:
                 ctx.error(f"spec.ports[{i}].nodePort", f"may not be used when type is {_q(svc.type)}")
     registry.call(svc.type, "validate", svc, ctx)
-    plugins.call_hook("kproxy_validate_service", service=svc, report=ctx)
+    plugins.call_hook("kproxy_validate_service", context=f"Service {svc.ref}", service=svc, report=ctx)
 
 
 def _cluster_ips(ctx: _Ctx, cip_raw: Any, cips_raw: Any) -> tuple[bool, tuple[str, ...], list[str]]:

@@ -273,6 +273,13 @@ class Cluster:
     # the plugin manager the cluster was loaded with: an Engine given none uses it
     plugins: Any = field(default=None, compare=False, repr=False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to Dask workers) without the plugin manager, which holds modules: a
+        worker's Engine uses that process's default manager."""
+        state = dict(self.__dict__)
+        state["plugins"] = None
+        return state
+
     def service_cidrs_for(self, family: Family) -> tuple[str, ...]:
         """Every ServiceCIDR's CIDR of one family, in name order (nftables' cluster-ips-check)."""
         v6 = family == "IPv6"

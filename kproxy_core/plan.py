@@ -380,7 +380,7 @@ def plan_port(
         return None
     fam6 = cfg.family == "IPv6"
     ext_ips = tuple(ip for ip in svc.external_ips if (":" in ip) == fam6)
-    specs: list[FrontendSpec] = registry.call(svc.type, "frontends", svc, sp, cfg.family, cluster)
+    specs: list[Any] = registry.call(svc.type, "frontends", svc, sp, cfg.family, cluster)
     lb_ips, ranges, extra = _plugin_frontends(svc, sp, cfg, specs)  # they feed ExternallyAccessible
     # kube-proxy's ExternallyAccessible, with a plugin's external frontends counting like externalIPs
     accessible_type = handler.externally_accessible or bool(svc.external_ips) or any(
@@ -461,7 +461,7 @@ def plan_port(
 
 
 def _plugin_frontends(
-    svc: Service, sp: ServicePort, cfg: ProxyConfig, specs: Sequence[FrontendSpec]
+    svc: Service, sp: ServicePort, cfg: ProxyConfig, specs: Sequence[Any]  # what a handler gave: checked here
 ) -> tuple[tuple[str, ...], tuple[str, ...], list[Frontend]]:
     """A handler's frontends for one port and family: load-balancer IPs (with their
     source ranges) and other frontends. A frontend of the other family is skipped;
@@ -473,7 +473,11 @@ def _plugin_frontends(
     who = f"Service {svc.ref}: type {svc.type}"
     for spec in specs:
         if not isinstance(spec, FrontendSpec):
-            raise ManifestError(f"{who}: frontends() returned {spec!r}, not a FrontendSpec")
+            owner = cfg.plugin_manager.registry.owner(svc.type)
+            raise PluginError(
+                f"plugin {owner}: Service type {svc.type}: frontends() returned {_short(spec)} for Service "
+                f"{svc.ref} port {sp.name or sp.port} ({cfg.family}); expected kproxy_core.FrontendSpec objects"
+            )
         try:
             addr = ipaddress.ip_address(spec.ip)
         except ValueError:

@@ -241,7 +241,7 @@ class PlanPort:
             if ep.endpoint in used:
                 continue
             if ep.weight == 0:
-                why = f"weight 0 ({self.selector.origin})"
+                why = f"weight 0 (from plugin {self.weights_by})" if self.weights_by else "weight 0"
             elif not ep.ready and not (ep.serving and ep.terminating):
                 why = "not ready" if not ep.terminating else "terminating and not serving"
             elif ep.terminating:

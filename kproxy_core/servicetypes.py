@@ -239,13 +239,25 @@ class ServiceTypeRegistry:
             raise
         except Exception as e:
             raise PluginError(
-                f"plugin {self.owner(type_name)}: Service type {type_name}: {method}() failed: "
+                f"plugin {self.owner(type_name)}: Service type {type_name}: {method}() failed{_subject(args)}: "
                 f"{type(e).__name__}: {e}"
             ) from e
         return result
 
 
 _ITERABLE_METHODS = frozenset({"frontends", "dns_records", "dns_zones", "zone_records", "rules", "trace_steps"})
+
+
+def _subject(args: tuple[Any, ...]) -> str:
+    """`` for Service ns/name port http`` from a handler call's arguments ("" without a Service)."""
+    svc = next((a.ref for a in args if isinstance(getattr(a, "ref", None), str)), None)
+    spn = next((a.spn for a in args if isinstance(getattr(a, "spn", None), str)), None)
+    if spn is not None:  # a PlanPort: ns/name:port
+        return f" for Service port {spn}"
+    if svc is None:
+        return ""
+    port = next((a for a in args if hasattr(a, "protocol") and hasattr(a, "port") and hasattr(a, "name")), None)
+    return f" for Service {svc}" + (f" port {port.name or port.port}" if port is not None else "")
 
 
 def _brief(args: tuple[Any, ...]) -> str:

@@ -78,3 +78,40 @@ def examples() -> list[tuple[int, str]]:
 @pytest.mark.parametrize(("line", "code"), examples(), ids=[f"line{n}" for n, _ in examples()])
 def test_examples_run(line: int, code: str) -> None:
     exec(compile(code, f"{DOC}:{line}", "exec"), {"__name__": f"docs_example_{line}"})
+
+
+def test_every_handler_member_is_in_the_table_with_its_types() -> None:
+    """Each ServiceType method appears in the handler table with its arguments' types."""
+    from kproxy_core.servicetypes import ServiceType
+
+    text = DOC.read_text()
+    for name, member in vars(ServiceType).items():
+        if name.startswith("_"):
+            continue
+        if callable(member):
+            sig = inspect.signature(member)
+            params = ", ".join(f"{p.name}: {p.annotation}" for p in list(sig.parameters.values())[1:])
+            row = f"`{name}({params}) -> {sig.return_annotation}`".replace("|", "\\|")
+        else:
+            row = f"`{name}: "
+        assert row in text, f"docs/plugins.md: the handler table has no {row}"
+
+
+@pytest.mark.parametrize("cls", ["EndpointInfo", "NodeView", "PlanPort", "FrontendSpec", "RuleText"])
+def test_the_types_plugins_get_are_documented_field_by_field(cls: str) -> None:
+    import dataclasses
+
+    import kproxy_core as kp
+
+    text = DOC.read_text()
+    for f in dataclasses.fields(getattr(kp, cls)):
+        assert f"`{f.name}`" in text or f"{f.name}=" in text, f"docs/plugins.md: {cls}.{f.name} is not documented"
+
+
+def test_the_docs_name_every_environment_variable_of_the_manager() -> None:
+    from kproxy_core import plugins
+
+    text = DOC.read_text()
+    for var in (plugins.AUTOLOAD_OFF_ENV, plugins.DISABLE_ENV, plugins.TRACE_ENV, "KPROXY_TRACEBACK",
+                plugins.PRIORITY_ATTRIBUTE, "tryfirst", "trylast"):
+        assert var in text, var

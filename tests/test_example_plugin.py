@@ -521,7 +521,8 @@ def test_cli_plugins(installed: importlib.metadata.Distribution) -> None:
     out = json.loads(r.stdout)
     mine = [p for p in out["plugins"] if p["name"] == "extravip"]
     assert [{k: v for k, v in p.items() if k != "distribution"} for p in mine] == [
-        {"name": "extravip", "module": MODULE, "hooks": ["kproxy_register_service_types"]}]
+        {"name": "extravip", "module": MODULE, "priority": 0, "hooks": ["kproxy_register_service_types"]}]
+    assert out["asking_order"]["kproxy_register_service_types"] == ["extravip", "externalname", "loadbalancer"]
     assert {"type": "ExtraVIP", "plugin": "extravip", "handler": "ExtraVIPType"} in out["service_types"]
     text = kproxy("plugins")
     assert text.returncode == 0, text.stderr

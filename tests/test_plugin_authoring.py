@@ -388,3 +388,62 @@ def test_load_takes_a_list_of_paths(tmp_path: Path) -> None:
     assert one.services.keys() == {("ns", "web")}
     with pytest.raises(kp.ManifestError, match=r"nothing\.yaml"):
         kp.load([str(a), str(tmp_path / "nothing.yaml")])
+
+
+def test_failures_while_loading_name_the_object() -> None:
+    class Picky:
+        @kp.hookimpl
+        def kproxy_validate_service(self, service: kp.Service) -> None:
+            raise KeyError("owner")
+
+    pm = make_plugin_manager([Picky()], entry_points=False)
+    with pytest.raises(kp.PluginError) as e:
+        kp.Cluster.from_objects(zoned_cluster(), plugins=pm)
+    assert str(e.value) == "plugin Picky: hook kproxy_validate_service failed for Service ns/web: KeyError: 'owner'"
+
+    class Reader:
+        @kp.hookimpl
+        def kproxy_read_object(self, obj: Any) -> None:
+            if obj["kind"] == "Node":
+                raise ValueError("no nodes today")
+
+    pm = make_plugin_manager([Reader()], entry_points=False)
+    with pytest.raises(kp.PluginError) as e:
+        kp.Cluster.from_objects(zoned_cluster(), plugins=pm)
+    assert str(e.value) == "plugin Reader: hook kproxy_read_object failed for Node a1: ValueError: no nodes today"
+
+
+def test_a_handler_answer_of_the_wrong_type_names_the_plugin() -> None:
+    class Odd(kp.ServiceType):
+        name = "Odd"
+
+        def frontends(self, service: kp.Service, port: kp.ServicePort, family: str,
+                      cluster: kp.Cluster) -> Iterator[Any]:
+            yield "192.0.2.1"
+
+    class OddPlugin:
+        @kp.hookimpl
+        def kproxy_register_service_types(self, registry: Any) -> None:
+            registry.register(Odd())
+
+    objs = zoned_cluster()
+    objs[3]["spec"]["type"] = "Odd"
+    pm = make_plugin_manager([OddPlugin()], entry_points=False)
+    with pytest.raises(kp.PluginError) as e:
+        kp.Engine(kp.Cluster.from_objects(objs, plugins=pm), node="a1")
+    assert str(e.value) == (
+        "plugin OddPlugin: Service type Odd: frontends() returned '192.0.2.1' (str) for Service ns/web port http "
+        "(IPv4); expected kproxy_core.FrontendSpec objects"
+    )
+
+
+def test_a_cluster_pickles_without_its_manager() -> None:
+    """Dask sends clusters to workers: the manager (modules inside) stays behind."""
+    import pickle
+
+    pm = make_plugin_manager([PreferMyZone()], entry_points=False)
+    cluster = kp.Cluster.from_objects(zoned_cluster(), plugins=pm)
+    again = pickle.loads(pickle.dumps(cluster))
+    assert cluster.plugins is pm and again.plugins is None
+    assert again.services == cluster.services and again.nodes == cluster.nodes
+    assert kp.Engine(again, node="a1").lookup("10.0.9.9", "10.96.0.10", 80).verdict == "DNAT"

@@ -303,7 +303,9 @@ def test_handler_exception_names_plugin_type_and_method() -> None:
     pm = make_plugin_manager([BoxPlugin(Crashing())], entry_points=False)
     with pytest.raises(kp.PluginError) as e:
         kp.Engine(kp.Cluster.from_objects(box_objs(), plugins=pm), node=NODE, plugins=pm)
-    assert str(e.value) == "plugin BoxPlugin: Service type Box: frontends() failed: ZeroDivisionError: boom"
+    assert str(e.value) == (
+        "plugin BoxPlugin: Service type Box: frontends() failed for Service ns/web port http: ZeroDivisionError: boom"
+    )
 
 
 # --------------------------------------------------------------------------- hooks
@@ -367,7 +369,7 @@ def test_selector_and_weights_hooks_reach_the_plan() -> None:
     # plans a port anew, for a trace or the whole plan, and gets the same answer)
     assert chooser.seen and set(chooser.seen) == {("ns/web", "IPv4")}
     t = e.trace("10.0.0.7", "10.96.0.10", 80)
-    assert {"endpoint": "10.0.1.5:8080", "reason": "weight 0 (plugin Chooser)"} in t.filtered
+    assert {"endpoint": "10.0.1.5:8080", "reason": "weight 0 (from plugin Chooser)"} in t.filtered
 
 
 def test_plugins_answer_before_the_annotations() -> None:
@@ -467,7 +469,7 @@ def test_cli_lists_plugins_and_exits_1_on_plugin_failure(tmp_path: Path) -> None
     assert r.returncode == 1
     assert r.stderr.strip() == (
         "kproxy: error: plugin crash: hook kproxy_endpoint_selector failed for Service default/mynginx port 80 "
-        "(IPv4): RuntimeError: crashed on default/mynginx"
+        "(IPv4): RuntimeError: crashed on default/mynginx (--traceback or KPROXY_TRACEBACK=1 shows where)"
     )
 
 

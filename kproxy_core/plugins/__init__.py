@@ -179,11 +179,11 @@ class KproxyPluginManager(pluggy.PluginManager):
                     break
         return out
 
-    def call_hook(self, name: str, **kwargs: Any) -> Any:
+    def call_hook(self, name: str, *, context: str = "", **kwargs: Any) -> Any:
         """Call a hook in asking order: a firstresult hook returns the first answer that is
         not None (or None), another the list of answers. Failures are PluginErrors naming
-        the plugin and the hook."""
-        got = self.answers(name, stop=name in FIRSTRESULT, **kwargs)
+        the plugin, the hook and ``context`` (what was being read or planned)."""
+        got = self.answers(name, context=context, stop=name in FIRSTRESULT, **kwargs)
         if name in FIRSTRESULT:
             return got[0][1] if got else None
         return [answer for _, answer in got]
@@ -439,6 +439,12 @@ def get_plugin_manager() -> KproxyPluginManager:
     with _default_lock:
         if _default is None:
             _default = make_plugin_manager()
+        return _default
+
+
+def peek_plugin_manager() -> KproxyPluginManager | None:
+    """The shared default manager if one is set or built, without building one."""
+    with _default_lock:
         return _default
 
 

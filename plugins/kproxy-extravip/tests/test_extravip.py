@@ -19,35 +19,27 @@ import kproxy_extravip as xv
 import pytest
 
 import kproxy_core as kp
+from kproxy_core import testing
 from kproxy_core.errors import ManifestError
-from kproxy_core.plugins import make_plugin_manager
+from kproxy_core.testing import assert_candidates, plugin_manager
 
 
 @pytest.fixture(scope="module")
 def pm() -> Any:
-    manager = make_plugin_manager(entry_points=True)
-    assert manager.get_plugin("extravip") is not None, "the kproxy entry point of kproxy-extravip is not installed"
-    return manager
+    # the installed entry point, and nothing else that happens to be installed
+    return plugin_manager(entry_points=["extravip"])
 
 
 def service(name: str, cluster_ip: str = "10.96.0.10", annotations: dict[str, str] | None = None,
             ns: str = "default", **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": ns, "annotations": annotations or {}},
-        "spec": {"type": "ExtraVIP", "clusterIP": cluster_ip, "ports": [{"name": "http", "port": 80,
-                                                                           "protocol": "TCP"}], **spec},
-    }
+    """An ExtraVIP Service with one port, http 80."""
+    return testing.service(name, namespace=ns, type="ExtraVIP", cluster_ip=cluster_ip, ports=[("http", 80)],
+                           annotations=annotations or {}, **spec)
 
 
 def endpoints(name: str, ips: list[str], ns: str = "default") -> dict[str, Any]:
-    return {
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": f"{name}-1", "namespace": ns, "labels": {"kubernetes.io/service-name": name}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips],
-    }
+    """The Service's EndpointSlice: ``ips`` on port http 8080."""
+    return testing.endpoint_slice(name, ips, namespace=ns, ports=[("http", 8080)])
 
 
 def test_the_type_is_registered_through_the_entry_point(pm: Any) -> None:
@@ -71,7 +63,9 @@ def test_lookups_to_the_vip_reach_the_endpoints(pm: Any) -> None:
     engine = kp.Engine(kp.Cluster.from_objects(objs, plugins=pm), node=None, plugins=pm, seed=1)
     d = engine.lookup("10.0.9.9", "198.51.100.7", 80, "TCP", sport=1234)
     assert d.verdict == "DNAT" and d.frontend == "ExtraVIP" and d.service == "default/web:http"
-    assert d.endpoint in {("10.0.1.1", 8080), ("10.0.1.2", 8080)}
+    t = engine.trace("10.0.9.9", "198.51.100.7", 80, "TCP", sport=1234)
+    assert_candidates(t, {"10.0.1.1:8080": 0.5, "10.0.1.2:8080": 0.5})
+    assert d.endpoint is not None and t.endpoint == f"{d.endpoint[0]}:{d.endpoint[1]}"  # the flow's endpoint
     assert engine.lookup("10.0.9.9", "198.51.100.8", 80, "TCP").verdict == "PASS"
 
 
@@ -100,3 +94,13 @@ def test_the_kproxy_command_lists_and_uses_the_plugin(tmp_path: Any) -> None:
     assert r.returncode == 0, r.stderr
     t = json.loads(r.stdout)
     assert t["verdict"] == "DNAT" and t["frontend"] == "ExtraVIP" and t["endpoint"] == "10.0.1.1:8080"
+
+
+def test_code_that_uses_the_default_manager_sees_the_plugin(kproxy_plugin_manager: Any) -> None:
+    """kproxy-core's pytest fixture: the manager it makes is the default while the test
+    runs, so a Cluster and an Engine built without plugins= know ExtraVIP."""
+    pm = kproxy_plugin_manager(entry_points=["extravip"])
+    objs = [service("web", annotations={xv.ADDRESS_ANNOTATION: "198.51.100.9"}), endpoints("web", ["10.0.1.1"])]
+    engine = kp.Engine(kp.Cluster.from_objects(objs), node=None)
+    assert engine.plugins is pm
+    assert_candidates(engine.trace("10.0.9.9", "198.51.100.9", 80), {"10.0.1.1:8080": 1.0})

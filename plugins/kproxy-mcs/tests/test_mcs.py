@@ -13,14 +13,13 @@ import kproxy_mcs as mcs
 import pytest
 
 import kproxy_core as kp
-from kproxy_core.plugins import make_plugin_manager
+from kproxy_core.testing import assert_candidates, endpoint, plugin_manager, service
 
 
 @pytest.fixture(scope="module")
 def pm() -> Any:
-    manager = make_plugin_manager(entry_points=True)
-    assert manager.get_plugin("mcs") is not None, "the kproxy entry point of kproxy-mcs is not installed"
-    return manager
+    # the installed entry point, and nothing else that happens to be installed
+    return plugin_manager(entry_points=["mcs"])
 
 
 def service_import(name: str, kind: str = "ClusterSetIP", ips: list[str] | None = None,
@@ -47,7 +46,7 @@ def imported_slice(name: str, cluster: str, *ips: str, port: int = 8080, hostnam
                      "labels": {mcs.SERVICE_NAME_LABEL: name, mcs.SOURCE_CLUSTER_LABEL: cluster}},
         "addressType": "IPv6" if ":" in ips[0] else "IPv4",
         "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [ip], **({"hostname": hostname} if hostname else {})} for ip in ips],
+        "endpoints": [endpoint(ip, hostname=hostname) for ip in ips],
     }
 
 
@@ -62,6 +61,7 @@ def test_a_clusterset_ip_reaches_every_imported_endpoint(pm: Any, version: str) 
     objs = [service_import("web", ips=["172.30.9.9"], version=version),
             imported_slice("web", "east", "10.180.0.1"), imported_slice("web", "west", "10.190.0.1")]
     engine = kp.Engine(kp.Cluster.from_objects(objs, plugins=pm), node=None, plugins=pm, seed=1)
+    assert_candidates(engine.trace("10.0.0.2", "172.30.9.9", 80), {"10.180.0.1:8080": 0.5, "10.190.0.1:8080": 0.5})
     got = {engine.lookup("10.0.0.2", "172.30.9.9", 80, "TCP", sport=s).endpoint for s in range(1000, 1100)}
     assert got == {("10.180.0.1", 8080), ("10.190.0.1", 8080)}
     d = engine.lookup("10.0.0.2", "172.30.9.9", 80, "TCP", sport=1)
@@ -119,7 +119,6 @@ def test_a_clusterset_ip_import_without_an_address_waits(pm: Any) -> None:
 
 
 def test_the_type_is_not_for_hand_written_services(pm: Any) -> None:
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "shop"},
-           "spec": {"type": "ServiceImport", "clusterIP": "172.30.0.1", "ports": [{"port": 80}]}}
+    svc = service("x", namespace="shop", type="ServiceImport", cluster_ip="172.30.0.1")
     with pytest.raises(kp.ManifestError, match=r"Service shop/x: spec\.type: ServiceImport is the type of the"):
         kp.Cluster.from_objects([svc], plugins=pm)
