@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import cli_run
 import pytest
 
 from kproxy_core.plugins import KproxyPluginManager, get_plugin_manager, set_plugin_manager
@@ -77,7 +78,6 @@ def user_env() -> dict[str, str]:
 
 
 def kproxy(*args: str) -> subprocess.CompletedProcess[str]:
-    """``kproxy ARGS`` with entry points on, as a user runs it."""
-    script = Path(sys.executable).with_name("kproxy")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "kproxy_core"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=user_env(), timeout=120)
+    """``kproxy ARGS`` with entry points on, as a user runs it: the installed console script,
+    from outside the repository (paths in ARGS are absolute)."""
+    return cli_run.kproxy(*args, env=user_env(), timeout=120)

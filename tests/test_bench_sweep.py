@@ -11,12 +11,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cli_run
 import numpy as np
 import pytest
 
@@ -201,10 +201,7 @@ def test_plot_without_matplotlib(tmp_path: Path) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(fake.parent), env.get("PYTHONPATH")]))
     png = tmp_path / "sweep.png"
-    r = subprocess.run(
-        [sys.executable, "-m", "kproxy_core", "bench", "--sweep", "100", "--plot", str(png)],
-        capture_output=True, text=True, env=env, timeout=120,
-    )
+    r = cli_run.kproxy("bench", "--sweep", "100", "--plot", str(png), env=env, timeout=120)
     assert r.returncode == 2, r.stderr
     assert r.stderr == "kproxy: error: --plot needs matplotlib: pip install 'kproxy-core[plot]'\n"
     assert r.stdout == "" and not png.exists()

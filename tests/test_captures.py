@@ -8,11 +8,10 @@ import gzip
 import io
 import socket
 import struct
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+import cli_run
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -244,8 +243,8 @@ def test_kproxy_classify_a_capture(tmp_path: Path) -> None:
     cap = tmp_path / "c.pcap"
     cap.write_bytes(pcap([f for _, f, _ in FRAMES]))
     out = tmp_path / "out.jsonl"
-    r = subprocess.run([sys.executable, "-m", "kproxy_core", "classify", "-f", str(tmp_path / "c.yaml"),
-                        "--packets", str(cap), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    r = cli_run.kproxy("classify", "-f", str(tmp_path / "c.yaml"), "--packets", str(cap), "--out", str(out),
+                       timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("13 packets in the capture, 6 looked up\n"), r.stdout
     # each reason with the numbers of its packets, in capture order from 1
@@ -257,8 +256,7 @@ def test_kproxy_classify_a_capture(tmp_path: Path) -> None:
     assert rows[3]["src"] == "fd00:10::9" and rows[3]["verdict"] == "PASS"
     bad = tmp_path / "x.pcap"
     bad.write_bytes(pcapng([(0, ether(V4, 0x0800), 1)], [(1, 6)])[:-6])
-    r = subprocess.run([sys.executable, "-m", "kproxy_core", "classify", "-f", str(tmp_path / "c.yaml"),
-                        "--packets", str(bad)], capture_output=True, text=True, timeout=120)
+    r = cli_run.kproxy("classify", "-f", str(tmp_path / "c.yaml"), "--packets", str(bad), timeout=120)
     assert r.returncode == 2 and r.stderr.startswith(f"kproxy: error: {bad}: the last record"), r.stderr
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+import cli_run
 import pytest
 from k8s import ep, eport, node, port, service, slice_
 
@@ -37,8 +37,8 @@ def cluster_file(tmp_path: Path) -> Path:
 
 
 def kproxy(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kproxy_core", "classify", *args], capture_output=True, text=True,
-                          timeout=120)
+    """``kproxy classify ARGS``: the installed command, from outside the repository."""
+    return cli_run.kproxy("classify", *args, timeout=120)
 
 
 def vpc_text(rows: list[tuple[str, int, str, int, int, int]]) -> str:

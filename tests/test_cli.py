@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+import cli_run
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTICLE = ROOT / "examples" / "mynginx.yaml"
-KPROXY = shutil.which("kproxy")
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [KPROXY] if KPROXY else [sys.executable, "-m", "kproxy_core"]
-    return subprocess.run([*cmd, *args], input=stdin, capture_output=True, text=True, timeout=300)
+    """``kproxy ARGS`` from outside the repository (paths in ARGS are absolute)."""
+    return cli_run.kproxy(*args, input=stdin)
 
 
 def test_console_script_installed() -> None:
-    assert KPROXY, "the kproxy console script is not on PATH"
+    assert cli_run.script().is_file()
 
 
 def test_demo() -> None:

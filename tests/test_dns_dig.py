@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import cli_run
 import pytest
 import yaml
 from dns_cluster import coredns_objects, extra_objects
@@ -133,8 +133,9 @@ def test_cli_resolve_matches_server(server: int, tmp_path: Path) -> None:
 
     for name, qtype in [("svc1.testns.svc.cluster.local.", "A"), ("_http._tcp.hdls1.testns.svc.cluster.local.", "SRV"),
                         ("2.0.0.172.in-addr.arpa.", "PTR"), ("svc6.testns.svc.cluster.local.", "AAAA")]:
-        out = subprocess.run([sys.executable, "-m", "kproxy_core", "dns", "resolve", "-f", str(path), name,
-                              "--type", qtype, "--json"], capture_output=True, text=True, check=True).stdout
+        r = cli_run.kproxy("dns", "resolve", "-f", str(path), name, "--type", qtype, "--json", timeout=120)
+        assert r.returncode == 0, r.stderr
+        out = r.stdout
         ans = json.loads(out)["answer"]
         mine = sorted(f"{r['name']} {r['ttl']} IN {r['type']} {r['data']}" for r in ans["answer"])
         assert mine == sorted(dig(server, name, qtype)[2]["ANSWER"])

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cli_run
 import dns.flags
 import dns.message
 import dns.name
@@ -46,7 +47,7 @@ from kproxy_core.dnsserver import ServerThread, handle, serve_in_thread
 ROOT = Path(__file__).resolve().parent.parent
 ARTICLE = ROOT / "examples" / "mynginx.yaml"
 LOAD_SCRIPT = ROOT / "benchmarks" / "dns_load.py"
-SERVE = [sys.executable, "-m", "kproxy_core", "dns", "serve"]
+SERVE = [str(cli_run.SCRIPT), "dns", "serve"]  # the installed command (Served fails the test without it)
 DIG = shutil.which("dig")
 TCP_TIMEOUT = 0.5  # the server's idle timeout in these tests: small, so timeout tests are fast
 BIG = 40  # ready endpoints of the headless "big": its A answer is ~690 bytes, over 512
@@ -643,13 +644,16 @@ def test_serve_arguments() -> None:
 
 
 class Served:
-    """A ``dns serve`` subprocess; stderr goes to a file so that it can be read while it runs."""
+    """A ``dns serve`` subprocess; stderr goes to a file so that it can be read while it runs.
+    It runs in the log's directory (a temporary one, outside the repository)."""
 
     def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        if cmd[0] == str(cli_run.SCRIPT):
+            cli_run.script()  # not installed: fail with the reason, not FileNotFoundError
         self.log = log
         self.fh = log.open("w")
         env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.fh, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.fh, env=env, cwd=log.parent)
         self.port = 0
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -716,8 +720,7 @@ def watch_scenario(cmd: list[str], tmp_path: Path) -> None:
 
 def test_cli_dns_serve_watch(tmp_path: Path) -> None:
     watch_scenario(SERVE, tmp_path)
-    help_text = subprocess.run([sys.executable, "-m", "kproxy_core", "dns", "serve", "--help"], capture_output=True,
-                               text=True, timeout=60).stdout
+    help_text = cli_run.kproxy("dns", "serve", "--help", timeout=60).stdout
     assert "REFUSED" in help_text and "recursion" in help_text
 
 
@@ -735,18 +738,20 @@ def test_serve_sigint_exits_0(tmp_path: Path) -> None:
 def test_serve_bad_input_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: Service\nmetadata: {name: [broken\n")
-    r = subprocess.run([*SERVE, "-f", str(bad), "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+    r = cli_run.kproxy("dns", "serve", "-f", str(bad), "--listen", "127.0.0.1:0", timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("kproxy: error: ") and len(r.stderr.splitlines()) == 1
 
 
 # --------------------------------------------------------------------------- the load script
 
 
-def test_load_script_small() -> None:
-    # its own session, so that a timeout kills the script and the server it started
+def test_load_script_small(tmp_path: Path) -> None:
+    # its own session, so that a timeout kills the script and the server it started; run from
+    # outside the repository, where the script's `python -m kproxy_core` imports the installed package
     proc = subprocess.Popen([sys.executable, str(LOAD_SCRIPT), "--queries", "300", "--concurrency", "8", "--services",
                              "30", "--headless", "5", "--endpoints", "4", "--max-seconds", "60", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            cwd=tmp_path)
     try:
         stdout, stderr = proc.communicate(timeout=120)
     finally:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+import cli_run
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -258,9 +257,8 @@ def test_kproxy_classify_parquet(tmp_path: Path) -> None:
     want = got_rows(flows.classify(pa.table(cols), engine(), now=0.0))
     for ext in (".parquet", ".jsonl", ".csv"):
         out = tmp_path / f"out{ext}"
-        r = subprocess.run([sys.executable, "-m", "kproxy_core", "classify", "-f", str(cluster), "--packets", str(src),
-                            "--out", str(out), "--node", NODE, "--cluster-cidr", "10.0.0.0/8,fd00:10::/64",
-                            "--seed", "5"], capture_output=True, text=True, timeout=120)
+        r = cli_run.kproxy("classify", "-f", str(cluster), "--packets", str(src), "--out", str(out), "--node", NODE,
+                           "--cluster-cidr", "10.0.0.0/8,fd00:10::/64", "--seed", "5", timeout=120)
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith("300 records, 1 bad\n  bad: src: not an IP address: 1\n"), r.stdout
         if ext == ".parquet":
@@ -274,8 +272,8 @@ def test_kproxy_classify_parquet(tmp_path: Path) -> None:
             table = pcsv.read_csv(out, convert_options=pcsv.ConvertOptions(
                 column_types={"port_name": pa.string(), "endpoint_ip": pa.string()}, strings_can_be_null=True))
             assert [r["verdict"] for r in table.to_pylist()] == [w["verdict"] for w in want]
-    r = subprocess.run([sys.executable, "-m", "kproxy_core", "classify", "-f", str(cluster), "--packets", str(src),
-                        "--out", str(tmp_path / "x.txt")], capture_output=True, text=True, timeout=120)
+    r = cli_run.kproxy("classify", "-f", str(cluster), "--packets", str(src), "--out", str(tmp_path / "x.txt"),
+                       timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == (
         f"kproxy: error: --out: {tmp_path / 'x.txt'}: the extension says the format: .parquet, .jsonl or .csv")
 

@@ -17,12 +17,12 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cli_run
 import pytest
 import yaml
 from dns_cluster import namespace
@@ -117,9 +117,9 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         log = path.with_suffix(".log")
         with log.open("w") as fh:
             server = subprocess.Popen(
-                ["ip", "netns", "exec", topo.hosts["coredns"].ns, sys.executable, "-m", "kproxy_core", "dns",
-                 "serve", "-f", str(path), "--listen", f"{DNS_POD}:53"],
-                stdout=subprocess.DEVNULL, stderr=fh, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                ["ip", "netns", "exec", topo.hosts["coredns"].ns,
+                 *cli_run.command("dns", "serve", "-f", str(path), "--listen", f"{DNS_POD}:53")],
+                stdout=subprocess.DEVNULL, stderr=fh, env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=path.parent,
             )
         topo.processes.append(server)  # killed by topo.close()
         deadline = time.monotonic() + 30

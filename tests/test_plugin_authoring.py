@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import cli_run
 import pytest
 from k8s import ep, eport, node, port, service, slice_
 
@@ -20,7 +21,7 @@ import kproxy_core as kp
 from kproxy_core.plan import EndpointInfo
 from kproxy_core.plugins import make_plugin_manager
 
-ROOT = Path(__file__).resolve().parent.parent
+ARTICLE = Path(__file__).resolve().parent.parent / "examples" / "mynginx.yaml"
 
 
 def zoned_cluster() -> list[dict[str, Any]]:
@@ -247,15 +248,16 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
     if path is not None:
         e["PYTHONPATH"] = str(path)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "kproxy_core", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=e, timeout=120)
+    # the installed console script, from outside the repository: PYTHONPATH adds the fake
+    # distributions to its path, not the source tree
+    return cli_run.kproxy(*args, env=e, timeout=120)
 
 
 def test_a_plugin_that_fails_to_load_says_how_to_go_on(dists: Any) -> None:
     dists("broken", "kpt_missing_module", None)
     dists("crash", "kpt_crash", SELECTOR.format(extra="kproxy_priority = 3", kind="maglev").replace(
         "return kp.Selector('maglev')", "raise RuntimeError('crashed on ' + service.ref)"))
-    r = run_cli("rules", "-f", "examples/mynginx.yaml", path=dists.path)
+    r = run_cli("rules", "-f", str(ARTICLE), path=dists.path)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip() == (
         "kproxy: error: plugin broken: loading kpt_missing_module from kproxy-broken 1.0 failed: "
@@ -274,20 +276,20 @@ def test_a_plugin_that_fails_to_load_says_how_to_go_on(dists: Any) -> None:
     assert r.stderr.strip() == ("kproxy: error: 1 plugin failed to load; KPROXY_DISABLE_PLUGINS=broken runs "
                                 "without it")
     # disabling it: the next failure is the crashing hook, named with the Service port
-    r = run_cli("rules", "-f", "examples/mynginx.yaml", path=dists.path, env={"KPROXY_DISABLE_PLUGINS": "broken"})
+    r = run_cli("rules", "-f", str(ARTICLE), path=dists.path, env={"KPROXY_DISABLE_PLUGINS": "broken"})
     assert r.returncode == 1 and r.stderr.strip() == (
         "kproxy: error: plugin crash: hook kproxy_endpoint_selector failed for Service default/mynginx port 80 "
         "(IPv4): RuntimeError: crashed on default/mynginx (--traceback or KPROXY_TRACEBACK=1 shows where)"
     )
     for how in (["--traceback"], []):
         env = {"KPROXY_DISABLE_PLUGINS": "broken"} | ({} if how else {"KPROXY_TRACEBACK": "1"})
-        r = run_cli("rules", "-f", "examples/mynginx.yaml", *how, path=dists.path, env=env)
+        r = run_cli("rules", "-f", str(ARTICLE), *how, path=dists.path, env=env)
         assert r.returncode == 1
         assert "Traceback (most recent call last)" in r.stderr and 'kpt_crash.py", line' in r.stderr
         assert r.stderr.splitlines()[-1] == (
             "kproxy: error: plugin crash: hook kproxy_endpoint_selector failed for Service default/mynginx port 80 "
             "(IPv4): RuntimeError: crashed on default/mynginx")
-    r = run_cli("rules", "-f", "examples/mynginx.yaml", path=dists.path,
+    r = run_cli("rules", "-f", str(ARTICLE), path=dists.path,
                 env={"KPROXY_DISABLE_PLUGINS": "broken,crash"})
     assert r.returncode == 0 and "KUBE-SERVICES" in r.stdout
 

@@ -8,18 +8,16 @@ ingress entries become frontends, validation, trace steps, DNS."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+import cli_run
 import pytest
 from k8s import ep, eport, lb, node, port, service, slice_
 
 import kproxy_core as kp
 from kproxy_core.plugins import make_plugin_manager
 
-ROOT = Path(__file__).resolve().parent.parent
 NODE = "n1"
 
 
@@ -225,11 +223,8 @@ def test_external_name_may_not_carry_node_ports() -> None:
 def test_cli_trace_by_name(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [ext("db", "db.example.com")]}))
-    r = subprocess.run(
-        [sys.executable, "-m", "kproxy_core", "trace", "-f", str(f), "--src", "10.1.0.1",
-         "--dst", "db.ns.svc.cluster.local:5432", "--json"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )
+    r = cli_run.kproxy("trace", "-f", str(f), "--src", "10.1.0.1", "--dst", "db.ns.svc.cluster.local:5432", "--json",
+                       timeout=60)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["verdict"] == "PASS" and out["service"] == "ns/db"

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import cli_run
 import pytest
 from k8s import ep, eport, node, port, service, slice_
 
@@ -25,6 +26,7 @@ from kproxy_core.plugins import (
 )
 from kproxy_core.servicetypes import Report, ServiceTypeRegistry
 
+ARTICLE = Path(__file__).resolve().parent.parent / "examples" / "mynginx.yaml"
 NODE = "n1"
 
 
@@ -128,17 +130,19 @@ def test_entry_points_follow_the_environment(monkeypatch: pytest.MonkeyPatch, tm
     assert "envtest" in make_plugin_manager().plugin_names()
 
 
-def test_trace_env_logs_hook_and_handler_calls() -> None:
+def test_trace_env_logs_hook_and_handler_calls(tmp_path: Path) -> None:
     code = (
-        "import kproxy_core as kp, yaml\n"
+        "import sys, kproxy_core as kp, yaml\n"
         "from kproxy_core.plugins import make_plugin_manager\n"
         "pm = make_plugin_manager(entry_points=False)\n"
-        "c = kp.Cluster.from_objects(yaml.safe_load_all(open('examples/mynginx.yaml')), plugins=pm)\n"
+        "c = kp.Cluster.from_objects(yaml.safe_load_all(open(sys.argv[1])), plugins=pm)\n"
         "kp.Engine(c, plugins=pm)\n"
     )
     env = dict(os.environ, KPROXY_TRACE_PLUGINS="1")
-    root = Path(__file__).resolve().parent.parent
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=root, timeout=60)
+    # from outside the repository, so that `-c` (the working directory first on sys.path)
+    # imports the installed kproxy_core, not the source tree
+    r = subprocess.run([sys.executable, "-c", code, str(ARTICLE)], env=env, capture_output=True, text=True,
+                       cwd=tmp_path, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "kproxy_validate_service [hook]" in r.stderr
     assert "kproxy_endpoint_selector [hook]" in r.stderr
@@ -447,9 +451,7 @@ def test_registering_hook_exception_names_the_plugin() -> None:
 
 
 def test_cli_lists_plugins_and_exits_1_on_plugin_failure(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parent.parent
-    r = subprocess.run([sys.executable, "-m", "kproxy_core", "plugins"], capture_output=True, text=True, cwd=root,
-                       timeout=60)
+    r = cli_run.kproxy("plugins", timeout=60)
     assert r.returncode == 0 and "LoadBalancer   loadbalancer" in r.stdout, r.stderr
     # an entry point whose hook raises: kproxy says which plugin, exit 1
     dist = tmp_path / "kproxy_crash-1.0.dist-info"
@@ -464,8 +466,7 @@ def test_cli_lists_plugins_and_exits_1_on_plugin_failure(tmp_path: Path) -> None
     )
     env = {k: v for k, v in os.environ.items() if k != "KPROXY_DISABLE_PLUGIN_AUTOLOAD"}
     env["PYTHONPATH"] = str(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "kproxy_core", "rules", "-f", "examples/mynginx.yaml"],
-                       capture_output=True, text=True, cwd=root, env=env, timeout=60)
+    r = cli_run.kproxy("rules", "-f", str(ARTICLE), env=env, timeout=60)
     assert r.returncode == 1
     assert r.stderr.strip() == (
         "kproxy: error: plugin crash: hook kproxy_endpoint_selector failed for Service default/mynginx port 80 "

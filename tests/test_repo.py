@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import cli_run
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,3 +149,88 @@ def test_the_suite_tests_the_installed_package() -> None:
     assert any(f.startswith("kproxy_core/_engine") and f.endswith((".so", ".pyd")) for f in files)
     assert (here / "__init__.py").exists() and kproxy_core.COMPILED_AVAILABLE
     assert dist.version == kproxy_core.__version__
+
+
+# sitecustomize runs in every interpreter started with its directory on PYTHONPATH: here it
+# reports, as the process exits, which kproxy_core the unmodified console script imported
+PROBE = """\
+import atexit, json, sys
+
+
+def _report():
+    kp = sys.modules.get("kproxy_core")
+    got = {"file": getattr(kp, "__file__", None), "compiled": getattr(kp, "COMPILED_AVAILABLE", None)}
+    if kp is not None:
+        import importlib.metadata
+
+        direct = importlib.metadata.distribution("kproxy-core").read_text("direct_url.json") or "{}"
+        got["editable"] = bool(json.loads(direct).get("dir_info", {}).get("editable"))
+        got["version"] = kp.__version__
+    sys.stderr.write("kproxy-probe: " + json.dumps(got) + "\\n")
+
+
+atexit.register(_report)
+"""
+
+
+def test_the_kproxy_command_runs_the_installed_package(tmp_path: Path) -> None:
+    """The console script the CLI tests run (tests/cli_run.py), from outside the tree,
+    imports the kproxy_core this test process imports, with its compiled core; and, unless
+    the install is editable, not the source tree's kproxy_core (a clean clone's has no
+    compiled core, so the pure-Python twin would have been tested instead of the build)."""
+    import kproxy_core
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(PROBE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(probe), os.environ.get("PYTHONPATH")]))}
+    r = cli_run.kproxy("--version", env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout == f"kproxy {kproxy_core.__version__}\n", r.stdout + r.stderr
+    reports = [line.split(": ", 1)[1] for line in r.stderr.splitlines() if line.startswith("kproxy-probe: ")]
+    assert len(reports) == 1, f"the probe did not run in {cli_run.SCRIPT}:\n{r.stderr}"
+    got = json.loads(reports[0])
+    assert got["file"] is not None, "kproxy --version did not import kproxy_core"
+    here = Path(got["file"]).resolve().parent
+    assert here == Path(kproxy_core.__file__).resolve().parent, (
+        f"kproxy runs {here}, the tests import {Path(kproxy_core.__file__).parent}")
+    assert got["version"] == kproxy_core.__version__
+    if not os.environ.get("KPROXY_NO_EXTENSIONS"):
+        assert got["compiled"] is True, f"kproxy runs {here} without its compiled core"
+    if not got["editable"]:
+        assert here != ROOT / "kproxy_core", f"kproxy imported kproxy_core from the source tree {here}"
+        assert not here.is_relative_to(ROOT), f"kproxy imported kproxy_core from inside the repository: {here}"
+
+
+def _help_commands(*path: str) -> list[str]:
+    """The subcommands ``kproxy PATH --help`` lists (argparse: under "positional arguments:",
+    four spaces and the name)."""
+    r = cli_run.kproxy(*path, "--help", timeout=120)
+    assert r.returncode == 0, r.stderr
+    block = re.search(r"^positional arguments:\n(.*?)(?:\n\n|\Z)", r.stdout, re.M | re.S)
+    return re.findall(r"^    ([a-z][-a-z]*)(?:\s|$)", block.group(1), re.M) if block else []
+
+
+def _readme_kproxy_commands() -> set[tuple[str, ...]]:
+    """Every ``kproxy WORD [WORD]`` in the README's code (fenced blocks and inline spans)."""
+    text = (ROOT / "README.md").read_text()
+    fenced = re.findall(r"^```[^\n]*\n(.*?)^```", text, re.M | re.S)
+    inline = re.findall(r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
+    found = set()
+    for code in fenced + inline:
+        for m in re.finditer(r"(?<![-\w/.])kproxy ([a-z][-a-z]*)(?: ([a-z][-a-z]*))?", code):
+            found.add(tuple(w for w in m.groups() if w))
+    return found
+
+
+def test_every_command_the_readme_documents_exists() -> None:
+    documented = _readme_kproxy_commands()
+    assert {c[0] for c in documented} >= {"demo", "trace", "classify", "rules", "bench", "plugins", "dns", "env"}
+    top = _help_commands()
+    missing = sorted(" ".join(c) for c in documented if c[0] not in top)
+    assert not missing, f"the README documents commands that `kproxy --help` does not list: {missing}"
+    for first in sorted({c[0] for c in documented}):
+        sub = _help_commands(first)
+        if not sub:  # a command without subcommands: a second word is an argument
+            continue
+        missing = sorted(" ".join(c) for c in documented if c[0] == first and len(c) == 2 and c[1] not in sub)
+        assert not missing, f"the README documents `{first}` subcommands that `kproxy {first} --help` lacks: {missing}"
