@@ -35,7 +35,8 @@ def need_dnsperf() -> str:
 def perf(*args: str, timeout: float = 180) -> dict[str, Any]:
     # its own session, so that a timeout kills the script and the server it started
     proc = subprocess.Popen([sys.executable, str(PERF_SCRIPT), "--json", "--server-cpus", "", "--client-cpus", "",
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            cwd=PERF_SCRIPT.parent.parent / "tests")  # not the root: the installed package
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     finally:

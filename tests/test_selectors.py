@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -327,7 +328,7 @@ def test_maglev_table_keys() -> None:
     assert maglev_table(["a:1", "b:2"], None, 251) == maglev_table(["a:1", "b:2"], [3, 3], 251)
 
 
-def test_maglev_permutation_is_stable() -> None:
+def test_maglev_permutation_is_stable(tmp_path: Path) -> None:
     """BLAKE2b of the key, keyed by the seed: the same in every process (not hash())."""
     assert maglev_permutation("10.0.0.1:80", 65537, 0) == maglev_permutation("10.0.0.1:80", 65537)
     golden = {(k, s): maglev_permutation(k, 65537, s) for k in ("10.0.0.1:80", "[fd00::1]:443") for s in (0, 42)}
@@ -338,7 +339,7 @@ def test_maglev_permutation_is_stable() -> None:
     code = ("from kproxy_core.selectors import maglev_permutation as p; "
             "print([p(k, 65537, s) for k in ('10.0.0.1:80', '[fd00::1]:443') for s in (0, 42)])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONHASHSEED": "123"}).stdout
+                         env={"PYTHONHASHSEED": "123"}, cwd=tmp_path).stdout  # the installed package
     assert out.strip() == str(list(golden.values()))
     for m in (2, 7, 65537):
         for k in ("a", "b", "c"):

@@ -462,7 +462,10 @@ def _child_pytest(tmp_path: Path, files: dict[str, str]) -> subprocess.Completed
         (tmp_path / name).write_text(text)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KPROXY_", "PYTEST_"))}
     load = [] if _registered() else ["-p", "_kproxy_pytestplugin"]
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *load, *files],
+    # in file order: CHILD's tests are a sequence (each checks what the one before left
+    # behind), which pytest-randomly, when installed, would shuffle
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                           *load, *files],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -545,7 +548,7 @@ def test_a_failing_plugin_test_fails(tmp_path: Path) -> None:
     assert "10.1.0.6:8080" in r.stdout and "missing" in r.stdout and "1 failed" in r.stdout
 
 
-def test_the_pytest_plugin_has_no_hooks_and_imports_nothing_early() -> None:
+def test_the_pytest_plugin_has_no_hooks_and_imports_nothing_early(tmp_path: Path) -> None:
     import _kproxy_pytestplugin
 
     for module in (kp_pytest_plugin, _kproxy_pytestplugin):
@@ -555,7 +558,8 @@ def test_the_pytest_plugin_has_no_hooks_and_imports_nothing_early() -> None:
     code = ("import sys, _kproxy_pytestplugin; "
             "assert not [m for m in sys.modules if m.startswith('kproxy_core') or m == 'numpy'], "
             "sorted(m for m in sys.modules if 'kproxy' in m)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    # from outside the tree: the module as installed, not the source file
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
 
 
