@@ -998,8 +998,13 @@ def _service_ports(ctx: _Ctx, raw_ports: Any, stype: str) -> tuple[ServicePort, 
         elif stype in ("ClusterIP", "ExternalName"):
             ctx.error(f"spec.ports[{i}].nodePort", f"may not be used when type is {stype!r}")
         target = p.get("targetPort")
-        if target is None or type(target) is str or (type(target) is int and 0 <= target < 65536):
+        # 0 and "" are what the API server's defaulting replaces by spec.ports[].port
+        if target is None or (type(target) is int and 0 <= target < 65536):
             pass
+        elif type(target) is str:
+            if target and (len(target) > 15 or not _IANA_SVC_NAME.fullmatch(target)):
+                ctx.error(f"spec.ports[{i}].targetPort", f"{_q(target)} is not a valid port name ({_IANA_RULE})")
+                target = None
         elif type(target) is int:
             ctx.error(f"spec.ports[{i}].targetPort", f"{_q(target)} is not a valid port")
             target = None
@@ -1008,6 +1013,12 @@ def _service_ports(ctx: _Ctx, raw_ports: Any, stype: str) -> tuple[ServicePort, 
             target = None
         ports.append(ServicePort(name, protocol, port, node_port, target))
     return tuple(ports)
+
+
+# validation.IsValidPortName, the named form of a targetPort (IANA_SVC_NAME, RFC 6335): no
+# '-' at either end and no "--", at least one letter; at most 15 characters (checked apart)
+_IANA_SVC_NAME = re.compile(r"(?=[a-z0-9-]*[a-z])[a-z0-9](?:-?[a-z0-9])*", re.ASCII)
+_IANA_RULE = "at most 15 of a-z, 0-9 and '-', with a letter, no '-' at either end or twice in a row"
 
 
 def _lb_ingress(ctx: _Ctx, raw_status: Any) -> tuple[LoadBalancerIngress, ...]:

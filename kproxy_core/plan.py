@@ -321,6 +321,10 @@ def _endpoints_for(
                     target=ep.target,
                 )
                 key = info.endpoint
+                # as addEndpoints (pkg/proxy/endpointslicecache.go): a later copy of an IP:port
+                # replaces the earlier one unless it is terminating (a pod on a reused IP beats
+                # the terminating one); ready, serving and locality play no part. Slices come in
+                # name order here, in Go map order upstream (tests/test_duplicate_endpoints.py)
                 if key not in found or not info.terminating:
                     found[key] = info
     return [found[k] for k in sorted(found)]
