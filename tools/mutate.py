@@ -1,0 +1,381 @@
+"""Mutation testing for kproxy-core: plant small bugs one at a time and see whether the
+tests notice.
+
+Run from the repository root (an installed dev environment: ``pip install -e '.[test]'``)::
+
+    python tools/mutate.py run --sample 40 --seed 1      # Python mutants of the decision code
+    python tools/mutate.py plants                        # the planted bugs of issue 15
+    python tools/mutate.py run --only plan.py:412        # the mutants of one line
+
+Every mutant is applied to a private copy of the tree (``--work``, default a temporary
+directory), never to the tree itself, so the suite can keep running meanwhile. A mutant is
+*killed* when its test command fails, *survived* when it passes, *timeout* when it runs
+past ``--timeout`` (counted as killed: a hang is noticed). The C mutants rebuild the
+extension in the copy (about a minute each).
+
+The Python mutants are the usual small ones, found with ``ast`` in the functions of the
+target files (docstrings, messages and type annotations left alone): a comparison turned
+into its neighbour (``<`` and ``<=``, ``==`` and ``!=``, ``in`` and ``not in``), ``and``
+and ``or`` swapped, a ``not`` dropped, an int constant off by one, ``True``/``False``
+flipped, ``+``/``-`` swapped, a ``return X`` that returns None, an ``if`` whose condition
+is forced false. ``--sample`` draws that many per file (seeded) instead of all of them.
+
+Results go to ``--out`` (JSON: one row per mutant with the file, line, the change, the
+outcome and the first failing test) and a summary is printed; tests/MUTATION.md keeps the
+last run's score and the reasons the survivors do not matter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# the decision code and the tests that speak for it (fast ones: no kernel, no network)
+TARGETS: dict[str, list[str]] = {
+    "kproxy_core/plan.py": [
+        "tests/test_kube_proxy_flows.py", "tests/test_kube_proxy_table.py", "tests/test_trace_walk.py",
+        "tests/test_render_iptables.py", "tests/test_render_nftables.py", "tests/test_nftables_mode.py",
+        "tests/test_engine.py", "tests/test_duplicate_endpoints.py",
+    ],
+    "kproxy_core/manifests.py": [
+        "tests/test_manifests.py", "tests/test_port_boundaries.py", "tests/test_realworld.py",
+        "tests/test_incremental.py", "tests/test_service_cidr.py",
+    ],
+    "kproxy_core/render/iptables.py": ["tests/test_render_iptables.py", "tests/test_cli_rules.py"],
+    "kproxy_core/render/nftables.py": ["tests/test_render_nftables.py", "tests/test_nftables_mode.py"],
+    "kproxy_core/tables.py": ["tests/test_core_twins.py", "tests/test_engine.py", "tests/test_kube_proxy_flows.py"],
+}
+PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+          "--no-header", "-W", "ignore"]
+
+
+@dataclass
+class Mutant:
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+    before: str
+    after: str
+    kind: str
+    outcome: str = ""
+    failed: str = ""
+    seconds: float = 0.0
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+# --------------------------------------------------------------------------- finding mutants
+
+
+_CMP_SWAP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
+             ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
+
+
+def _skipped_lines(tree: ast.Module) -> set[int]:
+    """Lines of docstrings, raise statements and warnings: mutating messages proves nothing."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(
+                getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            out.update(range(body[0].lineno, (body[0].end_lineno or body[0].lineno) + 1))
+        if isinstance(node, ast.Raise):
+            out.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    return out
+
+
+def find_mutants(path: str) -> list[Mutant]:
+    src = (ROOT / path).read_text()
+    tree = ast.parse(src)
+    skip = _skipped_lines(tree)
+    inside_fn: set[int] = set()
+    annotations: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            inside_fn.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+            for a in [*node.args.args, *node.args.kwonlyargs, node.returns]:
+                ann = getattr(a, "annotation", a)
+                if ann is not None:
+                    annotations.update(range(ann.lineno, (ann.end_lineno or ann.lineno) + 1))
+        if isinstance(node, ast.AnnAssign):
+            annotations.update(range(node.annotation.lineno, (node.annotation.end_lineno or 0) + 1))
+    joined: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            joined.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    out: list[Mutant] = []
+
+    def add(node: ast.AST, new: ast.AST | str, kind: str) -> None:
+        line = getattr(node, "lineno", 0)
+        if line not in inside_fn or line in skip or line in annotations:
+            return
+        seg = ast.get_source_segment(src, node)
+        if seg is None or ("\n" in seg and kind not in ("cmp", "boolop")):
+            return
+        after = new if isinstance(new, str) else ast.unparse(new)
+        if after == seg:
+            return
+        out.append(Mutant(path, line, node.col_offset, node.end_lineno or line, node.end_col_offset or 0,
+                          seg, after, kind))
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _CMP_SWAP:
+            if node.lineno in joined:
+                continue
+            m = ast.Compare(node.left, [_CMP_SWAP[type(node.ops[0])]()], node.comparators)
+            add(node, m, "cmp")
+        elif isinstance(node, ast.BoolOp) and node.lineno not in joined:
+            other = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+            add(node, ast.BoolOp(other, node.values), "boolop")
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not) and node.lineno not in joined:
+            add(node, node.operand, "not")
+        elif isinstance(node, ast.Constant) and node.lineno not in joined:
+            if node.value is True or node.value is False:
+                add(node, "False" if node.value else "True", "bool")
+            elif type(node.value) is int and 0 <= node.value <= 70000:
+                add(node, str(node.value + 1), "int")
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub) and node.lineno not in joined:
+            if isinstance(node.left, ast.Constant) and isinstance(node.left.value, str):
+                continue  # string concatenation
+            op = ast.Sub() if isinstance(node.op, ast.Add) else ast.Add()
+            add(node, ast.BinOp(node.left, op, node.right), "arith")
+        elif isinstance(node, ast.Return) and node.value is not None and not (
+                isinstance(node.value, ast.Constant) and node.value.value is None):
+            add(node, "return None", "return")
+        elif isinstance(node, ast.If) and node.test.lineno not in joined:
+            add(node.test, "False", "if-false")
+    # one mutant per (line, column, change)
+    seen: set[tuple[int, int, str]] = set()
+    unique = []
+    for m in out:
+        key = (m.line, m.col, m.after)
+        if key not in seen:
+            seen.add(key)
+            unique.append(m)
+    return unique
+
+
+def apply(src: str, m: Mutant) -> str:
+    lines = src.splitlines(keepends=True)
+    start = sum(len(x) for x in lines[: m.line - 1]) + len(lines[m.line - 1].encode()[: m.col].decode())
+    end = sum(len(x) for x in lines[: m.end_line - 1]) + len(lines[m.end_line - 1].encode()[: m.end_col].decode())
+    assert src[start:end] == m.before, (m, src[start:end])
+    return src[:start] + m.after + src[end:]
+
+
+# --------------------------------------------------------------------------- running
+
+
+def make_copy(work: Path, rev: str | None = None) -> Path:
+    """The tree to mutate: the working tree as it is, or ``rev`` of the repository (with
+    its extension built), so that edits in progress do not leak in."""
+    copy = work / "tree"
+    if copy.exists():
+        shutil.rmtree(copy)
+    if rev is not None:
+        copy.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(copy)], input=archive, check=True)
+        build(copy)
+        return copy
+    ignore = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".hypothesis",
+                                    "benchmarks", "dist", "wheelhouse")
+    shutil.copytree(ROOT, copy, ignore=ignore)
+    return copy
+
+
+def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[str, str, float]:
+    existing = [t for t in tests if (copy / t).exists()]
+    # PYTHONPATH: subprocesses (the kproxy script) import the copy too, not the installed tree
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", KPROXY_DISABLE_PLUGIN_AUTOLOAD="1", PYTHONPATH=str(copy))
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run([*PYTEST, *existing], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", "", time.monotonic() - t0
+    took = time.monotonic() - t0
+    if r.returncode == 0:
+        return "survived", "", took
+    failed = next((ln.split(" ", 1)[1].split(" - ")[0] for ln in r.stdout.splitlines() if ln.startswith("FAILED ")),
+                  "")
+    if r.returncode not in (1,):  # collection error, crash: the mutant broke the import
+        return "killed", failed or f"pytest exit {r.returncode}", took
+    return "killed", failed, took
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    work = Path(args.work or tempfile.mkdtemp(prefix="kproxy-mutate-"))
+    copy = make_copy(work, args.rev)
+    rng = random.Random(args.seed)
+    files = args.files.split(",") if args.files else list(TARGETS)
+    mutants: list[Mutant] = []
+    for f in files:
+        found = find_mutants(f)
+        if args.only:
+            found = [m for m in found if f"{Path(m.file).name}:{m.line}" in args.only.split(",")]
+        elif args.sample and len(found) > args.sample:
+            found = rng.sample(found, args.sample)
+        mutants.extend(sorted(found, key=lambda m: (m.line, m.col)))
+    print(f"{len(mutants)} mutants in {', '.join(files)}; work tree {copy}", flush=True)
+    baseline = {f: run_tests(copy, TARGETS[f], args.timeout)[0] for f in files}
+    if any(v != "survived" for v in baseline.values()):
+        print(f"the tests fail without a mutant: {baseline}", file=sys.stderr)
+        return 2
+    for i, m in enumerate(mutants, 1):
+        path = copy / m.file
+        original = path.read_text()
+        path.write_text(apply(original, m))
+        try:
+            m.outcome, m.failed, m.seconds = run_tests(copy, TARGETS[m.file], args.timeout)
+        finally:
+            path.write_text(original)
+        print(f"[{i}/{len(mutants)}] {m.outcome:<8} {m.where} {m.kind}: {m.before!r} -> {m.after!r}"
+              f"{'  (' + m.failed + ')' if m.failed else ''}", flush=True)
+    rows = [asdict(m) for m in mutants]
+    Path(args.out).write_text(json.dumps({"seed": args.seed, "sample": args.sample, "mutants": rows}, indent=1))
+    killed = sum(m.outcome in ("killed", "timeout") for m in mutants)
+    print(f"score: {killed}/{len(mutants)} killed ({killed / max(1, len(mutants)):.0%}); results in {args.out}")
+    for m in mutants:
+        if m.outcome == "survived":
+            print(f"  survived {m.where} {m.kind}: {m.before!r} -> {m.after!r}")
+    return 0
+
+
+# --------------------------------------------------------------------------- planted bugs
+
+C_TESTS = ["tests/test_core_twins.py", "tests/test_flow_expiry.py", "tests/test_engine.py",
+           "tests/test_kube_proxy_flows.py", "tests/test_selectors_engine.py", "tests/test_differential.py"]
+CLI_TESTS = ["tests/test_cli.py", "tests/test_envvars.py", "tests/test_repo.py"]
+
+# issue 15's review: (what, file, text, replacement); the tests are the file's TARGETS
+PLANTS: list[tuple[str, str, str, str]] = [
+    ("masquerade pods instead of non-pods (plan)", "kproxy_core/plan.py",
+     "    elif det.implemented and not from_pod:\n        w.masquerade = True",
+     "    elif det.implemented and from_pod:\n        w.masquerade = True"),
+    ("no serving-terminating fallback (plan)", "kproxy_core/plan.py",
+     "                cluster_eps = [e for e in eps if e.serving and e.terminating]",
+     "                cluster_eps = []"),
+    ("internalTrafficPolicy=Local ignored (plan)", "kproxy_core/plan.py",
+     '    internal_local = svc.internal_traffic_policy == "Local"', "    internal_local = False"),
+    ("probability printed with 5 decimals (iptables renderer)", "kproxy_core/chains.py",
+     'return f"{1.0 / n:0.10f}"', 'return f"{1.0 / n:0.5f}"'),
+    ("kp_pick never picks the last endpoint (C)", "src/kp_core.h",
+     "return (uint32_t)(((h >> 32) * (uint64_t)n) >> 32);",
+     "return n > 1 ? (uint32_t)(((h >> 32) * (uint64_t)(n - 1)) >> 32) : 0;"),
+    ("a flow is not refreshed when hit (C)", "src/kp_core.h",
+     "                if (track == 1 && fl->stamp != now + st->timeout[proto])\n"
+     "                    fl->stamp = now + st->timeout[proto];", ""),
+    ("v4 hairpin masquerade dropped (C)", "src/kp_core.h", "    if (sel->addr == src) masq = 1;", ""),
+    ("localhost NodePorts flag ignored (plan)", "kproxy_core/plan.py",
+     'if self.family != "IPv4" or not self.localhost_nodeports or self.nftables:',
+     'if self.family != "IPv4" or self.nftables:'),
+    ("service port check accepts 65536 (manifests)", "kproxy_core/manifests.py",
+     "        if type(port) is int and 0 < port < 65536:", "        if type(port) is int and 0 < port <= 65536:"),
+    ("flow expiry stamp > now -> >= (C)", "src/kp_core.h", "            if (fl->stamp > now) {",
+     "            if (fl->stamp >= now) {"),
+    ("an endpoint in two slices: keep the first, not the non-terminating one (plan)", "kproxy_core/plan.py",
+     "                if key not in found or not info.terminating:", "                if key not in found:"),
+    ("`kproxy env` subcommand removed (CLI)", "kproxy_core/cli.py", "    _add_env_parser(sub)\n", ""),
+]
+PLANT_TESTS = {"kproxy_core/chains.py": TARGETS["kproxy_core/render/iptables.py"], "src/kp_core.h": C_TESTS,
+               "kproxy_core/cli.py": CLI_TESTS}
+
+
+def build(copy: Path) -> None:
+    r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "--force"], cwd=copy,
+                       capture_output=True, text=True, timeout=1200)
+    if r.returncode:
+        raise SystemExit(f"building the extension failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+
+
+def count_failures(copy: Path, tests: list[str], timeout: float) -> tuple[int, int, str]:
+    """(failed, passed, first failing test) of a run without -x."""
+    existing = [t for t in tests if (copy / t).exists()]
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", KPROXY_DISABLE_PLUGIN_AUTOLOAD="1", PYTHONPATH=str(copy))
+    cmd = [c for c in PYTEST if c != "-x"]
+    r = subprocess.run([*cmd, *existing], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    tail = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-300:]
+    import re
+
+    failed = sum(int(n) for n in re.findall(r"(\d+) (?:failed|error)", tail))
+    passed = sum(int(n) for n in re.findall(r"(\d+) passed", tail))
+    first = next((ln.split(" ", 1)[1].split(" - ")[0] for ln in r.stdout.splitlines()
+                  if ln.startswith(("FAILED ", "ERROR "))), "")
+    return failed, passed, first
+
+
+def cmd_plants(args: argparse.Namespace) -> int:
+    work = Path(args.work or tempfile.mkdtemp(prefix="kproxy-plants-"))
+    copy = make_copy(work, args.rev)
+    so = sorted((copy / "kproxy_core").glob("_engine*.so"))
+    saved = {p: p.read_bytes() for p in so}
+    rows = []
+    for what, file, text, new in PLANTS:
+        if args.only and args.only.lower() not in what.lower():
+            continue
+        path = copy / file
+        original = path.read_text()
+        if original.count(text) < 1:
+            raise SystemExit(f"plant {what!r}: the text is not in {file} any more; update tools/mutate.py")
+        path.write_text(original.replace(text, new, 1))
+        tests = PLANT_TESTS.get(file) or TARGETS[file]
+        t0 = time.monotonic()
+        try:
+            if file.startswith("src/"):
+                build(copy)
+            failed, passed, first = count_failures(copy, tests, args.timeout)
+        finally:
+            path.write_text(original)
+            for p, data in saved.items():
+                p.write_bytes(data)
+        took = time.monotonic() - t0
+        rows.append({"plant": what, "file": file, "failed": failed, "passed": passed, "first": first,
+                     "seconds": round(took)})
+        verdict = f"caught, {failed} failures" if failed else "SURVIVED"
+        print(f"{what}: {verdict} ({passed} passed; {first}) [{took:.0f} s]", flush=True)
+    Path(args.out).write_text(json.dumps(rows, indent=1))
+    return 1 if any(r["failed"] == 0 for r in rows) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tools/mutate.py", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="Python mutants of the decision code")
+    r.add_argument("--files", help="comma-separated targets (default: all of " + ", ".join(TARGETS) + ")")
+    r.add_argument("--sample", type=int, default=0, help="mutants per file, drawn with --seed (0: all)")
+    r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--only", help="FILE:LINE,... (the file's base name): the mutants of those lines")
+    r.add_argument("--timeout", type=float, default=600.0, help="seconds per test run")
+    r.add_argument("--work", help="where the copy of the tree goes (default: a new temporary directory)")
+    r.add_argument("--out", default="mutation-results.json")
+    r.add_argument("--rev", help="mutate this commit (git archive, extension built) instead of the working tree")
+    r.set_defaults(func=cmd_run)
+    pl = sub.add_parser("plants", help="the planted bugs of issue 15, each against its file's tests")
+    pl.add_argument("--only", help="plants whose description contains this text")
+    pl.add_argument("--timeout", type=float, default=1200.0)
+    pl.add_argument("--work")
+    pl.add_argument("--out", default="plant-results.json")
+    pl.add_argument("--rev", help="plant into this commit (git archive, extension built) instead of the working tree")
+    pl.set_defaults(func=cmd_plants)
+    args = p.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
