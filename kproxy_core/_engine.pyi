@@ -51,7 +51,8 @@ class Decision:
     def service_index(self) -> int:
         """Index into the ``services`` given to ``Core.load``; -1 for PASS."""
     frontend: str | None
-    """"ClusterIP", "NodePort", "ExternalIP" or "LoadBalancer"; None for PASS."""
+    """"ClusterIP", "NodePort", "ExternalIP", "LoadBalancer" or a plugin's kind (the
+    core's ``frontends``); None for PASS."""
     endpoint: tuple[str, int] | None
     """(address, port) of the chosen endpoint for DNAT, else None."""
     masquerade: bool
@@ -95,8 +96,19 @@ class Core:
         timeouts: Sequence[float] = (86400.0, 30.0, 432000.0),
         stale_flows: str = "udp",
     ) -> None: ...
-    def load(self, t4: FamilyTables, t6: FamilyTables, services: Sequence[str]) -> int:
-        """Swap in new tables (IPv4, IPv6) and the service-port names their indices refer to.
+    def load(self, t4: FamilyTables, t6: FamilyTables, services: Sequence[str],
+             frontends: Sequence[str | None] | None = None) -> int:
+        """Swap in new tables (IPv4, IPv6), the service-port names their indices refer to
+        and the frontend kinds their ``rec_kind`` codes refer to.
+
+        ``frontends`` (index = code): the core's kinds so far, with any new ones appended;
+        None keeps the core's. A new core has ``tables.FRONTEND_NAMES`` (None, then
+        kube-proxy's four kinds at codes 1-4); an engine appends its plugins' kinds
+        (``tables.FrontendKinds``), so two cores in one process may give one code different
+        kinds. A code keeps its kind for the core's life (flows keep their frontend's code
+        across loads): names that change or drop a code, repeat a kind, are not non-empty
+        strings, or make more than ``tables.MAX_FRONTEND_KINDS`` (127) kinds raise ValueError
+        and leave the core unchanged (``_engine_py.check_frontends``).
 
         A flow survives iff its endpoint (address, port) is still in a pool of its
         service's port in the new tables, or it is not UDP and ``stale_flows`` is
@@ -105,7 +117,8 @@ class Core:
         used).
 
         Inconsistent tables (an index out of range, a bad shape or dtype, an action
-        byte with pool code 3, a KUBE-FW source list past the end of ``fw_addr`` or a
+        byte with pool code 3, a frontend kind without a name in ``frontends``, a KUBE-FW
+        source list past the end of ``fw_addr`` or a
         prefix longer than the family's, a selector code, weight or seed out of range, a
         Maglev or source-hash pool without a lookup table or with an entry outside its
         pool) raise ValueError and leave the core unchanged.
@@ -168,7 +181,7 @@ class Core:
         (network byte order) and ``out`` is an ``engine.OUT6_DTYPE`` array."""
 
     def update_ports(self, p4: Sequence[tuple[Any, ...]], r4: Sequence[int], p6: Sequence[tuple[Any, ...]],
-                     r6: Sequence[int], services: Sequence[str]) -> int:
+                     r6: Sequence[int], services: Sequence[str], frontends: Sequence[str] = ()) -> int:
         """Change some service ports in place, one publication per family.
 
         ``p4``/``p6``: the ports that change, as ``PortSpec`` tuples
@@ -178,7 +191,8 @@ class Core:
         it. ``r4``/``r6``: the service indices whose port goes. A key whose record belonged
         to a replaced or removed port and that is not given again is deleted; every other
         port and key stays as it is. ``services``: names to append to the service-port
-        names (the new indices).
+        names (the new indices); ``frontends``: kinds to append to the frontend kinds (the
+        new codes; checked as ``load`` checks them).
 
         Lookups and batches running meanwhile in other threads get, per packet, the
         answer of the state before or after the update, never a mix (DESIGN §5): records

@@ -42,7 +42,7 @@ from .selectors import (
     pick,
     selector_hash,
 )
-from .tables import FRONTENDS, VERDICTS, FamilyTables
+from .tables import FRONTEND_NAMES, MAX_FRONTEND_KINDS, VERDICTS, FamilyTables
 
 M64 = (1 << 64) - 1
 SLOTS = 8
@@ -490,8 +490,8 @@ class _Rec:
 
 
 class _Family:
-    def __init__(self, t: FamilyTables, v6: bool, nservices: int) -> None:
-        c = check_tables(t, v6, nservices)
+    def __init__(self, t: FamilyTables, v6: bool, nservices: int, nkinds: int) -> None:
+        c = check_tables(t, v6, nservices, nkinds)
         self.v6 = v6
         self.fe: dict[tuple[int, int, int], _Rec] = {}
         self.np: dict[tuple[int, int], _Rec] = {}
@@ -721,39 +721,57 @@ class Core:
         self.aff = (_Bucketed(affinity_capacity), _Bucketed(affinity_capacity))
         self.fam: tuple[_Family | None, _Family | None] = (None, None)
         self.services: list[str] = []
+        self.frontends: list[str | None] = list(FRONTEND_NAMES)
         # as the compiled core: lookups and batches see the tables before a load or
         # after it, never a mix (a batch once read the new tables half way through)
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- loading
-    def load(self, t4: FamilyTables, t6: FamilyTables, services: Sequence[str]) -> int:
+    def load(self, t4: FamilyTables, t6: FamilyTables, services: Sequence[str],
+             frontends: Sequence[str | None] | None = None) -> int:
         """Swap in new tables; drop flows whose endpoint left their service. Returns how many.
 
-        Inconsistent tables (an index out of range, a bad shape) raise ValueError and
-        leave the core as it was.
+        ``frontends``: the names of the tables' frontend-kind codes (index = code), the
+        core's so far with any new kinds appended (None: the core's so far; at first
+        ``tables.FRONTEND_NAMES``). Inconsistent tables (an index out of range, a bad
+        shape) or names (:func:`check_frontends`) raise ValueError and leave the core as
+        it was.
         """
         services = list(services)
-        new = (_Family(t4, False, len(services)), _Family(t6, True, len(services)))
         with self._lock:
+            current = list(self.frontends)
+        kinds = check_frontends(frontends, current)
+        new = (_Family(t4, False, len(services), len(kinds)), _Family(t6, True, len(services), len(kinds)))
+        with self._lock:
+            if frontends is not None and self.frontends != current:  # another writer in between
+                check_frontends(kinds, self.frontends)
             old = self.fam
             for f, o in zip(new, old, strict=True):
                 f.carry_round_robin(o)
             self.fam = new
             self.services = services
+            self.frontends.extend(kinds[len(self.frontends):])  # in place: codes never change
             return sum(self._drop_flows(fl, f, None, self.stale_udp_only)
                        for f, fl in zip(new, self.flows, strict=True))
 
     def update_ports(self, p4: Sequence[PortSpec], r4: Sequence[int], p6: Sequence[PortSpec],
-                     r6: Sequence[int], services: Sequence[str]) -> int:
+                     r6: Sequence[int], services: Sequence[str], frontends: Sequence[str] = ()) -> int:
         """:meth:`update` with the changed ports as :data:`PortSpec` tuples and the removed
-        service indices per family: the lean path of an engine's apply."""
+        service indices per family: the lean path of an engine's apply. ``services`` and
+        ``frontends``: names to append to the service-port names and the frontend kinds
+        (the new indices and codes the ports use)."""
         added = list(services)
         n = len(self.services) + len(added)
-        checked = [check_ports(p4, r4, False, n), check_ports(p6, r6, True, n)]
+        current = list(self.frontends)
+        kinds = check_frontends(_appended(current, frontends), current)
+        checked = [check_ports(p4, r4, False, n, len(kinds)), check_ports(p6, r6, True, n, len(kinds))]
         with self._lock:
             if self.fam[0] is None or self.fam[1] is None:
                 raise EngineError("Core.update_ports before Core.load")
+            if self.frontends != current:  # another writer in between
+                check_frontends(kinds, self.frontends)
             self.services.extend(added)  # in place, as the compiled core (a copy is O(services))
+            self.frontends.extend(kinds[len(self.frontends):])  # in place too: codes never change
             dropped = 0
             for fam, specs, removed, fl in zip(self.fam, checked, (r4, r6), self.flows, strict=True):
                 assert fam is not None
@@ -852,6 +870,7 @@ class Core:
             )
             fam = self.fam[v6]
             services = self.services
+            frontends = self.frontends
         endpoint = None
         if verdict == 1 and fam is not None:
             endpoint = (ep_i[2], ep_i[1])
@@ -859,7 +878,7 @@ class Core:
             VERDICTS[verdict],
             services[svc] if svc >= 0 else None,
             svc,
-            FRONTENDS[fe],
+            frontends[fe],
             endpoint,
             bool(masq),
         )
@@ -1158,8 +1177,49 @@ def _column(x: Any, name: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray
 _OPTIONAL = ("cip_addr", "cip_service", "scidr_addr", "scidr_prefix")
 
 
-def check_tables(t: FamilyTables, v6: bool, nservices: int) -> dict[str, Any]:
+def check_frontends(names: Any, current: Sequence[str | None]) -> list[str | None]:
+    """The frontend-kind names a core decodes codes with after ``Core.load(...,
+    frontends=names)`` (None: ``current`` as it is). They must extend the core's
+    ``current`` ones (which start with ``tables.FRONTEND_NAMES``): flows keep the code of
+    their frontend across loads, so a code never changes its name; each new name is a
+    non-empty string not already there, and there are at most
+    ``tables.MAX_FRONTEND_KINDS`` kinds (codes 1..127: 7 bits in the flow table).
+    ValueError naming the code otherwise."""
+    if names is None:
+        return list(current)
+    if isinstance(names, str | bytes) or not isinstance(names, Sequence):
+        raise ValueError(f"frontends: expected a sequence of names, not {type(names).__name__}")
+    got = list(names)
+    if len(got) - 1 > MAX_FRONTEND_KINDS:
+        raise ValueError(f"frontends: {len(got) - 1} kinds, more than {MAX_FRONTEND_KINDS} "
+                         "(a flow keeps its frontend's code in 7 bits)")
+    for code, name in enumerate(current):
+        if code >= len(got) or got[code] != name:
+            now = repr(got[code]) if code < len(got) else "missing"
+            raise ValueError(f"frontends: code {code} is {name!r} in this core, not {now} "
+                             "(flows keep their codes: names may only be appended)")
+    seen = set(got[:len(current)])
+    for code in range(len(current), len(got)):
+        name = got[code]
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"frontends: code {code}: {name!r} is not a kind's name (a non-empty string)")
+        if name in seen:
+            raise ValueError(f"frontends: code {code}: {name!r} has a code already")
+        seen.add(name)
+    return got
+
+
+def _appended(current: list[str | None], added: Any) -> Any:
+    """``current`` with ``added`` (names, for update_ports) after it; ``added`` itself if it
+    is not a sequence of names, for :func:`check_frontends` to refuse."""
+    if isinstance(added, str | bytes) or not isinstance(added, Sequence):
+        return added
+    return [*current, *added]
+
+
+def check_tables(t: FamilyTables, v6: bool, nservices: int, nkinds: int = len(FRONTEND_NAMES)) -> dict[str, Any]:
     """Validate one family's tables; every index in range, every shape consistent.
+    ``nkinds``: how many frontend-kind codes the core knows (``rec_kind`` < ``nkinds``).
 
     Returns the arrays as int64 (addresses: uint32, or (n, 16) uint8 for IPv6) and
     the flags as bools. Raises ValueError naming the field.
@@ -1195,7 +1255,7 @@ def check_tables(t: FamilyTables, v6: bool, nservices: int) -> dict[str, Any]:
     arr("np_proto", 0, 255, rows=n_np)
     arr("np_rec", 0, n_rec - 1, rows=n_np)
     arr("rec_port", 0, n_port - 1)
-    arr("rec_kind", 0, len(FRONTENDS) - 1, rows=n_rec)
+    arr("rec_kind", 0, nkinds - 1, rows=n_rec)
     for name, width in (("rec_action", 8), ("rec_np_filter", 0)):
         a = arr(name, 0, 255, width, rows=n_rec)
         if (((a >> 2) & 3) == 3).any():
@@ -1260,9 +1320,11 @@ def check_tables(t: FamilyTables, v6: bool, nservices: int) -> dict[str, Any]:
 PortSpec = tuple[Any, ...]
 
 
-def check_ports(ports: Sequence[PortSpec], removed: Sequence[int], v6: bool, nservices: int) -> list[PortSpec]:
+def check_ports(ports: Sequence[PortSpec], removed: Sequence[int], v6: bool, nservices: int,
+                nkinds: int = len(FRONTEND_NAMES)) -> list[PortSpec]:
     """Validate :data:`PortSpec` tuples for ``Core.update_ports``: ValueError naming the
-    field for anything out of range (the compiled core then trusts them)."""
+    field for anything out of range (a record's frontend kind: below ``nkinds``; the
+    compiled core then trusts them)."""
     width = 16 if v6 else 4
     bits = 128 if v6 else 32
     seen: set[int] = set()
@@ -1323,7 +1385,7 @@ def check_ports(ports: Sequence[PortSpec], removed: Sequence[int], v6: bool, nse
         for rec in recs:
             if not isinstance(rec, tuple) or len(rec) != 5:
                 raise ValueError("ports: each record must be a 5-tuple")
-            num(rec[0], 0, len(FRONTENDS) - 1, "frontend kind")
+            num(rec[0], 0, nkinds - 1, "frontend kind")
             acts = rec[1]
             if not isinstance(acts, bytes) or len(acts) != 8:
                 raise ValueError("ports: a record's actions must be 8 bytes")

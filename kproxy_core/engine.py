@@ -28,7 +28,8 @@ from .manifests import _gc_paused as gc_paused
 from .manifests import apply_objects, indexed
 from .model import PROTO_NUMBERS, Cluster
 from .plan import PlanPort, ProxyConfig, ProxyPlan, make_config, plan_port
-from .tables import FRONTENDS, VERDICTS, FamilyState, FamilyTables, PortEntry, port_entry, port_spec
+from .tables import FRONTEND_NAMES as _BUILTIN_FRONTENDS
+from .tables import VERDICTS, FamilyState, FamilyTables, FrontendKinds, PortEntry, port_entry, port_spec
 
 if TYPE_CHECKING:
     from .plugins import KproxyPluginManager
@@ -76,7 +77,9 @@ OUT6_DTYPE: Final = np.dtype(
      ("ep_port", "<u2"), ("masq", "?")]
 )
 VERDICT_NAMES: Final = VERDICTS
-FRONTEND_NAMES: Final = FRONTENDS
+# the built-in frontend kinds by code (0: none), the same in every engine; an engine's own
+# list, with its plugins' kinds after these, is Engine.frontend_names
+FRONTEND_NAMES: Final[tuple[str | None, ...]] = _BUILTIN_FRONTENDS
 
 DEFAULT_TIMEOUTS: Final = {"TCP": 86400.0, "UDP": 30.0, "SCTP": 432000.0}
 
@@ -198,6 +201,8 @@ class Engine:
         self._service_index: dict[str, int] = {}
         self.service_ports: list[ServicePortInfo] = []
         self._names_loaded = 0  # how many of service_ports' names the core has
+        self._kinds = FrontendKinds()  # this engine's frontend-kind codes (frontend_names)
+        self._kinds_loaded = 0  # how many of them the core has
         self._derived: dict[str, Any] = {}  # plans, tables, warnings: built on demand
         # what each apply recomputed, for what follows the engine's state piece by piece
         # (kproxy_core.flows' dictionaries): see changed_since
@@ -236,7 +241,7 @@ class Engine:
         for i, pp in enumerate(self._plan_service(fam, key)):
             svc = self._index(pp)
             out[svc] = port_entry(pp, cfg, svc, (key[0], key[1], i), self._impl.maglev_table,
-                                  memo=self._states[fam].memo)
+                                  memo=self._states[fam].memo, kinds=self._kinds)
         return out
 
     def _build_all(self) -> int:
@@ -251,7 +256,7 @@ class Engine:
             if (h := registry.get(svc.type)) is not None and h.cluster_wide
         }
         for fam in FAMILIES:
-            state = self._states[fam] = FamilyState(self.configs[fam], cidrs)
+            state = self._states[fam] = FamilyState(self.configs[fam], cidrs, self._kinds)
             by_key: dict[tuple[str, str], list[int]] = {}
             updates: dict[int, PortEntry | None] = {}
             for key in sorted(self.cluster.services):
@@ -272,8 +277,10 @@ class Engine:
         self._derived = {}
         t4, t6 = self._states["IPv4"].tables(), self._states["IPv6"].tables()
         names = [s.name for s in self.service_ports]
-        dropped: int = self._core.load(t4, t6, names)
+        kinds = list(self._kinds.names)
+        dropped: int = self._core.load(t4, t6, names, kinds)
         self._names_loaded = len(names)
+        self._kinds_loaded = len(kinds)
         self._derived["tables"] = {"IPv4": t4, "IPv6": t6}
         return dropped
 
@@ -313,6 +320,16 @@ class Engine:
         if got is None:
             got = self._derived["tables"] = {fam: st.tables() for fam, st in self._states.items()}
         return got
+
+    @property
+    def frontend_names(self) -> tuple[str | None, ...]:
+        """This engine's frontend kinds by code, which the ``frontend`` column of its batch
+        results holds: :data:`FRONTEND_NAMES` (None, then kube-proxy's four: the same codes
+        in every engine), then the kinds its plugins' Service types add, in the order the
+        engine met them. Codes belong to the engine: another engine, with other plugins,
+        gives other kinds these codes. Only grows (a code never changes its kind), by at
+        most 127 kinds in all."""
+        return tuple(self._kinds.names)
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -370,6 +387,7 @@ class Engine:
                 for info in self.service_ports[n:]:
                     self._service_index.pop(info.name, None)
                 del self.service_ports[n:]
+                self._kinds.truncate(self._kinds_loaded)  # kinds planned but never loaded
                 raise
             after = sum(len(st.entries) for st in self._states.values())
             self.generation += 1
@@ -453,8 +471,10 @@ class Engine:
         if reload:
             return keys, self._load_all()
         names = [s.name for s in self.service_ports[self._names_loaded:]]
-        dropped: int = self._core.update_ports(*specs["IPv4"], *specs["IPv6"], names)
+        kinds = self._kinds.names[self._kinds_loaded:]
+        dropped: int = self._core.update_ports(*specs["IPv4"], *specs["IPv6"], names, kinds)
         self._names_loaded += len(names)
+        self._kinds_loaded += len(kinds)
         return keys, dropped
 
     # ------------------------------------------------------------------ batches
@@ -471,11 +491,11 @@ class Engine:
         """Decide a batch of IPv4 packets (addresses as uint32, ports uint16, proto uint8).
 
         Returns a structured array (``OUT_DTYPE``): verdict (index into VERDICT_NAMES),
-        service (index into ``service_ports``, -1 for none), frontend (index into
-        FRONTEND_NAMES), ep_ip, ep_port, masq. ``track=False`` skips the flow and
-        affinity tables (a pure function of the packet). ``now`` is the clock of their
-        timeouts: one time for the batch (None: the wall clock) or a float64 array with
-        each packet's own. The GIL is released.
+        service (index into ``service_ports``, -1 for none), frontend (index into this
+        engine's :attr:`frontend_names`), ep_ip, ep_port, masq. ``track=False`` skips the
+        flow and affinity tables (a pure function of the packet). ``now`` is the clock of
+        their timeouts: one time for the batch (None: the wall clock) or a float64 array
+        with each packet's own. The GIL is released.
         """
         cols = _columns(False, src, dst, dport, proto, sport)
         out = np.zeros(len(cols[2]), dtype=OUT_DTYPE)
@@ -657,11 +677,13 @@ class Engine:
             raise ServiceNotFoundError(f"no service port named {name!r}") from None
 
     def decode(self, out: npt.NDArray[Any]) -> list[dict[str, Any]]:
-        """Batch results as dicts (verdict/service/frontend names, endpoint "ip:port")."""
+        """Batch results of this engine as dicts (verdict/service/frontend names, endpoint
+        "ip:port")."""
         from .addresses import join_host_port
 
         v6 = out.dtype == OUT6_DTYPE
         names = [s.name for s in self.service_ports]
+        kinds = self._kinds.names
         rows = []
         for r in out:
             ep = None
@@ -675,7 +697,7 @@ class Engine:
             rows.append({
                 "verdict": VERDICTS[r["verdict"]],
                 "service": names[r["service"]] if r["service"] >= 0 else None,
-                "frontend": FRONTENDS[r["frontend"]],
+                "frontend": kinds[r["frontend"]],
                 "endpoint": ep,
                 "masquerade": bool(r["masq"]),
             })

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .addresses import join_host_port
-from .engine import FRONTEND_NAMES, VERDICT_NAMES, core_module
+from .engine import VERDICT_NAMES, core_module
 from .errors import KproxyError
 
 if TYPE_CHECKING:
@@ -392,8 +392,9 @@ class _Growing:
 
 
 class _Words:
-    """The dictionaries of classify's string answers for one engine: verdicts, frontends,
-    the service ports' names, and every endpoint address the engine's EndpointSlices have
+    """The dictionaries of classify's string answers for one engine: verdicts, frontends
+    (the engine's own kinds: ``Engine.frontend_names``, which its plugins extend), the
+    service ports' names, and every endpoint address the engine's EndpointSlices have
     had, with its node and pod. They are kept with the engine and brought up to date after
     each ``apply`` by reading only the EndpointSlices of the Services it recomputed
     (``Engine.changed_since``), so a change costs what it touched. Codes never change: an
@@ -402,7 +403,7 @@ class _Words:
 
     def __init__(self) -> None:
         self.verdicts = _Vocab(list(VERDICT_NAMES))
-        self.frontends = _Vocab([f or "" for f in FRONTEND_NAMES])
+        self.frontends = _Growing(identity=True)  # code -> kind (code 0, none, is null)
         self.services = {name: _Growing() for name in ("namespace", "service", "port_name")}
         self.n_services = 0
         self.ip, self.node, self.pod = _Growing(identity=True), _Growing(), _Growing()
@@ -417,6 +418,9 @@ class _Words:
 
     def sync(self, engine: Engine) -> None:
         """Read what the engine's applies changed since the last sync."""
+        kinds = engine.frontend_names
+        for code in range(self.frontends.codes, len(kinds)):
+            self.frontends.set(code, kinds[code] or "")
         if engine.generation == self.generation:
             return
         changed = engine.changed_since(self.generation)

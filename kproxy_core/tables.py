@@ -13,6 +13,12 @@ source classes, an action byte: verdict (bits 0-1), pool (bits 2-3: 1 cluster,
 detector, bit 1 = a node-local address (addrtype LOCAL), bit 2 = allowed by the
 record's KUBE-FW.
 
+A record's frontend kind (``rec_kind``) is a code of its engine's :class:`FrontendKinds`:
+kube-proxy's four kinds are 1-4 (0: none) in every engine, a plugin's kinds follow in the
+order that engine meets them. Codes belong to the engine, not the process: the core is
+loaded with their names (``Core.load(..., frontends)``) and decodes with them, and the
+engine's ``frontend_names`` decodes its batch results.
+
 KUBE-FW (loadBalancerSourceRanges) exists only for LoadBalancer records whose port
 ``uses_fw_chain``; such a record has a non-empty list of allowed source CIDRs
 (``rec_fw_start``/``rec_fw_len`` into ``fw_addr``/``fw_prefix``, see
@@ -49,28 +55,62 @@ import numpy as np
 import numpy.typing as npt
 
 from .addresses import parse_cidr
+from .errors import ManifestError
 from .model import PROTO_NUMBERS
 from .plan import EndpointInfo, PlanPort, ProxyPlan, Walk, fw_active, fw_sources, walk
 from .selectors import SELECTOR_CODES, default_table_size, maglev_fill, maglev_permutation
 
 VERDICTS = ("PASS", "DNAT", "REJECT", "DROP")
 VERDICT_CODE = {v: i for i, v in enumerate(VERDICTS)}
-# frontend kind codes: kube-proxy's four, then plugin kinds in the order first seen
-# (append-only and process-wide, so a code never changes meaning; 7 bits in the flow table)
-FRONTENDS: list[str | None] = [None, "ClusterIP", "NodePort", "ExternalIP", "LoadBalancer"]
-FRONTEND_CODE = {v: i for i, v in enumerate(FRONTENDS) if v is not None}
+# frontend kind codes: 0 = none, kube-proxy's four at 1-4 in every engine (the C core
+# knows 1 = ClusterIP), then each engine's plugin kinds (FrontendKinds); the flow table
+# keeps a code in 7 bits, so 127 is the highest
+FRONTEND_NAMES: tuple[str | None, ...] = (None, "ClusterIP", "NodePort", "ExternalIP", "LoadBalancer")
 MAX_FRONTEND_KINDS = 127
 
 
-def frontend_code(kind: str) -> int:
-    """The code of a frontend kind, assigning the next one to a new plugin kind."""
-    code = FRONTEND_CODE.get(kind)
-    if code is None:
-        if len(FRONTENDS) > MAX_FRONTEND_KINDS:
-            raise ValueError(f"frontend kind {kind!r}: more than {MAX_FRONTEND_KINDS} kinds")
-        code = FRONTEND_CODE[kind] = len(FRONTENDS)
-        FRONTENDS.append(kind)
-    return code
+class FrontendKinds:
+    """The frontend-kind codes of one engine: :data:`FRONTEND_NAMES` at 0-4, then each
+    plugin kind (:attr:`kproxy_core.FrontendSpec.kind`) in the order the engine's tables
+    first meet it. Append-only, so a code keeps its meaning for the engine's life (flows
+    remember their frontend's code); :attr:`names` (index = code) decodes the engine's
+    batch results and is what its core is loaded with (``Core.load(..., frontends)``).
+
+    Each engine has its own: engines with different plugins in one process neither share
+    codes nor use up each other's (the codes were once process-wide, and a plugin kind
+    seen by one engine shifted what another's tables and checks meant)."""
+
+    __slots__ = ("_codes", "names")
+
+    def __init__(self) -> None:
+        self.names: list[str | None] = list(FRONTEND_NAMES)
+        self._codes = {k: i for i, k in enumerate(FRONTEND_NAMES) if k is not None}
+
+    def code(self, kind: str, where: str = "") -> int:
+        """The code of ``kind``, the next free one for a kind not seen before.
+        :class:`~kproxy_core.ManifestError` (naming ``where``, a service port) when the
+        engine would have more than :data:`MAX_FRONTEND_KINDS` kinds."""
+        code = self._codes.get(kind)
+        if code is None:
+            code = len(self.names)
+            if code > MAX_FRONTEND_KINDS:
+                raise ManifestError(
+                    f"{where + ': ' if where else ''}frontend kind {kind!r} would be this engine's "
+                    f"{code}th kind: an engine holds at most {MAX_FRONTEND_KINDS} (a flow keeps its "
+                    "frontend's code in 7 bits); the plugin Service types' frontends name too many distinct kinds")
+            self._codes[kind] = code
+            self.names.append(kind)
+        return code
+
+    def truncate(self, n: int) -> None:
+        """Forget the kinds from code ``n`` on (an apply that failed before its tables
+        reached the core gives back the codes it took)."""
+        n = max(n, len(FRONTEND_NAMES))
+        for kind in self.names[n:]:
+            del self._codes[kind]  # type: ignore[arg-type]  # codes >= 1 name a kind
+        del self.names[n:]
+
+
 POOL_CODE = {None: 0, "cluster": 1, "local": 2}
 
 # source classes: bit 0 = matched by the local detector, bit 1 = addrtype LOCAL,
@@ -305,8 +345,10 @@ ActionMemo = dict[tuple[Any, ...], tuple[list[int], int]]
 
 
 def port_entry(pp: PlanPort, cfg: Any, svc: int, order: Order,
-               build: Callable[..., np.ndarray] | None = None, memo: ActionMemo | None = None) -> PortEntry:
+               build: Callable[..., np.ndarray] | None = None, memo: ActionMemo | None = None, *,
+               kinds: FrontendKinds) -> PortEntry:
     """The tables' view of one service port (the walks of its frontends, its pools).
+    Its records' frontend kinds are coded by ``kinds``, the engine's.
 
     ``memo``: walks already made for this ``cfg``, keyed by what a walk's verdict, pool
     and masquerade depend on (the port's policy flags and whether its pools are empty,
@@ -351,7 +393,7 @@ def port_entry(pp: PlanPort, cfg: Any, svc: int, order: Order,
             if fw is None:
                 fw = tuple(_net(c) for c in fw_sources(pp, cfg))
             nets = fw
-        rec: Rec = (frontend_code(f.kind), tuple(got[0]), got[1], nets)
+        rec: Rec = (kinds.code(f.kind, f"Service {pp.spn}"), tuple(got[0]), got[1], nets)
         if f.kind == "NodePort":
             np_keys.append((f.port, proto))
             np_recs.append(rec)
@@ -389,10 +431,12 @@ class FamilyState:
     table, no-endpoint-services), then iptables' first rule in plan order, or nftables'
     last element (a later one replaces an earlier one in the map). :meth:`set` replaces
     some ports and says which ports the compiled tables must (re)load: the changed ones and
-    those that became a key's owner."""
+    those that became a key's owner. ``kinds``: the engine's frontend-kind codes, which its
+    entries' records hold (shared by its families; None: a new one)."""
 
-    def __init__(self, cfg: Any, service_cidrs: Sequence[str] = ()) -> None:
+    def __init__(self, cfg: Any, service_cidrs: Sequence[str] = (), kinds: FrontendKinds | None = None) -> None:
         self.cfg = cfg
+        self.kinds = FrontendKinds() if kinds is None else kinds
         self.service_cidrs = tuple(service_cidrs)
         self.entries: dict[int, PortEntry] = {}
         self.fe_claims: dict[FeKey, list[Claim]] = {}
@@ -448,7 +492,7 @@ class FamilyState:
                 out.append(f"{e.spn}: NodePort {k[0]}/{e.protocol} is also used by another service")
         for i, (fk, rec) in enumerate(zip(e.fe_keys, e.fe_recs, strict=True)):
             if not self.owns_fe(e, i):
-                out.append(f"{e.spn}: {FRONTENDS[rec[0]]} {fk[0]}:{fk[1]}/{e.protocol} "
+                out.append(f"{e.spn}: {self.kinds.names[rec[0]]} {fk[0]}:{fk[1]}/{e.protocol} "
                            "is also used by another service")
         if out:
             self.notes[svc] = tuple(out)
@@ -653,11 +697,15 @@ def build_tables(
     service_index: Mapping[str, int],
     cache: Any = None,
     service_cidrs: Sequence[str] = (),
+    kinds: FrontendKinds | None = None,
 ) -> FamilyTables:
     """Flatten a whole plan (what :meth:`Core.load` takes). ``service_cidrs`` (any family;
     this family's are used) feed nftables' cluster-ips-check drop rule; in iptables mode
-    the cluster-ips-check tables stay empty. ``cache`` is accepted for compatibility."""
-    state = FamilyState(plan.config, service_cidrs)
+    the cluster-ips-check tables stay empty. ``cache`` is accepted for compatibility.
+    ``kinds`` codes the frontend kinds (None: a new :class:`FrontendKinds`); a plan with
+    plugin kinds loads with ``Core.load(t4, t6, services, kinds.names)``, the same
+    ``kinds`` given for both families."""
+    state = FamilyState(plan.config, service_cidrs, kinds)
     position: dict[tuple[str, str], int] = {}
     updates: dict[int, PortEntry | None] = {}
     for pp in plan.ports:
@@ -665,6 +713,6 @@ def build_tables(
         i = position.get(key, 0)
         position[key] = i + 1
         svc = service_index[pp.spn]
-        updates[svc] = port_entry(pp, plan.config, svc, (pp.namespace, pp.service, i))
+        updates[svc] = port_entry(pp, plan.config, svc, (pp.namespace, pp.service, i), kinds=state.kinds)
     state.set(updates)
     return state.tables()

@@ -40,7 +40,7 @@ from .plan import (
 )
 from .selectors import selection_form
 from .servicetypes import CORE
-from .tables import FRONTENDS, PortEntry
+from .tables import PortEntry
 
 if TYPE_CHECKING:
     from .dns import Zone
@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 
 class TracedEngine(Protocol):
     """What a trace reads of an engine (:class:`kproxy_core.Engine` is one): its core's
-    frontend tables and decision, its per-family entries and configs, and its cluster."""
+    frontend tables and decision (and the kinds its frontend codes stand for), its
+    per-family entries and configs, and its cluster."""
 
     @property
     def _core(self) -> Any: ...  # the Core: frontend(dst, dport, proto), lookup(..., 2)
@@ -68,6 +69,9 @@ class TracedEngine(Protocol):
 
     @property
     def plugins(self) -> KproxyPluginManager: ...
+
+    @property
+    def frontend_names(self) -> Sequence[str | None]: ...  # the kinds of its core's codes
 
     @property
     def service_cidrs(self) -> tuple[str, ...]: ...
@@ -171,7 +175,7 @@ def _match(
         return None, None, False
     if how == 2:
         return engine.plan_of(fam, entry), "NodePort", engine.configs[fam].nodeport_accepts(dst)
-    return engine.plan_of(fam, entry), FRONTENDS[kind], True
+    return engine.plan_of(fam, entry), engine.frontend_names[kind], True
 
 
 def trace_packet(

@@ -55,12 +55,14 @@ from kproxy_core._engine_py import (
     check_ports,
     clock,
     _proto,
+    _appended,
     batch_columns,
+    check_frontends,
     check_tables,
 )
 from kproxy_core.errors import EngineError
 from kproxy_core.selectors import SELECTOR_CODES, WEIGHT_SALT, check_maglev
-from kproxy_core.tables import FRONTENDS, VERDICTS
+from kproxy_core.tables import FRONTEND_NAMES, VERDICTS
 
 import numpy as np
 
@@ -92,7 +94,6 @@ cdef packed struct _out6:  # engine.OUT6_DTYPE (kp_out6 in kp_core.h)
 
 cdef uint64_t M64 = 0xFFFFFFFFFFFFFFFF
 cdef tuple _VERDICTS = tuple(VERDICTS)
-cdef list _FRONTENDS = FRONTENDS  # grows as plugins add frontend kinds (tables.frontend_code)
 cdef dict _PROTO_IN = dict(PROTO_IN)
 _time = time.time
 assert SLOTS == KP_SLOTS and AFFINITY_SALT == 0x9E3779B97F4A7C15
@@ -1018,8 +1019,8 @@ cdef _Blocks _spec_blocks(list specs, bint v6, _Fam fam):
     return out
 
 
-cdef _Fam _build_fam(object t, bint v6, Py_ssize_t nsvc):
-    c = check_tables(t, v6, nsvc)  # ValueError for anything inconsistent
+cdef _Fam _build_fam(object t, bint v6, Py_ssize_t nsvc, Py_ssize_t nkinds):
+    c = check_tables(t, v6, nsvc, nkinds)  # ValueError for anything inconsistent
     if max(len(c["rec_port"]), len(c["port_service"]), nsvc) > 0x7FFFFFFF:
         raise ValueError("tables: more than 2**31 - 1 rows")
     cdef _Fam fam = _new_fam(c, v6)
@@ -1120,6 +1121,9 @@ cdef class Core:
     cdef const kp_fam *c4  # &fam4.f or NULL, changed only with the lock held
     cdef const kp_fam *c6
     cdef list services
+    # the names of the frontend-kind codes (index = code): only ever appended to, in place,
+    # as flows keep their code across loads (so a code read from any table is in range)
+    cdef list frontends
     cdef bint ready
 
     def __cinit__(self, *args, **kwargs):
@@ -1128,6 +1132,7 @@ cdef class Core:
         if self.lock == NULL or self.wlock == NULL:
             raise MemoryError("kproxy_core._engine: cannot allocate a lock")
         self.services = []
+        self.frontends = list(FRONTEND_NAMES)
 
     def __dealloc__(self):
         cdef int i
@@ -1176,7 +1181,7 @@ cdef class Core:
             _check(status)
         # __init__ may run again on a live Core (as the twin allows): swap under the lock
         self._lock()
-        old = (self.fam4, self.fam6, self.services)
+        old = (self.fam4, self.fam6, self.services, self.frontends)
         if self.ready:
             for i in range(2):
                 kp_table_free(&self.st.flows[i])
@@ -1185,6 +1190,7 @@ cdef class Core:
         self.fam4 = self.fam6 = None
         self.c4 = self.c6 = NULL
         self.services = []
+        self.frontends = list(FRONTEND_NAMES)  # no flow left to hold a code
         self.ready = True
         PyThread_release_lock(self.lock)
         del old
@@ -1195,14 +1201,22 @@ cdef class Core:
                 PyThread_acquire_lock(self.lock, WAIT_LOCK)
 
     # ------------------------------------------------------------------ loading
-    def load(self, t4, t6, services):
+    def load(self, t4, t6, services, frontends=None):
         services = list(services)
-        cdef _Fam n4 = _build_fam(t4, False, len(services))
-        cdef _Fam n6 = _build_fam(t6, True, len(services))
+        current = list(self.frontends)
+        kinds = check_frontends(frontends, current)
+        cdef _Fam n4 = _build_fam(t4, False, len(services), len(kinds))
+        cdef _Fam n6 = _build_fam(t6, True, len(services), len(kinds))
         cdef int64_t dropped = 0
         if not self.ready:
             raise EngineError("Core.__init__ was not called")
         self._wlock()
+        if frontends is not None and self.frontends != current:  # another writer in between
+            try:
+                check_frontends(kinds, self.frontends)
+            except BaseException:
+                PyThread_release_lock(self.wlock)
+                raise
         old = (self.fam4, self.fam6, self.services)  # freed after the locks are released
         self._lock()
         try:
@@ -1212,6 +1226,7 @@ cdef class Core:
             self.fam4 = n4
             self.fam6 = n6
             self.services = services
+            self.frontends.extend(kinds[len(self.frontends):])
             self.c4 = &n4.f
             self.c6 = &n6.f
             with nogil:
@@ -1223,26 +1238,30 @@ cdef class Core:
         del old
         return dropped
 
-    def update_ports(self, p4, r4, p6, r6, services):
+    def update_ports(self, p4, r4, p6, r6, services, frontends=()):
         """Replace the given ports, remove those of r4 / r6, and append ``services`` to the
-        service names; in place, one publication per family (see kp_fam_install). Lookups
-        and batches running meanwhile in other threads read, per packet, the old or the
-        new state."""
+        service names and ``frontends`` to the frontend kinds; in place, one publication per
+        family (see kp_fam_install). Lookups and batches running meanwhile in other threads
+        read, per packet, the old or the new state."""
         if not self.ready:
             raise EngineError("Core.__init__ was not called")
         if self.fam4 is None:
             raise EngineError("Core.update_ports before Core.load")
         added = list(services)
         n = len(self.services) + len(added)
-        p4 = check_ports(p4, r4, False, n)
-        p6 = check_ports(p6, r6, True, n)
+        current = list(self.frontends)
+        kinds = check_frontends(_appended(current, frontends), current)
+        p4 = check_ports(p4, r4, False, n, len(kinds))
+        p6 = check_ports(p6, r6, True, n, len(kinds))
         cdef _Blocks b4 = None
         cdef _Blocks b6 = None
         self._wlock()
         try:
+            if self.frontends != current:  # another writer in between
+                check_frontends(kinds, self.frontends)
             b4 = _spec_blocks(p4, False, self.fam4)
             b6 = _spec_blocks(p6, True, self.fam6)
-            return self._install(b4, list(r4), b6, list(r6), added)
+            return self._install(b4, list(r4), b6, list(r6), added, kinds)
         finally:
             if b4 is not None:
                 b4.discard()
@@ -1250,7 +1269,7 @@ cdef class Core:
                 b6.discard()
             PyThread_release_lock(self.wlock)
 
-    cdef object _install(self, _Blocks b4, list removed4, _Blocks b6, list removed6, list added):
+    cdef object _install(self, _Blocks b4, list removed4, _Blocks b6, list removed6, list added, list kinds):
         cdef int stale4 = 0, stale6 = 0
         cdef int64_t dropped = 0
         cdef kp_fam *f4 = &self.fam4.f
@@ -1273,6 +1292,7 @@ cdef class Core:
             # before the records that name them; in place: a copy of 100,000 names costs
             # more than the rest of an update (Decisions keep the list, and old indices stay)
             self.services.extend(added)
+            self.frontends.extend(kinds[len(self.frontends):])
             _check(kp_fam_install(f4, b4.b, <int32_t>b4.n, r4, <int32_t>rem4.shape[0], &stale4))
             b4.taken = True
             _check(kp_fam_install(f6, b6.b, <int32_t>b6.n, r6, <int32_t>rem6.shape[0], &stale6))
@@ -1412,6 +1432,7 @@ cdef class Core:
         cdef double t
         cdef kp_res r
         cdef list services
+        cdef list frontends
         cdef Decision dec
         if not ((type(src) is str and type(dst) is str and _ip4(src, &s4) and _ip4(dst, &d4))
                 or (type(src) is int and type(dst) is int and _int4(src, &s4) and _int4(dst, &d4))):
@@ -1441,6 +1462,7 @@ cdef class Core:
                        kp_hash4(self.st.seed, s4, d4, <uint16_t>sp, <uint16_t>dp, <uint8_t>p),
                        KP_REC_UNKNOWN, 0, t, mode, 1, &r)
         services = self.services
+        frontends = self.frontends
         PyThread_release_lock(self.lock)
 
         dec = Decision.__new__(Decision)
@@ -1448,7 +1470,7 @@ cdef class Core:
         dec._services = services
         dec._service = None
         dec._svc = r.svc
-        dec.frontend = _FRONTENDS[r.fe]
+        dec.frontend = frontends[r.fe]
         dec._endpoint = None
         dec._ep_kind = 0
         if r.verdict == KP_DNAT:

@@ -294,7 +294,7 @@ def test_lookups_see_one_state(impl: str, scenario: Scenario) -> None:
             row = out[0]
             row["verdict"] = kp.VERDICT_NAMES.index(d.verdict)
             row["service"] = engine.service_index(d.service) if d.service else -1
-            row["frontend"] = kp.FRONTEND_NAMES.index(d.frontend)
+            row["frontend"] = engine.frontend_names.index(d.frontend)
             row["ep_ip"] = int(ipaddress.IPv4Address(d.endpoint[0])) if d.endpoint else 0
             row["ep_port"] = d.endpoint[1] if d.endpoint else 0
             row["masq"] = d.masquerade
