@@ -1,4 +1,5 @@
-"""Synthetic clusters and packets for ``kproxy bench`` and benchmarks/, and the numpy baseline.
+"""Synthetic clusters and packets for ``kproxy bench`` and benchmarks/, the numpy baseline, and
+the check of an engine's answers against the other implementation's.
 
 The numpy baseline is the same stateless decision (``track=False``) written as
 whole-array numpy operations over the engine's own tables: sorted frontend keys and
@@ -6,6 +7,11 @@ whole-array numpy operations over the engine's own tables: sorted frontend keys 
 the endpoint pick (and, for the weighted, Maglev and source-hash selectors, the same
 alias tables and lookup tables). It is what a careful numpy user would write, and it
 must agree with the engine (the benchmarks assert it).
+
+The check against the twin (``check_twins``, ``compare_with_twin``) asks the pure-Python twin
+the same packets, or a sample of them, and requires identical answers, field by field. It is
+self-agreement (both implementations are ours, written from one design): it catches a core
+that drifted from the twin, not a misreading of kube-proxy they share.
 """
 
 from __future__ import annotations
@@ -273,6 +279,76 @@ class NumpyBaseline:
         return {"verdict": verdict, "service": service, "ep_ip": ep_ip, "masq": masq}
 
 
+# --------------------------------------------------------------------------- the twin as the check
+
+TWIN_SAMPLE = 2_000  # packets compared with the pure-Python twin
+ROW_FIELDS = ("verdict", "service", "frontend", "ep_ip", "ep_port", "masq")
+
+
+def take(p: Packets, idx: Any) -> Packets:
+    """The packets of ``p`` at ``idx`` (a slice or an index array)."""
+    return Packets(p.src[idx], p.dst[idx], p.sport[idx], p.dport[idx], p.proto[idx])
+
+
+def _label(engine: Engine) -> str:
+    return "compiled" if engine.compiled else "python"
+
+
+def _disagreement(a: Any, b: Any, p: Packets, labels: tuple[str, str], what: str,
+                  fields: Sequence[str] = ROW_FIELDS) -> str | None:
+    """None if the batch answers ``a`` and ``b`` to ``p`` agree on ``fields``, else what differs."""
+    bad = np.zeros(len(a), bool)
+    for f in fields:
+        bad |= a[f] != b[f]
+    if not bad.any():
+        return None
+
+    def row(r: Any) -> str:
+        return " ".join(f"{f}={_ip(int(r[f])) if f == 'ep_ip' else r[f]}" for f in fields)
+
+    lines = [f"{int(bad.sum())} of {len(a)} packets answered differently ({what}); the first:"]
+    for i in np.flatnonzero(bad)[:5].tolist():
+        lines.append(f"  {_ip(int(p.src[i]))}:{p.sport[i]} -> {_ip(int(p.dst[i]))}:{p.dport[i]} proto {p.proto[i]}:"
+                     f"\n    {labels[0]}: {row(a[i])}\n    {labels[1]}: {row(b[i])}")
+    return "\n".join(lines)
+
+
+def check_twins(a: Engine, b: Engine, p: Packets, *, now: float = 1000.0) -> int:
+    """Ask engines ``a`` and ``b`` (one cluster, one seed: the compiled core and the pure-Python
+    twin) the packets ``p`` stateless, then tracked, then tracked again (flow hits now): every
+    answer must be the same, field by field, or AssertionError names the first that differ.
+
+    Both must be in one state before (fresh, or fed the same packets since: flows and
+    round-robin turns carry over), and are in one state after. Returns the packets checked."""
+    labels = (_label(a), _label(b))
+    for what, track in (("stateless", False), ("tracked", True), ("tracked again", True)):
+        outs = [e.lookup_batch(p.src, p.dst, p.dport, p.proto, p.sport, now=now, track=track) for e in (a, b)]
+        why = _disagreement(outs[0], outs[1], p, labels, what)
+        if why:
+            raise AssertionError(f"the engines disagree: {why}")
+    return len(p.src)
+
+
+def compare_with_twin(out: Any, p: Packets, twin: Engine, *, sample: int = TWIN_SAMPLE, now: float = 1000.0,
+                      fields: Sequence[str] = ROW_FIELDS) -> int:
+    """``out``: an engine's batch answers to ``p`` (tracked or not); ``twin``: the other
+    implementation on the same cluster with the same seed. ``sample`` packets spread evenly over
+    ``p`` are asked of the twin stateless, and ``out`` must answer them the same on ``fields``,
+    or AssertionError names the first that differ. Returns the packets checked.
+
+    Only where an answer is a function of the packet (a tracked flow keeps the endpoint its first
+    packet was given by the same hash): not for round-robin, whose turns depend on the
+    connections before (compare its verdict, service and frontend only)."""
+    n = len(p.src)
+    idx = np.unique(np.linspace(0, n - 1, min(sample, n)).astype(np.int64)) if n else np.zeros(0, np.int64)
+    some = take(p, idx)
+    ref = twin.lookup_batch(some.src, some.dst, some.dport, some.proto, some.sport, now=now, track=False)
+    why = _disagreement(out[idx], ref, some, ("engine", f"{_label(twin)} twin"), "a sample", fields)
+    if why:
+        raise AssertionError(f"the engine and the twin disagree: {why}")
+    return len(idx)
+
+
 def measure(fn: Any, *, min_time: float = 0.5, repeat: int = 3) -> float:
     """Best-of-``repeat`` seconds per call, each repeat looping for at least ``min_time``."""
     best = float("inf")
@@ -311,6 +387,11 @@ def run_bench(
     twin = Engine(cluster, node="node-0", cluster_cidr="100.64.0.0/10", seed=7, impl="python")
     pk = synthetic_packets(services, packets, flows)
     small = synthetic_packets(services, min(python_packets, packets), flows)
+    # before anything is timed, both fresh: the first packets the twin is timed on, asked of
+    # both engines stateless and tracked, must get the same answers (then the flows go)
+    checked = check_twins(compiled, twin, take(small, slice(0, TWIN_SAMPLE))) if compiled.compiled else 0
+    compiled.clear_flows()
+    twin.clear_flows()
     res: dict[str, Any] = {
         "services": services,
         "endpoints": endpoints,
@@ -319,6 +400,7 @@ def run_bench(
         "engine": "compiled" if compiled.compiled else "python (extension not built)",
         "selector": selector or "random",
         "engine_build_seconds": round(build_s, 3),
+        "twin_checked_packets": checked,
     }
 
     def batch(e: Engine, p: Packets, track: bool) -> Any:

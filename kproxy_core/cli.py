@@ -23,7 +23,7 @@ from typing import IO, Any, TextIO
 import numpy as np
 
 from .addresses import join_host_port, split_host_port
-from .engine import FRONTEND_NAMES, VERDICT_NAMES, Engine
+from .engine import VERDICT_NAMES, Engine
 from .errors import KproxyError, KproxyWarning, ManifestError, PluginError
 from .manifests import load
 from .model import PROTO_NUMBERS, Cluster
@@ -610,6 +610,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         return _classify_table(args, engine, files, found)
     args.packets = files[0]
     names = [s.name for s in engine.service_ports]
+    kinds = engine.frontend_names  # the engine's codes (a plugin's kinds follow the built-in ones)
     per_service: Counter[str] = Counter()
     per_frontend: Counter[str] = Counter()
     per_verdict: Counter[str] = Counter()
@@ -644,7 +645,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             for v, s, fe in zip(*cols, strict=True):
                 per_verdict[VERDICT_NAMES[v]] += 1
                 per_service[names[s] if s >= 0 else "(none)"] += 1
-                per_frontend[FRONTEND_NAMES[fe] or "(none)"] += 1
+                per_frontend[kinds[fe] or "(none)"] += 1
             if per_packet is not None:
                 for i, row in zip(idx, engine.decode(out), strict=True):
                     results[i] = row
@@ -775,6 +776,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"synthetic cluster: {res['services']} service ports x {res['endpoints']} endpoints; "
           f"{res['packets']} packets from {res['flows'] or res['packets']} flows; engine: {res['engine']}; "
           f"selector: {res['selector']}")
+    if res.get("twin_checked_packets"):
+        print(f"  checked {res['twin_checked_packets']:,} packets against the pure-Python twin: identical answers")
     rates = res["lookups_per_second"]
     width = max(len(k) for k in rates)
     for k, v in rates.items():

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import hypothesis
 import pytest
 
 import kproxy_core as kp
@@ -50,3 +52,50 @@ def make_engine(impl: str) -> Callable[..., kp.Engine]:
         return kp.Engine(cluster, impl=impl, **kw)
 
     return make
+
+
+# --------------------------------------------------------------------------- hypothesis: one seed a run
+# Every @given test of a run draws its examples from one seed, printed in pytest's header and
+# under each failing hypothesis test: KPROXY_TEST_SEED=<seed> reruns exactly those examples.
+# It reaches hypothesis as --hypothesis-seed does (given on the command line, that one wins).
+# A seeded run uses no example database, so the seed alone decides; a test that sets
+# derandomize=True keeps its fixed examples. The profile replaces hypothesis's automatic "ci"
+# one (derandomize=True: the same examples every run, whatever the seed).
+SEED_ENV = "KPROXY_TEST_SEED"
+_SEED_KEY = pytest.StashKey[tuple[str, str]]()
+
+hypothesis.settings.register_profile(
+    "kproxy", derandomize=False, database=None, deadline=None, print_blob=True,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow])
+hypothesis.settings.load_profile("kproxy")
+
+
+@pytest.hookimpl(tryfirst=True)  # before hypothesis's own plugin reads the option
+def pytest_configure(config: pytest.Config) -> None:
+    seed, origin = config.getoption("hypothesis_seed", None), "--hypothesis-seed"
+    if seed is None:
+        seed, origin = os.environ.get(SEED_ENV, "").strip() or None, SEED_ENV
+    if seed is None:
+        seed, origin = str(random.SystemRandom().randrange(2**32)), "drawn for this run"
+    config.option.hypothesis_seed = str(seed)
+    config.stash[_SEED_KEY] = (str(seed), origin)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    seed, origin = config.stash[_SEED_KEY]
+    return f"kproxy: hypothesis seed {seed} ({origin}); {SEED_ENV}={seed} reruns its examples"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome: Any = yield
+    report = outcome.get_result()
+    obj = getattr(item, "obj", None)
+    if report.when != "call" or not report.failed or not hypothesis.is_hypothesis_test(obj):
+        return
+    seed, _ = item.config.stash[_SEED_KEY]
+    if getattr(getattr(obj, "_hypothesis_internal_use_settings", None), "derandomize", False):
+        text = "derandomize=True: the same examples every run, whatever the seed"
+    else:
+        text = f"{SEED_ENV}={seed} python -m pytest '{item.nodeid}'"
+    report.sections.append(("hypothesis seed", text))

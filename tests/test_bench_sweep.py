@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import kproxy_core as kp
-from kproxy_core import roofline, sweep
+from kproxy_core import bench, roofline, sweep
 from kproxy_core.bench import synthetic_cluster, synthetic_objects, synthetic_packets
 from kproxy_core.cli import main
 
@@ -280,3 +280,51 @@ def test_synthetic_objects_are_the_synthetic_cluster() -> None:
     b = kp.Cluster.from_objects(json.loads(json.dumps(list(synthetic_objects(60, 4)))))
     assert b.services == a.services and b.slices == a.slices and b.nodes == a.nodes
     assert b.warnings == ()
+
+
+# --------------------------------------------------------------------------- the check against the twin
+
+
+def test_bench_checks_the_compiled_core_against_the_twin(capsys: pytest.CaptureFixture[str]) -> None:
+    """``kproxy bench`` asks both implementations the same 2,000 packets before timing them."""
+    if not kp.COMPILED_AVAILABLE:
+        pytest.fail("the compiled core is not built")
+    rc, out, err = _run(capsys, "bench", "--services", "50", "--endpoints", "3", "--packets", "3000",
+                        "--flows", "500", "--min-time", "0.01", "--selector", "round-robin", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["twin_checked_packets"] == bench.TWIN_SAMPLE
+
+
+def _pair(selector: str | None, seeds: tuple[int, int] = (7, 7)) -> tuple[kp.Engine, kp.Engine]:
+    weights = [1, 2, 3] if selector in ("weighted", "round-robin") else None
+    cluster = synthetic_cluster(60, 3, selector=selector, weights=weights)
+    opts: dict[str, Any] = {"node": "node-0", "cluster_cidr": "100.64.0.0/10"}
+    return (kp.Engine(cluster, seed=seeds[0], impl="compiled", **opts),
+            kp.Engine(cluster, seed=seeds[1], impl="python", **opts))
+
+
+@pytest.mark.parametrize("selector", [None, "weighted", "round-robin", "maglev", "source-hash"])
+def test_the_twins_agree_on_the_bench_packets(selector: str | None) -> None:
+    if not kp.COMPILED_AVAILABLE:
+        pytest.fail("the compiled core is not built")
+    a, b = _pair(selector)
+    p = synthetic_packets(60, 3000, flows=700, seed=4)
+    assert bench.check_twins(a, b, p) == 3000
+    out = a.lookup_batch(p.src, p.dst, p.dport, p.proto, p.sport, now=1000.0)  # tracked: the flows stay
+    fields = ("verdict", "service", "frontend") if selector == "round-robin" else bench.ROW_FIELDS
+    assert bench.compare_with_twin(out, p, b, fields=fields) == bench.TWIN_SAMPLE
+
+
+def test_a_disagreement_names_the_packets() -> None:
+    if not kp.COMPILED_AVAILABLE:
+        pytest.fail("the compiled core is not built")
+    a, b = _pair(None, seeds=(7, 8))  # another seed: other endpoints
+    p = synthetic_packets(60, 2000, seed=4)
+    with pytest.raises(AssertionError, match=r"(?s)the engines disagree: \d+ of 2000 packets answered "
+                                             r"differently \(stateless\); the first:\n  100\.\S+ -> 10\.96\.\S+ "
+                                             r"proto 6:\n    compiled: verdict=1 .*\n    python: verdict=1 "):
+        bench.check_twins(a, b, p)
+    out = a.lookup_batch(p.src, p.dst, p.dport, p.proto, p.sport, now=1000.0, track=False)
+    with pytest.raises(AssertionError, match=r"the engine and the twin disagree: \d+ of 2000 packets"):
+        bench.compare_with_twin(out, p, b)
+    assert bench.compare_with_twin(out, p, b, fields=("verdict", "service", "frontend")) == 2000
