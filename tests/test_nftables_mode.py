@@ -9,6 +9,7 @@ the nftables chains.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -395,7 +396,7 @@ def nft_cases(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[tuple[str, st
     return objs, rows
 
 
-@pytest.mark.skipif(not kp.COMPILED_AVAILABLE, reason="the compiled core is not built")
+@pytest.mark.skipif(bool(os.environ.get("KPROXY_NO_EXTENSIONS")), reason="KPROXY_NO_EXTENSIONS is set")
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=nft_cases(), cidrs=st.sampled_from([None, CIDRS]), np_addrs=st.sampled_from([None, "0.0.0.0/0,::/0"]))
 def test_twins_agree_in_nftables_mode(
