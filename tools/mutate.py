@@ -58,7 +58,7 @@ TARGETS: dict[str, list[str]] = {
     "kproxy_core/tables.py": ["tests/test_core_twins.py", "tests/test_engine.py", "tests/test_kube_proxy_flows.py"],
 }
 PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-          "--no-header", "-W", "ignore"]
+          "--no-header", "-W", "ignore", "-m", "not slow"]  # slow: the kernel namespaces, wheel builds
 
 
 @dataclass
