@@ -47,15 +47,18 @@ TARGETS: dict[str, list[str]] = {
     "kproxy_core/plan.py": [
         "tests/test_kube_proxy_flows.py", "tests/test_kube_proxy_table.py", "tests/test_trace_walk.py",
         "tests/test_render_iptables.py", "tests/test_render_nftables.py", "tests/test_nftables_mode.py",
-        "tests/test_engine.py", "tests/test_duplicate_endpoints.py",
+        "tests/test_engine.py", "tests/test_duplicate_endpoints.py", "tests/test_mutation_survivors.py",
     ],
     "kproxy_core/manifests.py": [
         "tests/test_manifests.py", "tests/test_port_boundaries.py", "tests/test_realworld.py",
         "tests/test_incremental.py", "tests/test_service_cidr.py",
     ],
-    "kproxy_core/render/iptables.py": ["tests/test_render_iptables.py", "tests/test_cli_rules.py"],
-    "kproxy_core/render/nftables.py": ["tests/test_render_nftables.py", "tests/test_nftables_mode.py"],
-    "kproxy_core/tables.py": ["tests/test_core_twins.py", "tests/test_engine.py", "tests/test_kube_proxy_flows.py"],
+    "kproxy_core/render/iptables.py": ["tests/test_render_iptables.py", "tests/test_cli_rules.py",
+                                       "tests/test_plugins.py", "tests/test_mutation_survivors.py"],
+    "kproxy_core/render/nftables.py": ["tests/test_render_nftables.py", "tests/test_nftables_mode.py",
+                                       "tests/test_plugins.py", "tests/test_mutation_survivors.py"],
+    "kproxy_core/tables.py": ["tests/test_core_twins.py", "tests/test_engine.py", "tests/test_kube_proxy_flows.py",
+                              "tests/test_mutation_survivors.py"],
 }
 PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
           "--no-header", "-W", "ignore", "-m", "not slow"]  # slow: the kernel namespaces, wheel builds
