@@ -46,7 +46,6 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import pluggy
@@ -196,17 +195,6 @@ class KproxyPluginManager(pluggy.PluginManager):
         self._warned.add(key)
         warnings.warn(PluginWarning(message), stacklevel=3)
 
-    def _culprit(self, hook: str, tb: TracebackType | None) -> str:
-        codes = {getattr(impl.function, "__code__", None): impl.plugin_name
-                 for impl in getattr(self.hook, hook).get_hookimpls()}
-        found = "unknown"
-        while tb is not None:
-            name = codes.get(tb.tb_frame.f_code)
-            if name is not None:
-                found = name
-            tb = tb.tb_next
-        return found
-
     def plugin_names(self) -> list[str]:
         """Registered plugin names, in registration order."""
         return [name for name, plugin in self.list_name_plugin() if plugin is not None]  # None: blocked
@@ -245,10 +233,7 @@ def make_plugin_manager(
     """
     pm = KproxyPluginManager(NAME)
     pm.add_hookspecs(hookspecs)
-    pm.tracing = bool(os.environ.get(TRACE_ENV)) if trace is None else trace
-    if pm.tracing:
-        pm.trace.root.setwriter(trace_writer())
-        pm.enable_tracing()
+    pm.tracing = bool(os.environ.get(TRACE_ENV)) if trace is None else trace  # _call writes the lines
     off = set(disabled_from_environment() if disabled is None else disabled)
     pm.disabled = tuple(sorted(off))
     for name in off:
