@@ -26,7 +26,10 @@ echo "sanitize.sh: building the sanitized core in $work" >&2
     --build-temp "$work/build-temp" >"$work/build.log" 2>&1) || { tail -30 "$work/build.log" >&2; exit 2; }
 
 so="$(ls "$work"/kproxy_core/_engine*.so)"
-if ! ldd "$so" | grep -q libasan || ! ldd "$so" | grep -q libubsan; then
+# ldd's output read whole first: `ldd | grep -q` under pipefail fails at random when grep exits
+# at its first match while ldd is still writing (SIGPIPE, status 141)
+libs="$(ldd "$so")"
+if [[ "$libs" != *libasan* || "$libs" != *libubsan* ]]; then
     echo "sanitize.sh: $so is not linked with libasan and libubsan" >&2
     exit 2
 fi
