@@ -225,6 +225,11 @@ def test_entry_points_are_asked_by_name_whatever_the_install_order(dists: Any) -
     # only the named entry points
     pm = make_plugin_manager(entry_points=["zeta"])
     assert "alpha" not in pm.plugin_names() and selector_of(pm) == ("maglev", "zeta")
+    # one string is one name (not its letters), or several separated by commas
+    pm = make_plugin_manager(entry_points="zeta")
+    assert "zeta" in pm.plugin_names() and "alpha" not in pm.plugin_names()
+    assert {"alpha", "zeta"} <= set(make_plugin_manager(entry_points="alpha,zeta").plugin_names())
+    assert "alpha" not in make_plugin_manager(entry_points=True, disabled="alpha").plugin_names()
     with pytest.raises(kp.PluginError, match=r"^plugin nope: no such entry point in the 'kproxy' group "
                                              r"\(installed: .*alpha.*zeta"):
         make_plugin_manager(entry_points=["nope"])

@@ -207,16 +207,24 @@ class KproxyPluginManager(pluggy.PluginManager):
 
 def disabled_from_environment() -> tuple[str, ...]:
     """The names ``KPROXY_DISABLE_PLUGINS`` lists (comma- or space-separated)."""
-    return tuple(n for n in re.split(r"[,\s]+", os.environ.get(DISABLE_ENV, "")) if n)
+    return _names(os.environ.get(DISABLE_ENV, ""))
+
+
+def _names(names: str | Iterable[str]) -> tuple[str, ...]:
+    """Plugin names from an iterable or from one string (``"a"``, ``"a,b"``, ``"a b"``):
+    a string is never read as its letters."""
+    if isinstance(names, str):
+        return tuple(n for n in re.split(r"[,\s]+", names) if n)
+    return tuple(names)
 
 
 def make_plugin_manager(
     plugins: Iterable[object] = (),
     *,
-    entry_points: bool | Iterable[str] | None = None,
+    entry_points: bool | str | Iterable[str] | None = None,
     bundled: bool = True,
     trace: bool | None = None,
-    disabled: Iterable[str] | None = None,
+    disabled: str | Iterable[str] | None = None,
     keep_going: bool = False,
 ) -> KproxyPluginManager:
     """Build a plugin manager.
@@ -224,17 +232,18 @@ def make_plugin_manager(
     ``plugins``: extra plugin objects (modules, classes or instances with hook
     implementations). ``entry_points``: load the ``kproxy`` entry-point group (default:
     yes, unless ``KPROXY_DISABLE_PLUGIN_AUTOLOAD`` is set), or an iterable of entry-point
-    names to load only those (a name that is not installed is an error). ``bundled``:
+    names to load only those (a name that is not installed is an error; one string is
+    one name, or several separated by commas or spaces). ``bundled``:
     register the bundled plugins (LoadBalancer, ExternalName and the selector
     annotations). ``disabled``: plugin names to leave out (default:
-    ``KPROXY_DISABLE_PLUGINS``). ``trace``: log hook calls to stderr (default:
+    ``KPROXY_DISABLE_PLUGINS``; a string as for ``entry_points``). ``trace``: log hook calls to stderr (default:
     ``KPROXY_TRACE_PLUGINS``). ``keep_going``: an entry point that fails to load is
     recorded in ``manager.failed`` instead of raising (``kproxy plugins`` lists it).
     """
     pm = KproxyPluginManager(NAME)
     pm.add_hookspecs(hookspecs)
     pm.tracing = bool(os.environ.get(TRACE_ENV)) if trace is None else trace  # _call writes the lines
-    off = set(disabled_from_environment() if disabled is None else disabled)
+    off = set(disabled_from_environment() if disabled is None else _names(disabled))
     pm.disabled = tuple(sorted(off))
     for name in off:
         pm.set_blocked(name)
@@ -247,7 +256,7 @@ def make_plugin_manager(
     if entry_points is None:
         entry_points = not os.environ.get(AUTOLOAD_OFF_ENV)
     if entry_points is not False:
-        wanted = None if entry_points is True else set(entry_points)
+        wanted = None if entry_points is True else set(_names(entry_points))
         _load_entry_points(pm, wanted, keep_going)
     try:
         pm.check_pending()
