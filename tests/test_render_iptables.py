@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -825,3 +826,34 @@ def test_random_clusters_render_consistently(data: tuple[list[dict[str, Any]], s
             for addr in re.findall(r" -[sd] (\S+)", saved):
                 net = ipaddress.ip_network(addr)
                 assert (net.version == 6) == (family == "IPv6")
+
+
+UPSTREAM_COMMIT = "531be81208e2274ef42e72525a26610a9622bcdf"
+FORK_COMMIT = "07fb8ceb0fc1d962cc2a752b8239a3a0702a3601"
+
+
+def test_dump_sources() -> None:
+    """Every expected dump names its commit, and every dump not from the current upstream
+    file is listed in SOURCES.md with current upstream functions whose cases
+    (tests/test_kube_proxy_flows.py) or pinned dumps test the same behaviour."""
+    sources = (DATA / "SOURCES.md").read_text()
+    table = dict(re.findall(r"^\| (Test\w+) \| (Test[\w, ]+) \|$", sources, re.M))
+    flows = json.loads((DATA.parent / "kube-proxy-flows" / "cases.json").read_text())
+    current = {f["function"] for f in flows["functions"] if f["commit"] == UPSTREAM_COMMIT}
+    upstream_dumps = set()
+    for path in sorted(DATA.glob("*.txt")):
+        header = path.read_text().split("\n", 1)[0]
+        commit = re.search(r" @ ([0-9a-f]{40})$", header)
+        assert header.startswith(f"# {path.stem.split('__')[0]}") and commit, f"{path.name}: {header!r}"
+        if "kubernetes/kubernetes pkg/proxy/iptables/proxier_test.go" in header:
+            assert commit.group(1) == UPSTREAM_COMMIT, path.name
+            upstream_dumps.add(path.stem)
+            assert path.stem not in table, f"{path.name} is pinned upstream; SOURCES.md lists it as a fork dump"
+        else:
+            assert commit.group(1) == FORK_COMMIT and "danwinship/kubernetes" in header, path.name
+            assert path.stem in table, f"{path.name} is not in SOURCES.md's table"
+    assert set(table) <= {p.stem for p in DATA.glob("*.txt")}, "SOURCES.md lists a dump that is not here"
+    assert len(upstream_dumps) == 3 and len(table) == 26
+    for dump, functions in table.items():
+        for fn in functions.split(", "):
+            assert fn in current or fn in upstream_dumps, f"{dump}: {fn} has no pinned upstream expectation"
