@@ -3,6 +3,8 @@ test names the line it guards and the mutant that used to pass unnoticed."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any
 
 import pytest
@@ -136,3 +138,71 @@ def test_the_nodes_own_packet_to_its_local_external_ip_is_rejected() -> None:
     objs.append(endpoint_slice("web", [endpoint("10.1.0.5", node="n1")]))
     engine = kp.Engine(kp.Cluster.from_objects(objs), node="n1", cluster_cidr="10.0.0.0/8")
     assert engine.lookup("192.168.0.2", "192.168.0.2", 80).verdict == "DNAT"
+
+
+@pytest.mark.parametrize(("mode", "option"), [("BridgeInterface", "pod_bridge_interface"),
+                                              ("InterfaceNamePrefix", "pod_interface_name_prefix")])
+def test_an_interface_name_is_at_most_15_characters(mode: str, option: str) -> None:
+    """plan.py: Linux interface names are at most IFNAMSIZ - 1 = 15 bytes (what iptables -i
+    and nft iifname accept); the second run's survivor forced the check off. 15 characters
+    plan, 16 or a space are one ManifestError naming the flag."""
+    pm = make_plugin_manager([DualPlugin()], entry_points=False)
+    cluster = kp.Cluster.from_objects(dual_objects(), plugins=pm)
+    ok = kp.Engine(cluster, node="n1", detect_local_mode=mode, **{option: "a" * 15})
+    assert ok.plans["IPv4"].ports
+    flag = "--" + option.replace("_", "-")
+    for bad in ("a" * 16, "cbr 0", "veth*"):
+        with pytest.raises(kp.ManifestError, match=rf"^{flag}: '{re.escape(bad)}' is not an interface name$"):
+            kp.Engine(cluster, node="n1", detect_local_mode=mode, **{option: bad})
+
+
+def dual_stack_nodeport() -> list[dict[str, Any]]:
+    return [node("n1", addresses=["192.168.0.2", "fd00::2"]),
+            service("web", type="NodePort", cluster_ips=["10.96.0.10", "fd00:96::10"], ip_families=["IPv4", "IPv6"],
+                    ports=[80]),
+            endpoint_slice("web", ["10.1.0.5"], name="web-v4"),
+            endpoint_slice("web", ["fd00:1::5"], name="web-v6")]
+
+
+@pytest.mark.parametrize("localhost_nodeports", [True, False])
+def test_kubelet_firewall_jumps_are_ipv4_only(localhost_nodeports: bool) -> None:
+    """render/iptables.py ``jump_rules``: kube-proxy fills kubelet's KUBE-FIREWALL (the
+    localnet block for localhost NodePorts) in IPv4 only, so only an IPv4 table with
+    localhost NodePorts on jumps to it from INPUT and OUTPUT (the second run's survivor
+    swapped the family; only the kernel tests, left out of mutation runs, saw it)."""
+    engine = kp.Engine(kp.Cluster.from_objects(dual_stack_nodeport()), node="n1",
+                       localhost_nodeports=localhost_nodeports)
+    jumps = {fam: [ln for ln in engine.render("iptables", family=fam, with_jumps=True).splitlines()  # type: ignore[arg-type]
+                   if ln.endswith("-j KUBE-FIREWALL")] for fam in ("IPv4", "IPv6")}
+    assert jumps["IPv4"] == (["-A OUTPUT -j KUBE-FIREWALL", "-A INPUT -j KUBE-FIREWALL"] if localhost_nodeports else [])
+    assert jumps["IPv6"] == []
+
+
+def test_an_apply_on_a_cluster_whose_services_were_replaced() -> None:
+    """manifests.py ``indexed``: a Cluster whose maps a user replaced (``dataclasses.replace``
+    with a plain dict) has its indexes rebuilt; the second run's survivor kept the old
+    ones when any index was set, so a Service taken out still held its ClusterIP and an
+    apply that gave the IP to another Service was refused."""
+    cluster = kp.Cluster.from_objects(dual_stack_nodeport())
+    without_web = dataclasses.replace(cluster, services={k: v for k, v in cluster.services.items()
+                                                          if k != ("default", "web")})
+    engine = kp.Engine(without_web, node="n1")
+    engine.apply([service("api", cluster_ips=["10.96.0.10"], ports=[81])])
+    assert engine.lookup("10.1.9.9", "10.96.0.10", 81).verdict == "REJECT"  # no endpoints: api's, not web's
+    assert engine.lookup("10.1.9.9", "10.96.0.10", 80).verdict == "PASS"
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_round_robin_nth_cascade_in_iptables(n: int) -> None:
+    """render/iptables.py: round-robin is a cascade of ``statistic --mode nth`` rules, the
+    k-th (from 0) with ``--every n-k --packet 0`` and the last one without, so that each
+    endpoint takes one turn in n (the second run's survivor wrote ``n+k``; only the kernel
+    test of the selectors, left out of mutation runs, saw it)."""
+    objs = [node("n1", addresses=["192.168.0.2"]),
+            service("web", annotations={"kproxy-core.io/selector": "round-robin"}),
+            endpoint_slice("web", [f"10.1.0.{i}" for i in range(1, n + 1)])]
+    text = kp.Engine(kp.Cluster.from_objects(objs), node="n1", mode="iptables").render("iptables")
+    svc_rules = [ln for ln in text.splitlines() if ln.startswith("-A KUBE-SVC-") and "-j KUBE-SEP-" in ln]
+    assert len(svc_rules) == n
+    everies = [re.search(r"--mode nth --every (\d+) --packet 0 ", ln) for ln in svc_rules]
+    assert [int(m.group(1)) if m else None for m in everies] == [*range(n, 1, -1), None]

@@ -435,6 +435,8 @@ def test_probability_cascade_in_render() -> None:
             '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE'
             " --random-fully",
         ),
+        # a REJECT that names its reply keeps it, and only it (a mutant added the default too)
+        ("-A X -p tcp -j REJECT --reject-with tcp-reset", "-A X -p tcp -j REJECT --reject-with tcp-reset"),
     ],
 )
 def test_to_iptables_save_rules(restore: str, saved: str) -> None:

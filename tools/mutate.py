@@ -6,6 +6,7 @@ Run from the repository root (an installed dev environment: ``pip install -e '.[
     python tools/mutate.py run --sample 40 --seed 1      # Python mutants of the decision code
     python tools/mutate.py plants                        # the planted bugs of issue 15
     python tools/mutate.py run --only plan.py:412        # the mutants of one line
+    python tools/mutate.py c-run --sample 60 --seed 1    # C mutants of the core's decision functions
 
 Every mutant is applied to a private copy of the tree (``--work``, default a temporary
 directory), never to the tree itself, so the suite can keep running meanwhile. A mutant is
@@ -20,6 +21,15 @@ and ``or`` swapped, a ``not`` dropped, an int constant off by one, ``True``/``Fa
 flipped, ``+``/``-`` swapped, a ``return X`` that returns None, an ``if`` whose condition
 is forced false. ``--sample`` draws that many per file (seeded) instead of all of them.
 
+The C mutants (``c-run``) are found by tokens in the bodies of the core's decision
+functions in src/kp_core.h (``C_FUNCTIONS``: matching, source classes, the firewall and
+NodePort address checks, the selectors, flow and affinity lookup, expiry, the alias and
+Maglev tables, what an update keeps), comments and preprocessor lines left alone: a
+comparison turned into its neighbour, ``&&`` and ``||`` swapped, an integer constant off
+by one. Each is compiled at -O1 with the compiler commands of one full build (the
+Cython output does not change, only the header it includes), about 15 s, then runs the
+tests of the compiled core.
+
 Results go to ``--out`` (JSON: one row per mutant with the file, line, the change, the
 outcome and the first failing test) and a summary is printed; tests/MUTATION.md keeps the
 last run's score and the reasons the survivors do not matter.
@@ -32,6 +42,8 @@ import ast
 import json
 import os
 import random
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -48,6 +60,7 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_kube_proxy_flows.py", "tests/test_kube_proxy_table.py", "tests/test_trace_walk.py",
         "tests/test_render_iptables.py", "tests/test_render_nftables.py", "tests/test_nftables_mode.py",
         "tests/test_engine.py", "tests/test_duplicate_endpoints.py", "tests/test_mutation_survivors.py",
+        "tests/test_plugin_authoring.py",  # the plugin answers plan.py checks (the second run's survivors)
     ],
     "kproxy_core/manifests.py": [
         "tests/test_manifests.py", "tests/test_port_boundaries.py", "tests/test_realworld.py",
@@ -203,8 +216,10 @@ def make_copy(work: Path, rev: str | None = None) -> Path:
     return copy
 
 
-def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[str, str, float]:
+def run_tests(copy: Path, tests: list[str], timeout: float, select: str | None = None) -> tuple[str, str, float]:
     existing = [t for t in tests if (copy / t).exists()]
+    if select:
+        existing = ["-k", select, *existing]
     # PYTHONPATH: subprocesses (the kproxy script) import the copy too, not the installed tree
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", KPROXY_DISABLE_PLUGIN_AUTOLOAD="1", PYTHONPATH=str(copy))
     t0 = time.monotonic()
@@ -257,6 +272,161 @@ def cmd_run(args: argparse.Namespace) -> int:
     for m in mutants:
         if m.outcome == "survived":
             print(f"  survived {m.where} {m.kind}: {m.before!r} -> {m.after!r}")
+    return 0
+
+
+# --------------------------------------------------------------------------- C mutants
+
+# the decision functions of the compiled core: what a packet gets, not how memory is kept
+C_FUNCTIONS = [
+    "kp_pick", "kp_in4", "kp_in6", "kp_is_local4", "kp_is_local6", "kp_cls4", "kp_cls6",
+    "kp_action4", "kp_action6", "kp_np_accepts4", "kp_np_accepts6", "kp_check4", "kp_check6",
+    "kp_rr_next", "kp_select4", "kp_select6", "kp_match4", "kp_match6", "kp_decide4", "kp_decide6",
+    "kp_flow4_find", "kp_flow6_find", "kp_aff4_find", "kp_aff6_find", "kp_table_place",
+    "kp_flows_drop", "kp_alias_thr", "kp_alias_build", "kp_blk_alias", "kp_blk_finish",
+    "kp_blk_keeps", "kp_blk_has", "kp_rr_carry", "kp_maglev_fill", "kp_heap_down", "kp_turn_lt",
+]
+C_FILE = "src/kp_core.h"
+C_RUN_TESTS = [*("tests/test_core_twins.py", "tests/test_flow_expiry.py", "tests/test_engine.py",
+                 "tests/test_kube_proxy_flows.py", "tests/test_selectors_engine.py", "tests/test_differential.py",
+                 "tests/test_incremental.py", "tests/test_mutation_survivors.py", "tests/test_tag_collisions.py")]
+C_SELECT = "not python"  # a C mutant cannot change the pure-Python twin: its parametrisations are left out
+_C_TOKEN = re.compile(r"<<=|>>=|<<|>>|->|<=|>=|==|!=|&&|\|\||<|>|\b\d+\b")
+_C_SWAP = {"<": "<=", "<=": "<", ">": ">=", ">=": ">", "==": "!=", "!=": "==", "&&": "||", "||": "&&"}
+
+
+def _c_bodies(src: str, names: list[str]) -> dict[str, tuple[int, int]]:
+    """Each function's body as (first line, last line), 1-based, by brace counting from
+    its definition (the header's functions have no braces in strings or chars)."""
+    lines = src.splitlines()
+    out: dict[str, tuple[int, int]] = {}
+    for name in names:
+        pat = re.compile(r"^(?:KP_INLINE|static)\b[^;]*\b" + re.escape(name) + r"\(")
+        start = next((i for i, ln in enumerate(lines) if pat.match(ln)), None)
+        if start is None:
+            raise SystemExit(f"tools/mutate.py: {name} is not defined in {C_FILE} any more; update C_FUNCTIONS")
+        depth, seen, i = 0, False, start
+        while i < len(lines):
+            code = re.sub(r"/\*.*?\*/|//.*", "", lines[i])
+            depth += code.count("{") - code.count("}")
+            seen = seen or "{" in code
+            if seen and depth == 0:
+                break
+            i += 1
+        out[name] = (start + 1, i + 1)
+    return out
+
+
+def find_c_mutants(path: str = C_FILE, names: list[str] | None = None) -> list[Mutant]:
+    src = (ROOT / path).read_text()
+    lines = src.splitlines()
+    out: list[Mutant] = []
+    in_comment = False
+    for name, (first, last) in _c_bodies(src, names or C_FUNCTIONS).items():
+        for no in range(first + 1, last + 1):  # not the signature line
+            raw = lines[no - 1]
+            code = raw
+            if in_comment:  # a comment opened on an earlier line
+                end = code.find("*/")
+                if end < 0:
+                    continue
+                code = " " * (end + 2) + code[end + 2:]
+                in_comment = False
+            code = re.sub(r"/\*.*?\*/", lambda m: " " * len(m.group()), code)
+            if "/*" in code:
+                code = code[: code.index("/*")]
+                in_comment = True
+            if "//" in code:
+                code = code[: code.index("//")]
+            if code.lstrip().startswith("#"):
+                continue
+            for m in _C_TOKEN.finditer(code):
+                tok = m.group()
+                if tok in _C_SWAP:
+                    after, kind = _C_SWAP[tok], "cmp" if tok not in ("&&", "||") else "logic"
+                elif tok.isdigit():
+                    if raw[m.start() - 1: m.start()] in ("[",) and code[m.end(): m.end() + 1] == "]":
+                        kind = "index"
+                    else:
+                        kind = "int"
+                    after = str(int(tok) + 1) if tok != "1" else "0"
+                else:
+                    continue
+                out.append(Mutant(path, no, m.start(), no, m.end(), tok, after, f"c-{kind} in {name}"))
+    return out
+
+
+def _c_compile_commands(copy: Path) -> list[list[str]]:
+    """The compile and link commands of a full build of the copy, at -O1 (a mutant only
+    changes the header the Cython output includes, so these two are all a rebuild needs)."""
+    r = subprocess.run([sys.executable, "setup.py", "build_ext", "--force"], cwd=copy, capture_output=True,
+                       text=True, timeout=1200)
+    if r.returncode:
+        raise SystemExit(f"building the extension failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    cmds = []
+    for ln in r.stdout.splitlines():
+        words = shlex.split(ln)
+        if words and ("_engine.c" in ln or ("-shared" in words and "_engine.o" in ln)):
+            cmds.append(["-O1" if w in ("-O2", "-O3") else w for w in words])
+    if len(cmds) != 2 or "-c" not in cmds[0]:
+        raise SystemExit(f"tools/mutate.py: expected a compile and a link command in the build output, got {cmds}")
+    return cmds
+
+
+def _c_rebuild(copy: Path, cmds: list[list[str]]) -> bool:
+    """Compile and link; False when the mutant does not compile (not counted)."""
+    for cmd in cmds:
+        r = subprocess.run(cmd, cwd=copy, capture_output=True, text=True, timeout=600)
+        if r.returncode:
+            return False
+    built = Path(cmds[1][cmds[1].index("-o") + 1])
+    shutil.copyfile(copy / built, copy / "kproxy_core" / built.name)
+    return True
+
+
+def cmd_c_run(args: argparse.Namespace) -> int:
+    work = Path(args.work or tempfile.mkdtemp(prefix="kproxy-cmutate-"))
+    copy = make_copy(work, args.rev)
+    names = args.functions.split(",") if args.functions else None
+    mutants = find_c_mutants(C_FILE, names)
+    total = len(mutants)
+    if args.only:
+        wanted = {int(x) for x in args.only.split(",")}
+        mutants = [m for m in mutants if m.line in wanted]
+    elif args.sample and len(mutants) > args.sample:
+        mutants = sorted(random.Random(args.seed).sample(mutants, args.sample), key=lambda m: (m.line, m.col))
+    cmds = _c_compile_commands(copy)
+    print(f"{len(mutants)} of {total} C mutants in {len(names or C_FUNCTIONS)} functions; work tree {copy}",
+          flush=True)
+    tests = args.tests.split(",") if args.tests else C_RUN_TESTS
+    header = copy / C_FILE
+    original = header.read_text()
+    if not _c_rebuild(copy, cmds) or run_tests(copy, tests, args.timeout, C_SELECT)[0] != "survived":
+        print("the tests fail without a mutant (at -O1)", file=sys.stderr)
+        return 2
+    for i, m in enumerate(mutants, 1):
+        header.write_text(apply(original, m))
+        t0 = time.monotonic()
+        try:
+            if _c_rebuild(copy, cmds):
+                m.outcome, m.failed, m.seconds = run_tests(copy, tests, args.timeout, C_SELECT)
+            else:
+                m.outcome = "no-compile"
+        finally:
+            header.write_text(original)
+        m.seconds = round(time.monotonic() - t0, 1)
+        print(f"[{i}/{len(mutants)}] {m.outcome:<8} {m.where} {m.kind}: {m.before!r} -> {m.after!r}"
+              f"{'  (' + m.failed + ')' if m.failed else ''} [{m.seconds:.0f} s]", flush=True)
+    _c_rebuild(copy, cmds)
+    counted = [m for m in mutants if m.outcome != "no-compile"]
+    killed = sum(m.outcome in ("killed", "timeout") for m in counted)
+    Path(args.out).write_text(json.dumps({"seed": args.seed, "sample": args.sample, "of": total,
+                                          "mutants": [asdict(m) for m in mutants]}, indent=1))
+    print(f"score: {killed}/{len(counted)} killed ({killed / max(1, len(counted)):.0%}); results in {args.out}")
+    for m in counted:
+        if m.outcome == "survived":
+            line = original.splitlines()[m.line - 1].strip()
+            print(f"  survived {m.where} {m.kind}: {m.before!r} -> {m.after!r}   | {line}")
     return 0
 
 
@@ -314,8 +484,6 @@ def count_failures(copy: Path, tests: list[str], timeout: float) -> tuple[int, i
     cmd = [c for c in PYTEST if c != "-x"]
     r = subprocess.run([*cmd, *existing], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
     tail = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-300:]
-    import re
-
     failed = sum(int(n) for n in re.findall(r"(\d+) (?:failed|error)", tail))
     passed = sum(int(n) for n in re.findall(r"(\d+) passed", tail))
     first = next((ln.split(" ", 1)[1].split(" - ")[0] for ln in r.stdout.splitlines()
@@ -369,6 +537,17 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", default="mutation-results.json")
     r.add_argument("--rev", help="mutate this commit (git archive, extension built) instead of the working tree")
     r.set_defaults(func=cmd_run)
+    c = sub.add_parser("c-run", help="C mutants of the compiled core's decision functions")
+    c.add_argument("--functions", help="comma-separated function names (default: C_FUNCTIONS)")
+    c.add_argument("--sample", type=int, default=0, help="mutants drawn with --seed (0: all)")
+    c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--only", help="LINE,... of src/kp_core.h: the mutants of those lines")
+    c.add_argument("--tests", help="comma-separated test files (default: C_RUN_TESTS)")
+    c.add_argument("--timeout", type=float, default=300.0, help="seconds per test run (a hang is killed)")
+    c.add_argument("--work")
+    c.add_argument("--out", default="c-mutation-results.json")
+    c.add_argument("--rev", help="mutate this commit (git archive, extension built) instead of the working tree")
+    c.set_defaults(func=cmd_c_run)
     pl = sub.add_parser("plants", help="the planted bugs of issue 15, each against its file's tests")
     pl.add_argument("--only", help="plants whose description contains this text")
     pl.add_argument("--timeout", type=float, default=1200.0)

@@ -1,0 +1,149 @@
+"""Two flows, or two affinity clients, whose keys share a bucket and a 16-bit tag.
+
+The flow and affinity tables keep a 16-bit tag per slot (the low bits of the key's hash)
+and compare the whole key only where the tag matches (src/kp_core.h ``kp_flow4_find``,
+``kp_flow6_find``, ``kp_aff4_find``, ``kp_aff6_find``; kproxy_core/_engine_py.py
+``_Table.find``). Random keys share a tag once in 65,536 pairs, so the suite's other tests
+almost never reach the path where the first tag match is the wrong key and the search must
+go on. A C mutation run found that gap: a search that never moves past a tag match (a hang),
+or a key comparison with one ``&&`` turned into ``||`` (a flow taken for another one), both
+survived it.
+
+Here the keys are chosen so that they collide. The hash functions are the cores' own
+(``packet_hash``, ``affinity_hash``, checked equal across the twins in test_core_twins),
+and the tables are one bucket of 8 slots. For each pair the test checks three things:
+- each key keeps its own endpoint;
+- the tables hold one entry per key;
+- the two keys' first picks differ, so a key answered with the other's entry is seen.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+from k8s import ep, eport, node, port, service, slice_
+
+import kproxy_core as kp
+import kproxy_core._engine_py as py_core
+
+NODE = "n1"
+SEED = 12345
+VIP = {"IPv4": "10.96.0.10", "IPv6": "fd00:96::10"}
+EP = {"IPv4": "10.0.1.{}", "IPv6": "fd00:10::{}"}
+SRC = {"IPv4": "10.0.0.{}", "IPv6": "fd00:20::{}"}  # one client, when only the port varies
+PROTO = {"TCP": 6, "UDP": 17}
+
+
+def _cluster(affinity: bool) -> kp.Cluster:
+    extra = {"sessionAffinity": "ClientIP"} if affinity else {}
+    return kp.Cluster.from_objects([
+        node(NODE, "192.168.0.1", "fd00:1::1"),
+        service("default", "web", [VIP["IPv4"], VIP["IPv6"]], [port(80, "http", "TCP"), port(53, "dns", "UDP")],
+                ipFamilyPolicy="RequireDualStack", **extra),
+        slice_("default", "web", [ep(EP["IPv4"].format(i), "n2") for i in range(1, 9)],
+               [eport(8080, "http", "TCP"), eport(8053, "dns", "UDP")], name="web-v4"),
+        slice_("default", "web", [ep(EP["IPv6"].format(i), "n2") for i in range(1, 9)],
+               [eport(8080, "http", "TCP"), eport(8053, "dns", "UDP")], name="web-v6", family="IPv6"),
+    ])
+
+
+def _core_module(impl: str) -> ModuleType:
+    if impl == "compiled":
+        import kproxy_core._engine as compiled
+
+        return compiled
+    return py_core
+
+
+def _tag(h: int) -> int:
+    return (h & 0xFFFF) or 1
+
+
+def _int(addr: str) -> int:
+    return int(ipaddress.ip_address(addr))
+
+
+def _colliding(keys: Iterator[Any], tag_of: Callable[[Any], int], differ: Callable[[Any, Any], bool]) -> Iterator[
+        tuple[Any, Any]]:
+    """Pairs of keys with the same tag, in the order they are found; differ: the pair is usable."""
+    seen: dict[int, list[Any]] = {}
+    for k in keys:
+        t = tag_of(k)
+        for other in seen.get(t, []):
+            if differ(other, k):
+                yield other, k
+        seen.setdefault(t, []).append(k)
+
+
+def _sources(family: str) -> Iterator[str]:
+    """Many client addresses of the family."""
+    if family == "IPv6":
+        return (f"fd00:20::{i:x}" for i in range(1, 60000))
+    return (f"10.0.{i // 250}.{i % 250 + 1}" for i in range(60000))
+
+
+@pytest.fixture(params=["IPv4", "IPv6"])
+def family(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.mark.parametrize("proto", ["TCP", "UDP"])
+@pytest.mark.parametrize("varies", ["sport", "src"])
+def test_flows_sharing_a_tag_stay_apart(impl: str, family: str, proto: str, varies: str) -> None:
+    """Two connections that differ only in their source port (or only in their source
+    address) and share a tag: each keeps its own endpoint, and there are two flows."""
+    engine = kp.Engine(_cluster(False), node=NODE, impl=impl, seed=SEED, flow_capacity=8)
+    mod = _core_module(impl)
+    v6, vip, dport = family == "IPv6", VIP[family], 80 if proto == "TCP" else 53
+
+    def keys() -> Iterator[tuple[str, int]]:
+        if varies == "sport":
+            return ((SRC[family].format(7), sport) for sport in range(1, 65536))
+        return ((src, 40000) for src in _sources(family))
+
+    def tag_of(k: tuple[str, int]) -> int:
+        return _tag(mod.packet_hash(SEED, v6, _int(k[0]), _int(vip), k[1], dport, PROTO[proto]))
+
+    def first_pick(k: tuple[str, int]) -> Any:
+        return engine.lookup(k[0], vip, dport, proto, sport=k[1], now=0.0, track=0).endpoint
+
+    a, b = next(_colliding(keys(), tag_of, lambda x, y: first_pick(x) != first_pick(y)))
+    assert tag_of(a) == tag_of(b) and a != b
+    want = {a: first_pick(a), b: first_pick(b)}
+    for k in (a, b):
+        got = engine.lookup(k[0], vip, dport, proto, sport=k[1], now=0.0)
+        assert got.endpoint == want[k], (k, got.endpoint, want)
+    assert engine.flow_count == 2
+    # later packets of both connections, read-only and tracked, find their own flow
+    for now, track in ((1.0, 2), (2.0, 1)):
+        for k in (b, a):
+            assert engine.lookup(k[0], vip, dport, proto, sport=k[1], now=now, track=track).endpoint == want[k]
+    assert engine.flow_count == 2
+
+
+def test_affinity_clients_sharing_a_tag_stay_apart(impl: str, family: str) -> None:
+    """ClientIP affinity for two clients whose (service, client) keys share a tag: each
+    client's new connections keep going to its own first endpoint."""
+    engine = kp.Engine(_cluster(True), node=NODE, impl=impl, seed=SEED, affinity_capacity=8)
+    mod = _core_module(impl)
+    v6, vip = family == "IPv6", VIP[family]
+    svc = engine.lookup(SRC[family].format(1), vip, 80, "TCP", sport=1, now=0.0, track=0).service_index
+
+    def tag_of(src: str) -> int:
+        return _tag(mod.affinity_hash(SEED, v6, svc, _int(src)))
+
+    def first_pick(src: str) -> Any:
+        return engine.lookup(src, vip, 80, "TCP", sport=1000, now=0.0, track=0).endpoint
+
+    a, b = next(_colliding(_sources(family), tag_of, lambda x, y: first_pick(x) != first_pick(y)))
+    want = {a: first_pick(a), b: first_pick(b)}
+    for src in (a, b):
+        assert engine.lookup(src, vip, 80, "TCP", sport=1000, now=0.0).endpoint == want[src]
+    # new connections (other source ports), both clients, several times: the affinity holds
+    for sport in range(2000, 2010):
+        for src in (b, a):
+            assert engine.lookup(src, vip, 80, "TCP", sport=sport, now=1.0).endpoint == want[src], (src, sport)
