@@ -12,7 +12,7 @@ import pytest
 import kproxy_core as kp
 from kproxy_core.plan import endpoint_selection
 from kproxy_core.plugins import make_plugin_manager
-from kproxy_core.render.nftables import NftablesError, apply_transaction
+from kproxy_core.render.nftables import NftablesError, _quote, apply_transaction
 from kproxy_core.testing import endpoint, endpoint_slice, node, service
 
 
@@ -206,3 +206,21 @@ def test_round_robin_nth_cascade_in_iptables(n: int) -> None:
     assert len(svc_rules) == n
     everies = [re.search(r"--mode nth --every (\d+) --packet 0 ", ln) for ln in svc_rules]
     assert [int(m.group(1)) if m else None for m in everies] == [*range(n, 1, -1), None]
+
+
+def test_nft_comments_are_quoted_like_gos_percent_q() -> None:
+    """render/nftables.py ``_quote`` (kube-proxy writes comments with Go's %q): a quote and
+    a backslash are escaped, as are newline and tab (the second run's survivor left quote
+    and backslash bare; Kubernetes names never hold them, plugin text may)."""
+    assert _quote('a"b\\c\n\t~') == '"a\\"b\\\\c\\n\\t~"'
+
+
+def test_the_nft_reader_refuses_deleting_a_missing_element() -> None:
+    """render/nftables.py ``apply_transaction``: ``delete element`` of an element that is
+    not there fails the transaction, as nft does ("No such file or directory"; checked in
+    a namespace); the second run's survivor let it through to a KeyError."""
+    text = ("add table ip kube-proxy\nadd set ip kube-proxy s { type ipv4_addr ; }\n"
+            "add element ip kube-proxy s { 10.0.0.1 }\ndelete element ip kube-proxy s { 10.0.0.1 }\n")
+    assert apply_transaction(text).sets["s"].elements == {}
+    with pytest.raises(NftablesError, match=r"^line 5: no element 10.0.0.1 in s$"):
+        apply_transaction(text + "delete element ip kube-proxy s { 10.0.0.1 }\n")

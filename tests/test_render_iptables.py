@@ -437,12 +437,25 @@ def test_probability_cascade_in_render() -> None:
         ),
         # a REJECT that names its reply keeps it, and only it (a mutant added the default too)
         ("-A X -p tcp -j REJECT --reject-with tcp-reset", "-A X -p tcp -j REJECT --reject-with tcp-reset"),
+        # round-robin's nth: --every/--packet are options the reader does not list, read up to
+        # the next option (as iptables-save printed it in a namespace)
+        (
+            '-A KUBE-SVC-X -m comment --comment "ns/svc:p -> 10.0.1.1:80" -m statistic --mode nth --every 3'
+            " --packet 0 -j KUBE-SEP-X",
+            '-A KUBE-SVC-X -m comment --comment "ns/svc:p -> 10.0.1.1:80" -m statistic --mode nth --every 3'
+            " --packet 0 -j KUBE-SEP-X",
+        ),
     ],
 )
 def test_to_iptables_save_rules(restore: str, saved: str) -> None:
     chain = restore.split()[1]
     text = f"*nat\n:{chain} - [0:0]\n{restore}\nCOMMIT\n"
     assert to_iptables_save(text, "IPv4") == f"*nat\n:{chain} - [0:0]\n{saved}\nCOMMIT\n"
+
+
+def test_to_iptables_save_refuses_an_option_before_any_match() -> None:
+    with pytest.raises(ValueError, match=r"^option --dport before any match in '-A X --dport 80 -j ACCEPT'$"):
+        to_iptables_save("*nat\n:X - [0:0]\n-A X --dport 80 -j ACCEPT\nCOMMIT\n", "IPv4")
 
 
 def test_to_iptables_save_ipv6() -> None:
