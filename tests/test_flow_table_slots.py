@@ -1,4 +1,7 @@
-"""Two flows, or two affinity clients, whose keys share a bucket and a 16-bit tag.
+"""The slots of the flow and affinity tables: keys that share a bucket's tag, an expired
+key coming back to its own slot, and which flow a full bucket gives up.
+
+Two flows, or two affinity clients, whose keys share a bucket and a 16-bit tag.
 
 The flow and affinity tables keep a 16-bit tag per slot (the low bits of the key's hash)
 and compare the whole key only where the tag matches (src/kp_core.h ``kp_flow4_find``,
@@ -15,6 +18,11 @@ and the tables are one bucket of 8 slots. For each pair the test checks three th
 - each key keeps its own endpoint;
 - the tables hold one entry per key;
 - the two keys' first picks differ, so a key answered with the other's entry is seen.
+
+Placing a key (``kp_table_place``, ``_Table.place``) takes the key's own slot, else an
+empty one, else (flows) the first expired one, else the one with the smallest stamp, the
+first on ties. The tests at the end pin each of those choices, which the same C run found
+untested.
 """
 
 from __future__ import annotations
@@ -147,3 +155,71 @@ def test_affinity_clients_sharing_a_tag_stay_apart(impl: str, family: str) -> No
     for sport in range(2000, 2010):
         for src in (b, a):
             assert engine.lookup(src, vip, 80, "TCP", sport=sport, now=1.0).endpoint == want[src], (src, sport)
+
+
+# --------------------------------------------------------------------------- one bucket's slots
+
+def _one_bucket(impl: str, pool: list[int]) -> kp.Engine:
+    """An engine whose flow table is one bucket of 8 slots, TCP flows living 100 s."""
+    engine = kp.Engine(_cluster(False), node=NODE, impl=impl, seed=SEED, flow_capacity=8,
+                       timeouts={"TCP": 100.0, "UDP": 30.0, "SCTP": 30.0})
+    engine.apply(_slices(pool))
+    return engine
+
+
+def _slices(pool: list[int]) -> list[dict[str, Any]]:
+    return [slice_("default", "web", [ep(EP[fam].format(i), "n2") for i in pool],
+                   [eport(8080, "http", "TCP"), eport(8053, "dns", "UDP")],
+                   name=f"web-{'v4' if fam == 'IPv4' else 'v6'}", **({"family": "IPv6"} if fam == "IPv6" else {}))
+            for fam in ("IPv4", "IPv6")]
+
+
+def test_an_expired_flow_comes_back_to_its_own_slot(impl: str, family: str) -> None:
+    """A connection whose flow has expired picks afresh and is written back over its own
+    (expired) entry: one entry per key, whatever slot it sits in. A C survivor found the
+    first slot of the table (index 0) not taken as the key's own, so that flow was written
+    twice."""
+    engine = _one_bucket(impl, [1])
+    vip, src = VIP[family], SRC[family].format(7)
+    first = engine.lookup(src, vip, 80, "TCP", sport=1000, now=0.0)  # the first flow: slot 0
+    assert engine.flow_count == 1
+    again = engine.lookup(src, vip, 80, "TCP", sport=1000, now=150.0)  # expired at 100
+    assert again.endpoint == first.endpoint and engine.flow_count == 1
+    engine.lookup(src, vip, 80, "TCP", sport=1001, now=150.0)
+    assert engine.flow_count == 2
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["stamps-differ", "stamps-tie"])
+def test_a_full_bucket_gives_up_its_oldest_flow(impl: str, family: str, ties: bool) -> None:
+    """Eight live flows fill the bucket. A ninth connection takes the slot of the flow
+    that would expire first (the oldest stamp), not simply the first slot. When all eight
+    stamps are equal, it takes the first slot. Every flow is made on endpoint 1, then
+    seven endpoints join: a flow still held answers endpoint 1, and the evicted one is
+    picked afresh. C survivors always gave up the first slot, or broke ties towards the
+    second."""
+    engine = _one_bucket(impl, [1])
+    vip = VIP[family]
+    first = (EP[family].format(1), 8080)
+    probe = _one_bucket(impl, list(range(1, 9)))  # what a new connection gets once seven joined
+
+    def new_pick_is_another(src: str, sport: int) -> bool:
+        return bool(probe.lookup(src, vip, 80, "TCP", sport=sport, now=0.0, track=0).endpoint != first)
+
+    clients = [(SRC[family].format(10 + i), 2000 + i) for i in range(9)]
+    victim = 0 if ties else 1
+    src = clients[victim][0]
+    clients[victim] = (src, next(p for p in range(3000, 4000) if new_pick_is_another(src, p)))
+    for t, (src, sport) in enumerate(clients[:8]):  # slots 0..7, stamps 100..107 (or all 100)
+        engine.lookup(src, vip, 80, "TCP", sport=sport, now=0.0 if ties else float(t))
+    if not ties:
+        engine.lookup(*clients[0][:1], vip, 80, "TCP", sport=clients[0][1], now=8.0)  # slot 0 now lives to 108
+    engine.apply(_slices(list(range(1, 9))))
+
+    def held(k: tuple[str, int], now: float) -> bool:
+        return bool(engine.lookup(k[0], vip, 80, "TCP", sport=k[1], now=now, track=2).endpoint == first)
+
+    assert all(held(k, 9.0) for k in clients[:8])
+    engine.lookup(*clients[8][:1], vip, 80, "TCP", sport=clients[8][1], now=9.0)  # the ninth: evicts one
+    assert engine.flow_count == 8
+    assert not held(clients[victim], 9.0), "the oldest flow (stamp 101), or the first of equals, is given up"
+    assert all(held(k, 9.0) for k in clients[:8] if k != clients[victim])
