@@ -225,6 +225,20 @@ def test_round_robin_endpoints_change_restarts(make_engine: Engine) -> None:
     assert [d[0] for d in look(e, flows(3, seed=2))] == [names[0], names[1], names[0]]
 
 
+def test_round_robin_restarts_when_only_the_first_endpoint_changed(make_engine: Engine) -> None:
+    """Same count, same later endpoints, another first one: the pool is new and its
+    cursor starts at the head (a C mutant that compared from the second entry on carried
+    it over)."""
+    names = ips(3, base=100)
+    e = make_engine(cluster(web("round-robin", n=3)), node=NODE)
+    assert [d[0] for d in look(e, flows(2, seed=1))] == names[:2]
+    new_first = "10.0.0.200"  # sorts before 10.0.1.101 as the pool does ("IP:port" strings)
+    slices = web("round-robin", n=3)[1:]
+    slices[0]["endpoints"][0]["addresses"] = [new_first]
+    e.apply(slices[:1])
+    assert [d[0] for d in look(e, flows(3, seed=2))] == [new_first, names[1], names[2]]
+
+
 # --------------------------------------------------------------------------- Maglev and source-hash
 
 
@@ -522,3 +536,107 @@ def test_weighted_pick_at_the_alias_threshold(impl: str) -> None:
             assert core.lookup("203.0.113.1", "10.96.0.10", 80, sport=1234, now=0.0, track=0).endpoint[0] == pool[want]
             checked += 1
     assert checked >= 10
+
+
+@pytest.mark.parametrize("weights", [None, [3, 1, 2, 1, 1]], ids=["rotation", "smooth"])
+def test_round_robin_carries_over_a_rebuild_with_the_same_pools(make_engine: Engine, weights: list[int] | None
+                                                                 ) -> None:
+    """A change to the Service that leaves its pools as they were (here: an externalIP
+    added) rebuilds its tables, and both pools' cursors carry over: the cluster pool's
+    (in-cluster clients, all five endpoints) and the local pool's (NodePort clients under
+    externalTrafficPolicy=Local, the three on this node). The oracle is a twin engine that
+    never saw the change: every later pick matches it, and differs from a restart at the
+    head. A C mutation run found the cluster pool's carry untested: a rebuild restarted it."""
+    local, remote = ips(3, base=100), ips(2, base=110)
+    names = sorted(local + remote, key=lambda a: f"{a}:8080")
+    ann = {SELECTOR_ANNOTATION: "round-robin"}
+    if weights:
+        ann[WEIGHTS_ANNOTATION] = ",".join(f"{a}={w}" for a, w in zip(names, weights, strict=True))
+
+    def objects(external_ips: list[str]) -> list[dict[str, Any]]:
+        svc = service("default", "web", ["10.96.0.10"], [port(80, "http", node_port=30010)], type="NodePort",
+                      externalTrafficPolicy="Local", externalIPs=external_ips)
+        svc["metadata"]["annotations"] = ann
+        eps = [ep(a, NODE) for a in local] + [ep(a, "n2") for a in remote]
+        return [svc, slice_("default", "web", eps, [eport(8080, "http")], name="web-ipv4")]
+
+    changed, unchanged = (make_engine(cluster(objects([])), node=NODE) for _ in range(2))
+
+    def picks(e: kp.Engine, start: int) -> list[tuple[str, str]]:
+        inside = [e.lookup("10.0.0.5", "10.96.0.10", 80, sport=start + i, now=0.0).endpoint[0] for i in range(3)]
+        outside = [e.lookup("203.0.113.9", "192.168.0.1", 30010, sport=start + i, now=0.0).endpoint[0]
+                   for i in range(2)]
+        assert set(outside) <= set(local)
+        return [("cluster", a) for a in inside] + [("local", a) for a in outside]
+
+    assert picks(changed, 1000) == picks(unchanged, 1000)  # both mid-cycle now
+    changed.apply(objects(["192.168.99.1"])[:1])
+    assert changed.lookup("203.0.113.9", "192.168.99.1", 80, sport=1, now=0.0, track=2).verdict == "DNAT"  # read only
+    after = picks(changed, 2000)
+    assert after == picks(unchanged, 2000)
+    assert after != picks(make_engine(cluster(objects([])), node=NODE), 2000), "a restart would look the same"
+
+
+def test_round_robin_cluster_cursor_carries_when_only_the_local_pool_changed(make_engine: Engine) -> None:
+    """Two endpoints trade nodes: the cluster pool (the same three endpoints, in the same
+    order) carries its cursor over, and the local pool, now another endpoint, starts
+    afresh. A C mutant that compared one entry past the cluster pool (into the local
+    pool) restarted the cluster pool as well."""
+    names = ips(3, base=100)
+
+    def objects(local: str) -> list[dict[str, Any]]:
+        svc = service("default", "web", ["10.96.0.10"], [port(80, "http", node_port=30010)], type="NodePort",
+                      externalTrafficPolicy="Local")
+        svc["metadata"]["annotations"] = {SELECTOR_ANNOTATION: "round-robin"}
+        eps = [ep(a, NODE if a == local else "n2") for a in names]
+        return [svc, slice_("default", "web", eps, [eport(8080, "http")], name="web-ipv4")]
+
+    e = make_engine(cluster(objects(names[0])), node=NODE)
+
+    def inside(start: int, n: int) -> list[str]:
+        return [e.lookup("10.0.0.5", "10.96.0.10", 80, sport=start + i, now=0.0).endpoint[0] for i in range(n)]
+
+    def outside(start: int) -> str:
+        return str(e.lookup("203.0.113.9", "192.168.0.1", 30010, sport=start, now=0.0).endpoint[0])
+
+    assert inside(1000, 2) == names[:2] and outside(1000) == names[0]
+    e.apply(objects(names[1])[1:])
+    assert outside(2000) == names[1]
+    assert inside(3000, 3) == [names[2], names[0], names[1]]  # carried on, not restarted
+
+
+@pytest.mark.parametrize("w", [[3, 1, 2], [5, 1, 1]], ids=["3-1-2", "5-1-1"])
+def test_smooth_round_robin_pools_do_not_touch_each_other(make_engine: Engine, w: list[int]) -> None:
+    """Smooth weighted round-robin keeps one current weight per endpoint of each pool; the
+    cluster pool's turns must leave the local pool's weights alone. Interleaved in-cluster
+    and NodePort connections pick exactly what each pool picks alone in a fresh engine. A C
+    mutant that also advanced the entry past the cluster pool's end (the local pool's
+    first) survived the suite, and so did one that let the cluster pool's turn read that
+    entry as a candidate (with 5:1:1 it wins the cluster's second turn)."""
+    names = ips(3, base=100)
+    weights = dict(zip(names, w, strict=True))
+    svc = service("default", "web", ["10.96.0.10"], [port(80, "http", node_port=30010)], type="NodePort",
+                  externalTrafficPolicy="Local")
+    svc["metadata"]["annotations"] = {SELECTOR_ANNOTATION: "round-robin",
+                                      WEIGHTS_ANNOTATION: ",".join(f"{a}={w}" for a, w in weights.items())}
+    eps = [ep(names[0], NODE), ep(names[1], NODE), ep(names[2], "n2")]  # local pool: the first two
+    objs = cluster([svc, slice_("default", "web", eps, [eport(8080, "http")], name="web-ipv4")])
+
+    def inside(e: kp.Engine, sport: int) -> str:
+        return str(e.lookup("10.0.0.5", "10.96.0.10", 80, sport=sport, now=0.0).endpoint[0])
+
+    def outside(e: kp.Engine, sport: int) -> str:
+        return str(e.lookup("203.0.113.9", "192.168.0.1", 30010, sport=sport, now=0.0).endpoint[0])
+
+    rounds = sum(w) * (w[0] + w[1])  # whole cycles of both pools
+    alone_in, alone_out = make_engine(objs, node=NODE), make_engine(objs, node=NODE)
+    want_in = [inside(alone_in, 1000 + i) for i in range(rounds)]
+    want_out = [outside(alone_out, 1000 + i) for i in range(rounds)]
+    assert Counter(want_in) == {a: k * rounds // sum(w) for a, k in weights.items()}
+    assert Counter(want_out) == {a: weights[a] * rounds // (w[0] + w[1]) for a in names[:2]}
+    both = make_engine(objs, node=NODE)
+    got_in, got_out = [], []
+    for i in range(rounds):
+        got_in.append(inside(both, 1000 + i))
+        got_out.append(outside(both, 1000 + i))
+    assert (got_in, got_out) == (want_in, want_out)

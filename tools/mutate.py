@@ -251,9 +251,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             found = rng.sample(found, args.sample)
         mutants.extend(sorted(found, key=lambda m: (m.line, m.col)))
     print(f"{len(mutants)} mutants in {', '.join(files)}; work tree {copy}", flush=True)
-    baseline = {f: run_tests(copy, TARGETS[f], args.timeout)[0] for f in files}
-    if any(v != "survived" for v in baseline.values()):
-        print(f"the tests fail without a mutant: {baseline}", file=sys.stderr)
+    baseline = {f: run_tests(copy, TARGETS[f], args.timeout)[:2] for f in files}
+    if any(v[0] != "survived" for v in baseline.values()):
+        failing = {f: v[1] or v[0] for f, v in baseline.items() if v[0] != "survived"}
+        print(f"the tests fail without a mutant: {failing}", file=sys.stderr)
         return 2
     for i, m in enumerate(mutants, 1):
         path = copy / m.file
