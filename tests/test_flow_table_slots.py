@@ -223,3 +223,41 @@ def test_a_full_bucket_gives_up_its_oldest_flow(impl: str, family: str, ties: bo
     assert engine.flow_count == 8
     assert not held(clients[victim], 9.0), "the oldest flow (stamp 101), or the first of equals, is given up"
     assert all(held(k, 9.0) for k in clients[:8] if k != clients[victim])
+
+
+def test_both_families_affinity_clients_keep_their_endpoints(impl: str) -> None:
+    """IPv4 and IPv6 ClientIP affinity live in tables of their own (records of different
+    sizes). Clients of both families, interleaved in a small table, each keep their first
+    endpoint across many new connections. A C mutant that put IPv4 affinity into the IPv6
+    table (overlapping records) survived the single-family tests."""
+    engine = kp.Engine(_cluster(True), node=NODE, impl=impl, seed=SEED, affinity_capacity=8)
+    clients = [(fam, src) for i in range(4) for fam, src in (("IPv4", f"10.0.0.{20 + i}"),
+                                                              ("IPv6", f"fd00:20::{20 + i:x}"))]
+    first = {c: engine.lookup(c[1], VIP[c[0]], 80, "TCP", sport=1000, now=0.0).endpoint for c in clients}
+    assert len(set(first.values())) > 2
+    for sport in range(1001, 1011):
+        for c in clients:
+            got = engine.lookup(c[1], VIP[c[0]], 80, "TCP", sport=sport, now=float(sport - 1000))
+            assert got.endpoint == first[c], (c, sport, got.endpoint, first[c])
+
+
+def test_both_families_flows_keep_their_endpoints_and_are_dropped_apart(impl: str) -> None:
+    """IPv4 and IPv6 flows live in tables of their own too. Interleaved connections of both
+    families keep their endpoint when the pool grows. When a family's endpoint leaves, its
+    UDP flows are the ones dropped, and only its own. The mutant that put IPv4 flows in the
+    IPv6 table survived the single-family tests."""
+    engine = _one_bucket(impl, [1])
+    clients = [(fam, SRC[fam].format(30 + i), sport) for i in range(4) for fam in ("IPv4", "IPv6")
+               for sport in (3000 + i,)]
+    for fam, src, sport in clients:
+        for proto, dport in (("TCP", 80), ("UDP", 53)):
+            engine.lookup(src, VIP[fam], dport, proto, sport=sport, now=0.0)
+    assert engine.flow_count == 16
+    assert engine.apply(_slices(list(range(1, 9)))).flows_dropped == 0
+    for fam, src, sport in clients:
+        for proto, dport, port_ in (("TCP", 80, 8080), ("UDP", 53, 8053)):
+            got = engine.lookup(src, VIP[fam], dport, proto, sport=sport, now=1.0, track=2).endpoint
+            assert got == (EP[fam].format(1), port_), (fam, src, proto, got)
+    only_v4 = [s for s in _slices(list(range(2, 9))) if s["metadata"]["name"] == "web-v4"]
+    assert engine.apply(only_v4).flows_dropped == 4  # the IPv4 UDP flows to the endpoint that left
+    assert engine.flow_count == 12
