@@ -64,7 +64,7 @@ TARGETS: dict[str, list[str]] = {
     ],
     "kproxy_core/manifests.py": [
         "tests/test_manifests.py", "tests/test_port_boundaries.py", "tests/test_realworld.py",
-        "tests/test_incremental.py", "tests/test_service_cidr.py",
+        "tests/test_incremental.py", "tests/test_service_cidr.py", "tests/test_mutation_survivors.py",
     ],
     "kproxy_core/render/iptables.py": ["tests/test_render_iptables.py", "tests/test_cli_rules.py",
                                        "tests/test_plugins.py", "tests/test_mutation_survivors.py"],
