@@ -261,3 +261,28 @@ def test_both_families_flows_keep_their_endpoints_and_are_dropped_apart(impl: st
     only_v4 = [s for s in _slices(list(range(2, 9))) if s["metadata"]["name"] == "web-v4"]
     assert engine.apply(only_v4).flows_dropped == 4  # the IPv4 UDP flows to the endpoint that left
     assert engine.flow_count == 12
+
+
+def test_a_full_affinity_bucket_gives_up_its_least_recent_client(impl: str, family: str) -> None:
+    """ClientIP affinity stamps are the last use, not an expiry, so a full affinity bucket
+    gives up the client used longest ago, never "the first stale one". Eight clients fill
+    the one bucket, the first is used again last, and a ninth client arrives: the second
+    client, now the least recent, loses its affinity. Its next connection is picked afresh,
+    while the others keep theirs. A C mutant that placed affinity like flows (every stamp
+    in the past looks expired) gave up the first slot instead."""
+    engine = kp.Engine(_cluster(True), node=NODE, impl=impl, seed=SEED, affinity_capacity=8)
+    vip = VIP[family]
+    clients = list(_sources(family))[:9]
+
+    def connect(src: str, sport: int, now: float, track: int = 1) -> Any:
+        return engine.lookup(src, vip, 80, "TCP", sport=sport, now=now, track=track).endpoint
+
+    sticky = {src: connect(src, 1000, float(t)) for t, src in enumerate(clients[:8])}
+    connect(clients[0], 1001, 8.0)  # the first client is the most recent now
+    # the second client's next connection (sport below), picked afresh, goes elsewhere
+    sport = next(p for p in range(2000, 3000) if connect(clients[1], p, 9.0, track=0) != sticky[clients[1]])
+    connect(clients[8], 1000, 9.0)  # the ninth client takes the least recent slot
+    for src in clients[2:8] + clients[:1]:
+        assert connect(src, 5000, 10.0) == sticky[src], src
+    # last (its new affinity needs a slot too, and takes the least recent one then)
+    assert connect(clients[1], sport, 11.0) != sticky[clients[1]]
