@@ -364,6 +364,31 @@ def test_twins_agree_on_every_selector(kind: str) -> None:
     assert engines[0].tables["IPv4"].sel_table.tolist() == engines[1].tables["IPv4"].sel_table.tolist()  # type: ignore[union-attr]
 
 
+@pytest.mark.skipif(bool(os.environ.get("KPROXY_NO_EXTENSIONS")), reason="KPROXY_NO_EXTENSIONS is set")
+@pytest.mark.parametrize("kind", KINDS)
+def test_twins_agree_with_a_local_pool_after_the_cluster_pool(kind: str) -> None:
+    """externalTrafficPolicy=Local keeps a second pool (this node's endpoints) right after
+    the cluster pool: in-cluster clients pick from the first, NodePort clients from the
+    second, and neither pool's selector state (alias columns, round-robin totals) may
+    reach into the other. The twins agree on both, packet by packet. C mutants that
+    summed one weight past the cluster pool survived every test whose local pool was empty."""
+    names = ips(6, base=100)
+    weights = dict(zip(names, [1, 2, 3, 1, 5, 2], strict=True))
+    ann = {SELECTOR_ANNOTATION: kind, WEIGHTS_ANNOTATION: ",".join(f"{a}={w}" for a, w in weights.items())}
+    svc = service("default", "web", ["10.96.0.10"], [port(80, "http", node_port=30010)], type="NodePort",
+                  externalTrafficPolicy="Local")
+    svc["metadata"]["annotations"] = ann
+    eps = [ep(a, NODE if i % 2 else "n2") for i, a in enumerate(names)]  # local: 101, 103, 105 (2, 1, 2)
+    c = kp.Cluster.from_objects(cluster([svc, slice_("default", "web", eps, [eport(8080, "http")], name="w4")]))
+    engines = [kp.Engine(c, node=NODE, seed=5, impl=impl) for impl in ("compiled", "python")]
+    fl = flows(600, seed=21)
+    for dst, dport in (("10.96.0.10", 80), ("192.168.0.1", 30010)):
+        res = [[e.lookup(s, dst, dport, sport=p, now=0.0).endpoint for s, p in fl] for e in engines]
+        assert res[0] == res[1], (dst, kind)
+        if dst == "192.168.0.1":
+            assert {a for a, _ in res[0]} <= set(names[1::2])
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_trace_gives_the_selectors_shares(make_engine: Engine, kind: str) -> None:
     addrs = ips(4, base=100)
