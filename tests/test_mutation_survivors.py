@@ -40,9 +40,10 @@ class DualPlugin:
         registry.register(self.handler)
 
 
-def dual_objects() -> list[dict[str, Any]]:
+def dual_objects(type: str = "Dual") -> list[dict[str, Any]]:
+    """A dual-stack Service of ``type`` on node n1, one endpoint per family."""
     return [node("n1", addresses=["192.168.0.2", "fd00::2"]),
-            service("web", type="Dual", cluster_ips=["10.96.0.10", "fd00:96::10"], ip_families=["IPv4", "IPv6"],
+            service("web", type=type, cluster_ips=["10.96.0.10", "fd00:96::10"], ip_families=["IPv4", "IPv6"],
                     ports=[80]),
             endpoint_slice("web", ["10.1.0.5"], name="web-v4"),
             endpoint_slice("web", ["fd00:1::5"], name="web-v6")]
@@ -156,21 +157,13 @@ def test_an_interface_name_is_at_most_15_characters(mode: str, option: str) -> N
             kp.Engine(cluster, node="n1", detect_local_mode=mode, **{option: bad})
 
 
-def dual_stack_nodeport() -> list[dict[str, Any]]:
-    return [node("n1", addresses=["192.168.0.2", "fd00::2"]),
-            service("web", type="NodePort", cluster_ips=["10.96.0.10", "fd00:96::10"], ip_families=["IPv4", "IPv6"],
-                    ports=[80]),
-            endpoint_slice("web", ["10.1.0.5"], name="web-v4"),
-            endpoint_slice("web", ["fd00:1::5"], name="web-v6")]
-
-
 @pytest.mark.parametrize("localhost_nodeports", [True, False])
 def test_kubelet_firewall_jumps_are_ipv4_only(localhost_nodeports: bool) -> None:
     """render/iptables.py ``jump_rules``: kube-proxy fills kubelet's KUBE-FIREWALL (the
     localnet block for localhost NodePorts) in IPv4 only, so only an IPv4 table with
     localhost NodePorts on jumps to it from INPUT and OUTPUT (the second run's survivor
     swapped the family; only the kernel tests, left out of mutation runs, saw it)."""
-    engine = kp.Engine(kp.Cluster.from_objects(dual_stack_nodeport()), node="n1",
+    engine = kp.Engine(kp.Cluster.from_objects(dual_objects("NodePort")), node="n1",
                        localhost_nodeports=localhost_nodeports)
     jumps = {fam: [ln for ln in engine.render("iptables", family=fam, with_jumps=True).splitlines()  # type: ignore[arg-type]
                    if ln.endswith("-j KUBE-FIREWALL")] for fam in ("IPv4", "IPv6")}
@@ -183,7 +176,7 @@ def test_an_apply_on_a_cluster_whose_services_were_replaced() -> None:
     with a plain dict) has its indexes rebuilt; the second run's survivor kept the old
     ones when any index was set, so a Service taken out still held its ClusterIP and an
     apply that gave the IP to another Service was refused."""
-    cluster = kp.Cluster.from_objects(dual_stack_nodeport())
+    cluster = kp.Cluster.from_objects(dual_objects("NodePort"))
     without_web = dataclasses.replace(cluster, services={k: v for k, v in cluster.services.items()
                                                           if k != ("default", "web")})
     engine = kp.Engine(without_web, node="n1")
